@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Start a data-parallel job with MindSpore's `msrun` (dynamic cluster: no rank table needed).
+# Positional forms follow mindformers' scripts/msrun_launcher.sh so its docs and habits carry over;
+# unlike mindformers, JOIN defaults to True so the launcher blocks and returns the job's status.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+usage() {
+  cat <<EOF
+Usage (activate the venv first: msrun starts every worker with the plain \`python\` found on PATH):
+  bash msrun_launcher.sh "train_multi.py --config CFG [args]"
+      8 workers on this node
+  bash msrun_launcher.sh "train_multi.py --config CFG [args]" WORKER_NUM
+      WORKER_NUM workers on this node
+  bash msrun_launcher.sh "train_multi.py --config CFG [args]" WORKER_NUM MASTER_PORT LOG_DIR JOIN CLUSTER_TIME_OUT
+      single node
+  bash msrun_launcher.sh "train_multi.py --config CFG [args]" WORKER_NUM LOCAL_WORKER_NUM MASTER_ADDR MASTER_PORT \\
+      NODE_RANK LOG_DIR JOIN CLUSTER_TIME_OUT
+      multi-node when WORKER_NUM != LOCAL_WORKER_NUM: run the same line on every node, changing only NODE_RANK
+      (MASTER_ADDR = IP of the node that hosts the scheduler)
+
+The quoted command may start with \`python\`/\`python3\`; its script path is relative to the current directory.
+Defaults: WORKER_NUM=8, LOCAL_WORKER_NUM=WORKER_NUM, MASTER_ADDR=127.0.0.1, MASTER_PORT=8118, NODE_RANK=0,
+  LOG_DIR=output/msrun_log, JOIN=True, CLUSTER_TIME_OUT=600 (seconds; negative = wait forever).
+JOIN=True (default here; mindformers uses False): wait for all workers and exit with the job's status.
+JOIN=False: return right after spawning; the workers keep running in the background.
+Logs: LOG_DIR/scheduler.log and LOG_DIR/worker_<rank>.log.
+EOF
+}
+
+die() {  # one clear line, then where to get help
+  echo "msrun_launcher.sh: error: $*" >&2
+  echo "run 'bash msrun_launcher.sh --help' for usage" >&2
+  exit 1
+}
+
+case "${1:-}" in -h|--help) usage; exit 0 ;; esac
+
+EXECUTE_ORDER="${1:-}"
+WORKER_NUM=8 LOCAL_WORKER_NUM="" MASTER_ADDR=127.0.0.1 MASTER_PORT=8118 NODE_RANK=0
+LOG_DIR=output/msrun_log JOIN=True CLUSTER_TIME_OUT=600
+case $# in
+  1) ;;
+  2) WORKER_NUM=$2 ;;
+  6) WORKER_NUM=$2 MASTER_PORT=$3 LOG_DIR=$4 JOIN=$5 CLUSTER_TIME_OUT=$6 ;;
+  9) WORKER_NUM=$2 LOCAL_WORKER_NUM=$3 MASTER_ADDR=$4 MASTER_PORT=$5 NODE_RANK=$6 LOG_DIR=$7 JOIN=$8
+     CLUSTER_TIME_OUT=$9 ;;
+  *) { echo "msrun_launcher.sh: error: expected 1, 2, 6 or 9 arguments, got $#"; usage; } >&2; exit 1 ;;
+esac
+LOCAL_WORKER_NUM=${LOCAL_WORKER_NUM:-$WORKER_NUM}
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+is_uint "$WORKER_NUM" && ((10#$WORKER_NUM >= 1)) || die "WORKER_NUM must be an integer >= 1, got '$WORKER_NUM'"
+is_uint "$LOCAL_WORKER_NUM" && ((10#$LOCAL_WORKER_NUM >= 1)) ||
+  die "LOCAL_WORKER_NUM must be an integer >= 1, got '$LOCAL_WORKER_NUM'"
+((10#$LOCAL_WORKER_NUM <= 10#$WORKER_NUM)) ||
+  die "LOCAL_WORKER_NUM ($LOCAL_WORKER_NUM) must not exceed WORKER_NUM ($WORKER_NUM)"
+is_uint "$MASTER_PORT" && ((10#$MASTER_PORT >= 1 && 10#$MASTER_PORT <= 65535)) ||
+  die "MASTER_PORT must be an integer in 1..65535, got '$MASTER_PORT'"
+is_uint "$NODE_RANK" || die "NODE_RANK must be an integer >= 0, got '$NODE_RANK'"
+# The ranks of this node are NODE_RANK*LOCAL .. +LOCAL-1; msrun would only fail later, at registration.
+((10#$NODE_RANK * 10#$LOCAL_WORKER_NUM < 10#$WORKER_NUM)) ||
+  die "NODE_RANK $NODE_RANK is too large for WORKER_NUM=$WORKER_NUM with $LOCAL_WORKER_NUM workers per node"
+[[ $CLUSTER_TIME_OUT =~ ^-?[0-9]+$ ]] || die "CLUSTER_TIME_OUT must be an integer (seconds), got '$CLUSTER_TIME_OUT'"
+[[ $JOIN == True || $JOIN == False ]] || die "JOIN must be True or False, got '$JOIN'"
+[[ -n $LOG_DIR ]] || die "LOG_DIR must not be empty"
+
+# Split the quoted command into words without evaluating it (no globbing, no $(...)): an argv array.
+read -r -a TASK <<< "$EXECUTE_ORDER"
+((${#TASK[@]} > 0)) || die "the first argument must be the quoted training command, e.g. \"train_multi.py --config CFG\""
+# msrun runs `python SCRIPT ...` unless the first word is literally python/python3/pytest.
+INTERP=python SCRIPT=${TASK[0]}
+if [[ ${TASK[0]} == python || ${TASK[0]} == python3 ]]; then
+  INTERP=${TASK[0]} SCRIPT=${TASK[1]:-}
+fi
+[[ -n $SCRIPT ]] || die "no script in the command '$EXECUTE_ORDER'"
+[[ -f $SCRIPT ]] || die "script not found: '$SCRIPT' (relative to $(pwd))"
+
+command -v msrun >/dev/null || die "msrun is not on PATH: activate the venv that has MindSpore (. .venv/bin/activate)"
+PY=$(command -v "$INTERP") || die "'$INTERP' is not on PATH: activate the venv that has MindSpore (. .venv/bin/activate)"
+# find_spec does not import mindspore (seconds); it only tells whether this interpreter can.
+"$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("mindspore") is None)' ||
+  die "'$PY' (first '$INTERP' on PATH, which msrun uses for every worker) has no mindspore: activate the project venv"
+
+# Let the script import the repo's modules (and the solov2 package even when not pip-installed) from any cwd.
+export PYTHONPATH="$ROOT:$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+
+ARGS=(msrun "--worker_num=$WORKER_NUM" "--local_worker_num=$LOCAL_WORKER_NUM")
+if ((10#$WORKER_NUM != 10#$LOCAL_WORKER_NUM)); then
+  ARGS+=("--master_addr=$MASTER_ADDR" "--node_rank=$NODE_RANK")
+fi
+ARGS+=("--master_port=$MASTER_PORT" "--log_dir=$LOG_DIR" "--join=$JOIN" "--cluster_time_out=$CLUSTER_TIME_OUT")
+ARGS+=("${TASK[@]}")
+
+# %q shows the exact words msrun receives (quoted where needed), so the line can be pasted back.
+echo "Running command: $(printf '%q ' "${ARGS[@]}")"
+rc=0
+"${ARGS[@]}" || rc=$?
+if [[ $JOIN == True ]]; then
+  echo "msrun finished with exit code $rc. Logs: $LOG_DIR/scheduler.log, $LOG_DIR/worker_*.log"
+else
+  echo "Workers run in the background (JOIN=False). Logs: $LOG_DIR/scheduler.log, $LOG_DIR/worker_*.log"
+fi
+exit "$rc"

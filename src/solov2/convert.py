@@ -1,0 +1,413 @@
+"""Convert a PyTorch SOLOv2 checkpoint (.pth) into a MindSpore checkpoint (.ckpt) for `solov2.models`.
+
+Three source layouts are recognised by their key names and renamed BY NAME (never by position) into the
+official WXinlong/SOLO state-dict keys, then into MindSpore parameter names:
+
+* ``official``       WXinlong/SOLO (mmdet 1.x): ``backbone.*``, ``neck.*``, ``mask_feat_head.*``, ``bbox_head.*``.
+* ``mmdet3``         open-mmlab/mmdetection 2.x/3.x ``SOLOv2`` detector: the head is ``mask_head.*``
+                     (``cls_convs``, ``kernel_convs``, ``conv_cls``, ``conv_kernel``, ``mask_feature_head.*``).
+* ``pytorch_solov2`` OpenFirework/pytorch_solov2: ``fpn.*`` plain convs, ``nn.Sequential(conv, GN, ReLU)``
+                     towers, i.e. ``.i.0.weight`` (conv) and ``.i.1.{weight,bias}`` (GN).
+
+Official -> MindSpore: BatchNorm ``weight/bias/running_mean/running_var`` -> ``gamma/beta/moving_mean/
+moving_variance``; GroupNorm (``.gn.``) ``weight/bias`` -> ``gamma/beta``; ``num_batches_tracked`` dropped.
+Everything else keeps its name and its layout (conv weights stay OIHW float32).
+
+Class names cannot live inside the .ckpt without showing up as an unused key in ``load_param_into_net``
+(MindSpore 2.10 stores an ``append_dict`` string, but it is then returned as an unloaded key), so they go
+to a sidecar ``DST.json`` together with the inferred architecture and the source file.
+"""
+import hashlib
+import json
+import os
+import re
+import tempfile
+from typing import Dict, List, Tuple, Union
+
+import numpy as np
+
+from solov2.config import (BackboneConfig, HeadConfig, MaskFeatConfig, NeckConfig, SOLOv2Config)
+from .errors import SolovError
+
+LAYOUTS = ("official", "mmdet3", "pytorch_solov2")
+
+# Source layout -> official key. First matching pattern wins; keys matching none keep their name (and are
+# then reported as unused by the strict check if the model has no such parameter).
+RENAME_RULES = {
+    "official": [],
+    "mmdet3": [  # mmdet/models/dense_heads/solov2_head.py: SOLOV2Head + MaskFeatModule (ConvModule: .conv/.gn)
+        (r"^mask_head\.mask_feature_head\.convs_all_levels\.", "mask_feat_head.convs_all_levels."),
+        (r"^mask_head\.mask_feature_head\.conv_pred\.", "mask_feat_head.conv_pred.0."),  # ConvModule, no Sequential
+        (r"^mask_head\.cls_convs\.", "bbox_head.cate_convs."),
+        (r"^mask_head\.kernel_convs\.", "bbox_head.kernel_convs."),
+        (r"^mask_head\.conv_cls\.", "bbox_head.solo_cate."),
+        (r"^mask_head\.conv_kernel\.", "bbox_head.solo_kernel."),
+    ],
+    "pytorch_solov2": [  # modules/solov2.py (FPN with nn.Conv2d), solov2_head.py, mask_feat_head.py
+        (r"^fpn\.(lateral_convs|fpn_convs)\.(\d+)\.(weight|bias)$", r"neck.\1.\2.conv.\3"),
+        (r"^(mask_feat_head\.convs_all_levels\.\d+\.conv\d+)\.0\.weight$", r"\1.conv.weight"),
+        (r"^(mask_feat_head\.convs_all_levels\.\d+\.conv\d+)\.1\.(weight|bias)$", r"\1.gn.\2"),
+        (r"^mask_feat_head\.conv_pred\.0\.weight$", "mask_feat_head.conv_pred.0.conv.weight"),
+        (r"^mask_feat_head\.conv_pred\.1\.(weight|bias)$", r"mask_feat_head.conv_pred.0.gn.\1"),
+        (r"^(bbox_head\.(?:cate|kernel)_convs\.\d+)\.0\.weight$", r"\1.conv.weight"),
+        (r"^(bbox_head\.(?:cate|kernel)_convs\.\d+)\.1\.(weight|bias)$", r"\1.gn.\2"),
+    ],
+}
+
+# Official key -> MindSpore name. BN modules are named explicitly (torchvision-style ResNet), GN modules are
+# every `.gn` (ConvModule). Matching by a `running_var` sibling would silently miss GroupNorm.
+_BN = r"backbone\.(?:bn1|layer\d+\.\d+\.(?:bn\d|downsample\.1))"
+_GN = r".+\.gn"
+MINDSPORE_RULES = [
+    (rf"^({_BN})\.weight$", r"\1.gamma"),
+    (rf"^({_BN})\.bias$", r"\1.beta"),
+    (rf"^({_BN})\.running_mean$", r"\1.moving_mean"),
+    (rf"^({_BN})\.running_var$", r"\1.moving_variance"),
+    (rf"^({_GN})\.weight$", r"\1.gamma"),
+    (rf"^({_GN})\.bias$", r"\1.beta"),
+]
+
+# (bottleneck?, blocks per stage) -> ResNet depth, as in mmdet ResNet.arch_settings.
+RESNET_DEPTHS = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34,
+                 (True, (3, 4, 6, 3)): 50, (True, (3, 4, 23, 3)): 101}
+
+
+class ConvertError(SolovError):
+    """A checkpoint that cannot be converted; the message names the file and the offending keys."""
+
+
+def _listing(names: List[str], limit: int = 5) -> str:
+    """'a, b, c (+7 more)' for error messages."""
+    names = list(names)
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _import_torch():
+    try:
+        import torch  # optional dependency: only the converter reads .pth files
+    except ImportError as exc:
+        raise ConvertError("reading .pth files needs PyTorch: pip install 'torch==2.13.0'") from exc
+    return torch
+
+
+def load_torch_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
+    """Read a .pth safely (``weights_only=True``) and return its state dict as numpy arrays.
+
+    Returns (state, info): state maps key (``module.`` stripped) -> np.ndarray; floating tensors become
+    float32 (fp16/bf16/fp64 are cast and counted in info['cast']), integer buffers keep their dtype.
+    info: 'container' ('state_dict' | 'model' | 'bare'), 'ignored' (other top-level entries), 'classes'
+    (list of str from mmdet ``meta['CLASSES']`` or mmdet3 ``meta['dataset_meta']['classes']``, else None).
+    """
+    if not os.path.isfile(path):
+        raise ConvertError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (>= 1.6) or a protocol-2 pickle (legacy); anything else is not a .pth.
+    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):
+        raise ConvertError(f"{path}: not a PyTorch checkpoint (unrecognised file header {head!r})")
+    torch = _import_torch()
+    import pickle
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise ConvertError(
+                f"{path}: holds non-tensor Python objects ({found.group(1)}); refusing to unpickle arbitrary "
+                "objects. If you trust the file, re-save only its weights, e.g. torch.save({'state_dict': "
+                "torch.load(src, weights_only=False)['state_dict']}, 'clean.pth'), "
+                "or use mmdet's tools/model_converters/publish_model.py") from None
+        reason = str(exc.__context__ or exc).splitlines()[0]  # torch wraps the real cause in a long hint
+        raise ConvertError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+    except Exception as exc:  # corrupt zip, truncated file, ...: any reader failure means "not a checkpoint"
+        raise ConvertError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict):
+        raise ConvertError(f"{path}: not a checkpoint dict (got {type(ckpt).__name__})")
+    if isinstance(ckpt.get("state_dict"), dict):
+        container, sd = "state_dict", ckpt["state_dict"]
+    elif isinstance(ckpt.get("model"), dict):
+        container, sd = "model", ckpt["model"]
+    else:
+        container, sd = "bare", ckpt
+    bad = [k for k, v in sd.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if bad or not sd:
+        what = f"non-tensor entries: {_listing(map(str, bad))}" if bad else "it is empty"
+        raise ConvertError(f"{path}: not a state dict of tensors ({what}); expected a bare state dict or a "
+                           "dict with a 'state_dict' or 'model' entry")
+    state, cast = {}, {}
+    for key, t in sd.items():
+        key = key[len("module."):] if key.startswith("module.") else key  # DataParallel / DDP wrapper
+        if t.is_floating_point() and t.dtype != torch.float32:
+            dtype = str(t.dtype).replace("torch.", "")
+            cast[dtype] = cast.get(dtype, 0) + 1
+            t = t.float()  # the port is float32; fp16/bf16 -> fp32 is exact (and numpy has no bf16)
+        if key in state:
+            raise ConvertError(f"{path}: key {key!r} occurs with and without the 'module.' prefix")
+        state[key] = np.ascontiguousarray(t.detach().cpu().numpy())
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+    dmeta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
+    classes = meta.get("CLASSES", dmeta.get("classes"))
+    if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
+        classes = None
+    ignored = sorted(str(k) for k in ckpt if k != container) if container != "bare" else []
+    return state, {"container": container, "ignored": ignored, "cast": cast,
+                   "classes": list(classes) if classes else None}
+
+
+def detect_layout(keys: List[str], path: str = "checkpoint") -> str:
+    """'official' | 'mmdet3' | 'pytorch_solov2' from distinctive top-level prefixes."""
+    tops = {k.split(".", 1)[0] for k in keys}
+    # mmdet names the neck `neck` and the whole head `mask_head`; pytorch_solov2 names the neck `fpn`.
+    if "mask_head" in tops or "fpn" in tops:
+        layout = "mmdet3" if "mask_head" in tops else "pytorch_solov2"
+        clash = {"mmdet3": {"fpn", "bbox_head", "mask_feat_head"}, "pytorch_solov2": {"neck"}}[layout] & tops
+        if clash:
+            raise ConvertError(f"{path}: mixed key layouts (top-level prefixes {sorted(tops)})")
+        return layout
+    if {"backbone", "neck", "bbox_head", "mask_feat_head"} <= tops:
+        return "official"
+    raise ConvertError(f"{path}: not a SOLOv2 state dict: top-level prefixes {sorted(tops)}, expected "
+                       "backbone/neck/mask_feat_head/bbox_head (official), backbone/neck/mask_head "
+                       "(mmdetection) or backbone/fpn/mask_feat_head/bbox_head (pytorch_solov2)")
+
+
+def _apply_rules(key: str, rules) -> str:
+    for pattern, repl in rules:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return key
+
+
+def to_official(state: Dict[str, np.ndarray], layout: str, path: str = "checkpoint") -> Tuple[dict, int]:
+    """Rename a source state dict to official keys; drop ``num_batches_tracked``. Returns (state, n_dropped)."""
+    out, dropped = {}, 0
+    for key, arr in state.items():
+        if key.endswith(".num_batches_tracked"):
+            dropped += 1
+            continue
+        new = _apply_rules(key, RENAME_RULES[layout])
+        if new in out:
+            raise ConvertError(f"{path}: two keys map to {new!r}")
+        out[new] = arr
+    return out, dropped
+
+
+def official_to_mindspore_name(key: str) -> str:
+    """Official key -> MindSpore parameter name (BN/GN renames; all other names are unchanged)."""
+    return _apply_rules(key, MINDSPORE_RULES)
+
+
+def infer_arch(shapes: Dict[str, Tuple[int, ...]], path: str = "checkpoint") -> dict:
+    """Architecture from official keys/shapes: depth, channels, stacked convs, E, classes.
+
+    shapes: official key -> shape. num_classes follows the official convention (cate channels + 1).
+    """
+    dcn = [k for k in shapes if "conv_offset" in k]
+    if dcn:
+        raise ConvertError(f"{path}: DCN checkpoints are not supported ({len(dcn)} conv_offset keys, "
+                           f"e.g. {_listing(dcn, 2)})")
+
+    def shape(key):
+        if key not in shapes:
+            raise ConvertError(f"{path}: missing key {key!r} (needed to infer the architecture)")
+        return shapes[key]
+
+    def count(prefix):
+        return len({int(m.group(1)) for k in shapes for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m})
+
+    bottleneck = "backbone.layer1.0.conv3.weight" in shapes
+    blocks = tuple(count(f"backbone.layer{i}.") for i in range(1, 5))
+    depth = RESNET_DEPTHS.get((bottleneck, blocks))
+    if depth is None:
+        raise ConvertError(f"{path}: unsupported backbone: {'Bottleneck' if bottleneck else 'BasicBlock'} "
+                           f"ResNet with {blocks} blocks per stage (supported depths 18/34/50/101)")
+    stacked = count("bbox_head.cate_convs.")
+    arch = {
+        "depth": depth,
+        "fpn_in_channels": [shape(f"neck.lateral_convs.{i}.conv.weight")[1] for i in range(4)],
+        "fpn_out_channels": shape("neck.lateral_convs.0.conv.weight")[0],
+        "head_in_channels": shape("bbox_head.cate_convs.0.conv.weight")[1],
+        "stacked_convs": stacked,
+        "seg_feat_channels": shape("bbox_head.solo_cate.weight")[1],
+        "ins_out_channels": shape("bbox_head.solo_kernel.weight")[0],
+        "mask_feat_in_channels": shape("mask_feat_head.convs_all_levels.0.conv0.conv.weight")[1],
+        "mask_feat_channels": shape("mask_feat_head.convs_all_levels.0.conv0.conv.weight")[0],
+        "mask_feat_out_channels": shape("mask_feat_head.conv_pred.0.conv.weight")[0],
+        "num_classes": shape("bbox_head.solo_cate.weight")[0] + 1,
+    }
+    if arch["mask_feat_out_channels"] != arch["ins_out_channels"]:
+        raise ConvertError(f"{path}: inconsistent checkpoint: solo_kernel predicts {arch['ins_out_channels']}-d "
+                           f"kernels but the mask features have {arch['mask_feat_out_channels']} channels")
+    return arch
+
+
+def config_from_arch(arch: dict) -> SOLOv2Config:
+    """A SOLOv2Config whose weight shapes follow `arch`; non-weight settings keep their defaults."""
+    return SOLOv2Config(
+        backbone=BackboneConfig(depth=arch["depth"]),
+        neck=NeckConfig(in_channels=tuple(arch["fpn_in_channels"]), out_channels=arch["fpn_out_channels"]),
+        head=HeadConfig(num_classes=arch["num_classes"], in_channels=arch["head_in_channels"],
+                        stacked_convs=arch["stacked_convs"], seg_feat_channels=arch["seg_feat_channels"],
+                        ins_out_channels=arch["ins_out_channels"]),
+        mask_feat=MaskFeatConfig(in_channels=arch["mask_feat_in_channels"], out_channels=arch["mask_feat_channels"],
+                                 num_classes=arch["mask_feat_out_channels"]),
+        source="inferred from checkpoint keys")
+
+
+def check_config(arch: dict, cfg: SOLOv2Config, path: str = "checkpoint") -> None:
+    """Raise ConvertError naming every architecture field where checkpoint and config disagree."""
+    b, n, h, m = cfg.backbone, cfg.neck, cfg.head, cfg.mask_feat
+    checks = [
+        (arch["depth"], b.depth, "ResNet-{a} checkpoint, config is ResNet-{c}"),
+        (arch["num_classes"] - 1, h.num_classes - 1, "checkpoint has {a} classes, config expects {c}"),
+        (arch["stacked_convs"], h.stacked_convs, "checkpoint has {a} stacked head convs, config expects {c}"),
+        (arch["seg_feat_channels"], h.seg_feat_channels, "checkpoint head width is {a}, config expects {c}"),
+        (arch["ins_out_channels"], h.ins_out_channels, "checkpoint kernel size E is {a}, config expects {c}"),
+        (arch["head_in_channels"], h.in_channels, "checkpoint head input is {a} channels, config expects {c}"),
+        (tuple(arch["fpn_in_channels"]), tuple(n.in_channels), "checkpoint FPN inputs are {a}, config expects {c}"),
+        (arch["fpn_out_channels"], n.out_channels, "checkpoint FPN width is {a}, config expects {c}"),
+        (arch["mask_feat_in_channels"], m.in_channels, "checkpoint mask-feature input is {a}, config expects {c}"),
+        (arch["mask_feat_channels"], m.out_channels, "checkpoint mask-feature width is {a}, config expects {c}"),
+        (arch["mask_feat_out_channels"], m.num_classes, "checkpoint mask features are {a}-d, config expects {c}"),
+    ]
+    bad = [msg.format(a=a, c=c) for a, c, msg in checks if a != c]
+    if bad:
+        where = f" ({cfg.source})" if cfg.source else ""
+        raise ConvertError(f"{path}: checkpoint does not match the config{where}: " + "; ".join(bad))
+
+
+def model_parameter_shapes(cfg: SOLOv2Config) -> Dict[str, Tuple[int, ...]]:
+    """MindSpore parameter name -> shape of `solov2.models.build_model(cfg)`, in model order."""
+    from solov2.models import build_model  # imports MindSpore: only when a conversion gets this far
+    net = build_model(cfg)
+    return {name: tuple(p.shape) for name, p in net.parameters_and_names()}
+
+
+def verify_names_and_shapes(ms_state: Dict[str, np.ndarray], expected: Dict[str, Tuple[int, ...]],
+                            path: str = "checkpoint") -> None:
+    """Strict check: every model parameter present, nothing unused, every shape equal."""
+    missing = [k for k in expected if k not in ms_state]
+    unused = [k for k in ms_state if k not in expected]
+    wrong = [f"{k} {tuple(ms_state[k].shape)} vs model {expected[k]}" for k in expected
+             if k in ms_state and tuple(ms_state[k].shape) != expected[k]]
+    problems = [f"{len(v)} {what}: {_listing(v)}" for what, v in
+                (("missing", missing), ("unused", unused), ("shape mismatches", wrong)) if v]
+    if problems:
+        raise ConvertError(f"{path}: does not fit the model: " + "; ".join(problems))
+
+
+def save_mindspore_checkpoint(ms_state: Dict[str, np.ndarray], dst: str, sidecar: dict, force: bool) -> None:
+    """Write `dst` (.ckpt) and `dst + '.json'` atomically (temp files in the same dir, then os.replace)."""
+    import mindspore as ms
+    side = dst + ".json"
+    dst_dir = os.path.dirname(os.path.abspath(dst))
+    tmp_ckpt = tmp_json = None
+    try:
+        # mindspore appends '.ckpt' to names without it, so the temp name must end in '.ckpt'.
+        fd, tmp_ckpt = tempfile.mkstemp(prefix=".convert-", suffix=".tmp.ckpt", dir=dst_dir)
+        os.close(fd)
+        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in ms_state.items()], tmp_ckpt)
+        fd, tmp_json = tempfile.mkstemp(prefix=".convert-", suffix=".tmp.json", dir=dst_dir)
+        with os.fdopen(fd, "w") as f:
+            json.dump(sidecar, f, indent=1)
+        os.chmod(tmp_json, 0o644)
+        if not force and (os.path.exists(dst) or os.path.exists(side)):  # re-check just before replacing
+            raise ConvertError(f"{dst}: exists (use --force to overwrite)")
+        os.replace(tmp_json, side)
+        tmp_json = None
+        os.replace(tmp_ckpt, dst)
+        tmp_ckpt = None
+    except (OSError, RuntimeError, TypeError, ValueError) as exc:
+        raise ConvertError(f"{dst}: could not write the checkpoint ({type(exc).__name__}: {exc})") from None
+    finally:
+        for tmp in (tmp_ckpt, tmp_json):
+            if tmp and os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert_checkpoint(src: str, dst: str, config: Union[None, str, SOLOv2Config] = None,
+                       force: bool = False, log=print) -> dict:
+    """Convert `src` (.pth, any supported layout) into `dst` (.ckpt) + `dst.json`; returns the summary.
+
+    config: a SOLOv2Config, a config file path (read with `solov2.config.load_config`), or None to infer
+    the architecture from the checkpoint. Raises ConvertError (DST untouched) on any problem.
+    """
+    if not dst.endswith(".ckpt"):
+        raise ConvertError(f"{dst}: the output name must end in .ckpt (MindSpore refuses other suffixes)")
+    if not force and (os.path.exists(dst) or os.path.exists(dst + ".json")):
+        raise ConvertError(f"{dst}: exists (use --force to overwrite)")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
+        raise ConvertError(f"{dst}: output directory does not exist")
+    state, info = load_torch_checkpoint(src)
+    layout = detect_layout(list(state), src)
+    official, n_nbt = to_official(state, layout, src)
+    arch = infer_arch({k: tuple(v.shape) for k, v in official.items()}, src)
+    if isinstance(config, str):
+        try:
+            from solov2.config import load_config
+        except ImportError as exc:
+            raise ConvertError("--config needs solov2.config.load_config, which is not available") from exc
+        try:
+            config = load_config(config)
+        except Exception as exc:  # noqa: BLE001 - any config problem is reported as one line
+            raise ConvertError(f"{config}: cannot read the config ({type(exc).__name__}: {exc})") from None
+    if config is None:
+        cfg, cfg_note = config_from_arch(arch), "inferred from the checkpoint"
+    else:
+        check_config(arch, config, src)
+        cfg, cfg_note = config, f"checked against {config.source or 'the given config'}"
+    ms_state = {official_to_mindspore_name(k): v for k, v in official.items()}
+    bad_dtype = [k for k, v in ms_state.items() if v.dtype != np.float32]
+    if bad_dtype:
+        raise ConvertError(f"{src}: non-float parameters: {_listing(bad_dtype)}")
+    expected = model_parameter_shapes(cfg)
+    verify_names_and_shapes(ms_state, expected, src)
+    ms_state = {k: ms_state[k] for k in expected}  # model order: identical files for every source layout
+    classes = info["classes"]
+    notes = []
+    if classes is not None and len(classes) != arch["num_classes"] - 1:
+        notes.append(f"checkpoint meta lists {len(classes)} class names for {arch['num_classes'] - 1} "
+                     "outputs; names not stored")
+        classes = None
+    notes += [f"cast {n} {dt} tensors to float32" for dt, n in sorted(info["cast"].items())]
+    summary = {
+        "format": "solov2.convert/1", "source": os.path.abspath(src), "source_sha256": _sha256(src), "layout": layout,
+        "container": info["container"], "config": cfg_note, "arch": arch, "classes": classes,
+        "num_tensors": len(ms_state), "num_parameters": int(sum(v.size for v in ms_state.values())),
+        "skipped_num_batches_tracked": n_nbt, "ignored_entries": info["ignored"], "notes": notes,
+        "output": os.path.abspath(dst), "sidecar": os.path.abspath(dst) + ".json",
+    }
+    save_mindspore_checkpoint(ms_state, dst, {k: v for k, v in summary.items() if k != "sidecar"}, force)
+    if log is not None:
+        log(format_summary(summary))
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    """Human-readable multi-line summary of a conversion."""
+    a = s["arch"]
+    classes = (f"{a['num_classes'] - 1} ({', '.join(s['classes'][:5])}{', ...' if len(s['classes']) > 5 else ''})"
+               if s["classes"] else f"{a['num_classes'] - 1} (no class names in the checkpoint)")
+    lines = [
+        f"source:      {s['source']} (layout: {s['layout']}, weights from '{s['container']}')",
+        f"arch:        ResNet-{a['depth']}, FPN {a['fpn_out_channels']}, {a['stacked_convs']} stacked convs x "
+        f"{a['seg_feat_channels']}, E={a['ins_out_channels']}, mask features {a['mask_feat_channels']}",
+        f"config:      {s['config']}",
+        f"classes:     {classes}",
+        f"converted:   {s['num_tensors']} tensors, {s['num_parameters']:,} parameters (float32)",
+        f"skipped:     {s['skipped_num_batches_tracked']} num_batches_tracked; ignored top-level entries: "
+        f"{', '.join(s['ignored_entries']) or 'none'}",
+    ]
+    lines += [f"note:        {n}" for n in s["notes"]]
+    lines += [f"wrote:       {s['output']}", f"             {s['sidecar']} (class names, arch, source)"]
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""Single-image inference: official test preprocessing -> SOLOv2Eval (in the graph) -> post-processing (NumPy)."""
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import cv2
+import mindspore as ms
+import numpy as np
+
+from .config import SOLOv2Config
+from .data.transforms import preprocess_test
+from .models import SOLOv2Eval, build_model
+from .postprocess import get_seg_single
+from .runtime import SolovError, checkpoint_class_names, load_weights
+
+
+def read_image(path) -> np.ndarray:
+    """cv2.imread as BGR uint8 (H, W, 3); a missing or undecodable file raises SolovError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SolovError(f"{path}: no such image file")
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise SolovError(f"{path}: cannot decode the image (not an image, or corrupt)")
+    return img
+
+
+def resolve_class_names(cfg: SOLOv2Config, checkpoint=None) -> List[str]:
+    """Class names from the config, else from the converted checkpoint's sidecar, else `class_<i>`."""
+    n = cfg.head.cate_out_channels
+    names = cfg.class_names or (checkpoint_class_names(checkpoint) if checkpoint else None)
+    if names and len(names) != n:
+        raise SolovError(f"{len(names)} class names given but the model has {n} classes "
+                         f"({cfg.source or 'config'}: num_classes={cfg.head.num_classes} includes background)")
+    return list(names) if names else [f"class_{i}" for i in range(n)]
+
+
+class Predictor:
+    """Holds a model with loaded weights; `predict(img_bgr)` returns the official SOLOv2 result.
+
+    The network runs in whatever mode `solov2.runtime.set_runtime` selected. In GRAPH_MODE each new padded input
+    size compiles once (sizes repeat for same-shaped images).
+    """
+
+    def __init__(self, cfg: SOLOv2Config, checkpoint: Optional[str] = None, net=None):
+        self.cfg = cfg
+        if net is None:
+            net = build_model(cfg)
+            if checkpoint is not None:
+                load_weights(net, checkpoint)
+        net.set_train(False)
+        self.net = SOLOv2Eval(net)
+        self.class_names = resolve_class_names(cfg, checkpoint)
+        self.timings: Dict[str, float] = {}
+
+    def predict(self, img_bgr: np.ndarray) -> Dict[str, np.ndarray]:
+        """img_bgr uint8 (H, W, 3) -> masks bool (n, H, W), labels int64 (n,) 0-based, scores float32 (n,)."""
+        d, c = self.cfg.data, self.cfg
+        t0 = time.perf_counter()
+        x, meta = preprocess_test(img_bgr, d.test_scale, d.mean, d.std, d.to_rgb, d.size_divisor)
+        t1 = time.perf_counter()
+        cate, kernels, mask_feat = self.net(ms.Tensor(x))
+        cate, kernels, mask_feat = cate.asnumpy()[0], kernels.asnumpy()[0], mask_feat.asnumpy()[0]
+        t2 = time.perf_counter()
+        out = get_seg_single(cate, kernels, mask_feat, meta["img_shape"], meta["ori_shape"], c.test,
+                             c.head.num_grids, c.head.strides)
+        t3 = time.perf_counter()
+        self.timings = dict(preprocess=t1 - t0, network=t2 - t1, postprocess=t3 - t2)
+        return out

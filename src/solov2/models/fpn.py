@@ -1,0 +1,48 @@
+"""Feature pyramid (mmdetection FPN, add_extra_convs=False, num_outs=5).
+
+Names: ``lateral_convs.{i}.conv.{weight,bias}`` (1x1) and ``fpn_convs.{i}.conv.{weight,bias}`` (3x3), as the
+official ConvModule wrappers without norm and activation.
+"""
+from typing import Sequence, Tuple
+
+import mindspore.nn as nn
+import mindspore.ops as ops
+from mindspore import Tensor
+from mindspore.common.initializer import XavierUniform
+
+
+class PlainConv(nn.Cell):
+    """A conv with bias held under ``.conv`` so its keys match the official ConvModule(norm_cfg=None)."""
+
+    def __init__(self, cin: int, cout: int, k: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, pad_mode="pad", padding=k // 2, has_bias=True,
+                              weight_init=XavierUniform(), bias_init="zeros")
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class FPN(nn.Cell):
+    """(C2..C5) -> (P2, P3, P4, P5, P6), all `out_channels`; P6 = P5[..., ::2, ::2].
+
+    P6 is the official ``max_pool2d(P5, kernel_size=1, stride=2)``, i.e. a subsample of P5 (size ceil(H5/2)).
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int = 256, num_outs: int = 5):
+        super().__init__()
+        if num_outs != len(in_channels) + 1:
+            raise ValueError(f"FPN: num_outs={num_outs} unsupported (expected {len(in_channels) + 1})")
+        self.lateral_convs = nn.CellList([PlainConv(c, out_channels, 1) for c in in_channels])
+        self.fpn_convs = nn.CellList([PlainConv(out_channels, out_channels, 3) for _ in in_channels])
+        self.num_ins = len(in_channels)
+
+    def construct(self, feats: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+        laterals = [self.lateral_convs[i](feats[i]) for i in range(self.num_ins)]
+        # Top-down: nearest x2 (sizes are exact multiples because inputs are padded to 32).
+        for i in range(self.num_ins - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + ops.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
+                                                                mode="nearest")
+        outs = [self.fpn_convs[i](laterals[i]) for i in range(self.num_ins)]
+        outs.append(outs[-1][:, :, ::2, ::2])
+        return tuple(outs)

@@ -1,0 +1,121 @@
+"""ResNet-18/34/50/101 backbone (torchvision layout, mmdetection 'pytorch' style).
+
+Parameter names equal the official checkpoint keys under ``backbone.`` (``conv1.weight``,
+``layer3.5.bn2.gamma``, ``layer2.0.downsample.0.weight`` ...), with MindSpore's BatchNorm names
+gamma/beta/moving_mean/moving_variance for torch's weight/bias/running_mean/running_var.
+"""
+from typing import List, Tuple
+
+import mindspore.nn as nn
+from mindspore import Tensor
+from mindspore.common.initializer import HeNormal
+
+ARCH = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
+        50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
+
+
+def conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
+    """Bias-free conv with torch's explicit zero padding (MindSpore's default pad_mode='same' differs)."""
+    return nn.Conv2d(cin, cout, k, stride=stride, pad_mode="pad", padding=k // 2, has_bias=False,
+                     weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+
+
+def bn(c: int, frozen_stats: bool, zero_gamma: bool = False) -> nn.BatchNorm2d:
+    """BatchNorm2d, eps 1e-5, torch momentum 0.1 (= MindSpore momentum 0.9).
+
+    frozen_stats: always normalise with the moving statistics and never update them (mmdet norm_eval=True),
+    also in training mode.
+    """
+    return nn.BatchNorm2d(c, eps=1e-5, momentum=0.9, gamma_init="zeros" if zero_gamma else "ones",
+                          use_batch_statistics=False if frozen_stats else None)
+
+
+class BasicBlock(nn.Cell):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int, downsample, frozen_stats: bool):
+        super().__init__()
+        self.conv1 = conv(cin, planes, 3, stride)
+        self.bn1 = bn(planes, frozen_stats)
+        self.conv2 = conv(planes, planes, 3)
+        self.bn2 = bn(planes, frozen_stats, zero_gamma=True)   # zero_init_residual
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def construct(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Cell):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int, downsample, frozen_stats: bool):
+        super().__init__()
+        # style='pytorch': the stride sits on the 3x3 conv, not on the first 1x1.
+        self.conv1 = conv(cin, planes, 1)
+        self.bn1 = bn(planes, frozen_stats)
+        self.conv2 = conv(planes, planes, 3, stride)
+        self.bn2 = bn(planes, frozen_stats)
+        self.conv3 = conv(planes, planes * 4, 1)
+        self.bn3 = bn(planes * 4, frozen_stats, zero_gamma=True)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def construct(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Cell):
+    """ResNet trunk without the classifier. x (N, 3, H, W) float32 -> (C2, C3, C4, C5) at strides 4..32.
+
+    Channels of C2..C5: 64/128/256/512 (depth 18, 34) or 256/512/1024/2048 (50, 101).
+    """
+
+    def __init__(self, depth: int = 101, frozen_stages: int = 1, norm_eval: bool = True):
+        super().__init__()
+        if depth not in ARCH:
+            raise ValueError(f"ResNet depth must be one of {sorted(ARCH)}, got {depth}")
+        kind, blocks = ARCH[depth]
+        block = BasicBlock if kind == "basic" else Bottleneck
+        self.depth, self.frozen_stages = depth, frozen_stages
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, pad_mode="pad", padding=3, has_bias=False,
+                               weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+        self.bn1 = bn(64, norm_eval)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
+        cin = 64
+        for i, n in enumerate(blocks):
+            planes, stride = 64 * 2 ** i, 1 if i == 0 else 2
+            downsample = None
+            if stride != 1 or cin != planes * block.expansion:
+                downsample = nn.SequentialCell([conv(cin, planes * block.expansion, 1, stride),
+                                                bn(planes * block.expansion, norm_eval)])
+            layer = [block(cin, planes, stride, downsample, norm_eval)]
+            cin = planes * block.expansion
+            layer += [block(cin, planes, 1, None, norm_eval) for _ in range(1, n)]
+            setattr(self, f"layer{i + 1}", nn.SequentialCell(layer))
+        self.out_channels: List[int] = [64 * 2 ** i * block.expansion for i in range(4)]
+        self._freeze()
+
+    def _freeze(self) -> None:
+        """frozen_stages=k: stem and layer1..k get no gradient (their BN stats are frozen by norm_eval)."""
+        cells = [self.conv1, self.bn1] if self.frozen_stages >= 0 else []
+        cells += [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
+        for cell in cells:
+            for p in cell.get_parameters():
+                p.requires_grad = False
+
+    def construct(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return c2, c3, c4, c5

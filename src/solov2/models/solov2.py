@@ -1,0 +1,72 @@
+"""The SOLOv2 network: ResNet -> FPN -> (SOLOv2Head, MaskFeatHead), and its inference wrapper."""
+from typing import List, Tuple
+
+import mindspore.nn as nn
+import mindspore.ops as ops
+from mindspore import Tensor
+
+from ..config import SOLOv2Config
+from .fpn import FPN
+from .heads import MaskFeatHead, SOLOv2Head, points_nms
+from .resnet import ResNet
+
+
+def flatten_levels(maps: List[Tensor]) -> Tensor:
+    """[(N, K, S_l, S_l)] -> (N, sum_l S_l^2, K): cells level after level, row-major within a level."""
+    flat = [ops.transpose(m, (0, 2, 3, 1)).reshape(m.shape[0], -1, m.shape[1]) for m in maps]
+    return ops.concat(flat, axis=1)
+
+
+class SOLOv2(nn.Cell):
+    """SOLOv2 with official parameter names (``backbone.*``, ``neck.*``, ``mask_feat_head.*``, ``bbox_head.*``).
+
+    construct(img) is the training forward: img (N, 3, H, W) float32, H and W multiples of 32 ->
+      cate_logits (N, cells, C) raw logits, kernels (N, cells, E), mask_feat (N, E, H/4, W/4),
+    with cells = sum(S^2) = 3872 for the default grids and C = num_classes - 1.
+    """
+
+    def __init__(self, cfg: SOLOv2Config):
+        super().__init__()
+        b, n, h, m = cfg.backbone, cfg.neck, cfg.head, cfg.mask_feat
+        self.backbone = ResNet(b.depth, b.frozen_stages, b.norm_eval)
+        if tuple(self.backbone.out_channels) != tuple(n.in_channels):
+            raise ValueError(f"neck.in_channels {tuple(n.in_channels)} do not match ResNet-{b.depth} "
+                             f"outputs {tuple(self.backbone.out_channels)}")
+        self.neck = FPN(n.in_channels, n.out_channels, n.num_outs)
+        self.mask_feat_head = MaskFeatHead(m.in_channels, m.out_channels, m.start_level, m.end_level, m.num_classes)
+        self.bbox_head = SOLOv2Head(h.num_classes, h.in_channels, h.stacked_convs, h.seg_feat_channels,
+                                    h.ins_out_channels, h.num_grids)
+
+    def features(self, img: Tensor) -> Tuple[List[Tensor], List[Tensor], Tensor]:
+        """img -> (per-level cate logits (N, C, S, S), per-level kernels (N, E, S, S), mask_feat)."""
+        feats = self.neck(self.backbone(img))
+        mask_feat = self.mask_feat_head(feats[0:4])
+        cates, kernels = self.bbox_head(feats)
+        return cates, kernels, mask_feat
+
+    def construct(self, img: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        cates, kernels, mask_feat = self.features(img)
+        return flatten_levels(cates), flatten_levels(kernels), mask_feat
+
+
+class SOLOv2Eval(nn.Cell):
+    """Inference forward of a SOLOv2 (shares its parameters; names are not prefixed).
+
+    img (N, 3, H, W) -> cate_scores (N, cells, C) = points_nms(sigmoid(logits)), kernels (N, cells, E),
+    mask_feat (N, E, H/4, W/4). The data-dependent rest (thresholds, Matrix NMS) is
+    `solov2.postprocess.get_seg_single`, outside the graph.
+    """
+
+    def __init__(self, net: SOLOv2):
+        super().__init__(auto_prefix=False)
+        self.net = net
+
+    def construct(self, img: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        cates, kernels, mask_feat = self.net.features(img)
+        scores = [points_nms(ops.sigmoid(c)) for c in cates]
+        return flatten_levels(scores), flatten_levels(kernels), mask_feat
+
+
+def build_model(cfg: SOLOv2Config) -> SOLOv2:
+    """A SOLOv2 cell from a typed config (see `solov2.config.load_config`)."""
+    return SOLOv2(cfg)

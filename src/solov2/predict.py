@@ -1,0 +1,128 @@
+"""What `test.py` (one image -> picture) and `run.py` (folder / image / video -> pictures + results.json) do."""
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .config import load_config
+from .inference import Predictor, read_image
+from .results import instances_to_records, write_json_atomic
+from .runtime import SolovError
+from .visualize import draw_instances
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".webm", ".m4v"}
+
+
+def _check_writable(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise SolovError(f"{path}: already exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise SolovError(f"{path.parent}: output folder does not exist")
+
+
+def write_image(path: Path, img: np.ndarray) -> None:
+    """Write a picture atomically (temp file + rename) so an interrupted run leaves no half file."""
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    if not cv2.imwrite(str(tmp), img):
+        raise SolovError(f"{path}: cannot write an image with this extension")
+    tmp.replace(path)
+
+
+def predict_image(config: str, checkpoint: str, image: str, out: Optional[str], score_thr: float = 0.3,
+                  force: bool = False, overrides=()) -> Path:
+    """One image -> a picture with masks, class names and scores. Returns the picture's path."""
+    img = read_image(image)
+    out_path = Path(out) if out else Path(f"{Path(image).stem}_result.jpg")
+    _check_writable(out_path, force)
+    cfg = load_config(config, overrides)
+    pred = Predictor(cfg, checkpoint)
+    res = pred.predict(img)
+    write_image(out_path, draw_instances(img, res["masks"], res["labels"], res["scores"], pred.class_names,
+                                         score_thr=score_thr))
+    shown = int((res["scores"] >= score_thr).sum())
+    t = pred.timings
+    print(f"{image}: {len(res['scores'])} instances ({shown} with score >= {score_thr} drawn) -> {out_path}  "
+          f"[pre {t['preprocess']:.2f}s, net {t['network']:.2f}s, post {t['postprocess']:.2f}s]")
+    return out_path
+
+
+def list_inputs(inp: Path) -> Tuple[str, List[Path]]:
+    """('images', files) for a folder or one image, ('video', [file]) for a video; SolovError otherwise."""
+    if inp.is_dir():
+        files = sorted(p for p in inp.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise SolovError(f"{inp}: folder contains no images ({', '.join(sorted(IMAGE_EXTS))})")
+        return "images", files
+    if not inp.exists():
+        raise SolovError(f"{inp}: no such file or folder")
+    if inp.suffix.lower() in VIDEO_EXTS:
+        return "video", [inp]
+    if inp.suffix.lower() in IMAGE_EXTS:
+        return "images", [inp]
+    raise SolovError(f"{inp}: not an image, a video ({', '.join(sorted(VIDEO_EXTS))}) or a folder")
+
+
+def video_frames(path: Path) -> Iterator[Tuple[str, np.ndarray]]:
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise SolovError(f"{path}: cannot open the video")
+    i = 0
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            yield f"{path.stem}_{i:06d}.jpg", frame
+            i += 1
+    finally:
+        cap.release()
+    if i == 0:
+        raise SolovError(f"{path}: the video has no readable frames")
+
+
+def predict_many(config: str, checkpoint: str, inp: str, outdir: str, score_thr: float = 0.3,
+                 force: bool = False, skip_bad: bool = False, overrides=()) -> Path:
+    """Folder / image / video -> OUTDIR/<name>.jpg per image or frame and OUTDIR/results.json.
+
+    results.json: a list of instances {file_name, label, category_name, score, bbox [x, y, w, h],
+    segmentation (COCO RLE)}, written atomically at the end.
+    """
+    kind, files = list_inputs(Path(inp))
+    out = Path(outdir)
+    results_path = out / "results.json"
+    if results_path.exists() and not force:
+        raise SolovError(f"{results_path}: already exists; pass --force to overwrite, or choose another --out")
+    cfg = load_config(config, overrides)
+    pred = Predictor(cfg, checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == "video":
+        cap = cv2.VideoCapture(str(files[0]))
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        cap.release()
+        items = video_frames(files[0])
+    else:
+        total = len(files)
+        items = ((p.name, p) for p in files)
+    records, skipped, n = [], 0, 0
+    for name, src in tqdm(items, total=total, unit="img", desc="SOLOv2", dynamic_ncols=True):
+        try:
+            img = read_image(src) if isinstance(src, Path) else src
+        except SolovError as e:
+            if not skip_bad:
+                raise SolovError(f"{e} (use --skip-bad to skip unreadable images)") from None
+            tqdm.write(f"warning: skipped {e}")
+            skipped += 1
+            continue
+        res = pred.predict(img)
+        records += instances_to_records(name, res["masks"], res["labels"], res["scores"], pred.class_names)
+        write_image(out / (Path(name).stem + ".jpg"),
+                    draw_instances(img, res["masks"], res["labels"], res["scores"], pred.class_names,
+                                   score_thr=score_thr))
+        n += 1
+    write_json_atomic(results_path, records)
+    print(f"{n} image(s), {len(records)} instances -> {out}/ (pictures) and {results_path}"
+          + (f"; {skipped} unreadable image(s) skipped" if skipped else ""))
+    return results_path

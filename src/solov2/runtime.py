@@ -1,0 +1,96 @@
+"""Process-level setup shared by the command-line tools: errors, MindSpore context, checkpoint loading."""
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import mindspore as ms
+import numpy as np
+
+from .errors import SolovError
+
+
+def cli_main(fn: Callable[[], Optional[int]]) -> None:
+    """Run a CLI body; user errors become `error: <message>` on stderr and exit code 2 (no traceback)."""
+    try:
+        rc = fn()
+    except SolovError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(rc or 0)
+
+
+def set_runtime(device_target: str = "CPU", mode: str = "graph", device_id: Optional[int] = None) -> None:
+    """Select the device and execution mode ('graph' = GRAPH_MODE, 'pynative' = PYNATIVE_MODE).
+
+    On Ascend, operators are kept in float32 ('must_keep_origin_dtype'); the default would let convolutions
+    run in float16, which breaks the 1e-4 parity with the official model.
+    """
+    if mode not in ("graph", "pynative"):
+        raise SolovError(f"--mode must be 'graph' or 'pynative', got {mode!r}")
+    if device_target not in ("CPU", "GPU", "Ascend"):
+        raise SolovError(f"--device_target must be CPU, GPU or Ascend, got {device_target!r}")
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    if device_id is None:
+        device_id = int(os.environ.get("DEVICE_ID", 0))
+    ms.set_device(device_target, device_id)
+    if device_target == "Ascend":
+        try:
+            from mindspore.device_context.ascend.op_precision import precision_mode
+            precision_mode("must_keep_origin_dtype")
+        except (ImportError, AttributeError, RuntimeError):  # older MindSpore: the ascend_config context key
+            ms.set_context(ascend_config={"precision_mode": "must_keep_origin_dtype"})
+
+
+def read_checkpoint(path) -> Dict[str, ms.Parameter]:
+    """Read a MindSpore .ckpt; missing or unreadable files raise SolovError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SolovError(f"{path}: no such checkpoint file")
+    try:
+        return ms.load_checkpoint(str(path))
+    except (ValueError, RuntimeError, TypeError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SolovError(f"{path}: not a readable MindSpore checkpoint ({first})") from None
+
+
+def load_weights(net, path, skip_mismatched: bool = False) -> List[str]:
+    """Load a checkpoint into `net` strictly by name.
+
+    Missing or unexpected parameters and shape mismatches raise SolovError naming them. With
+    skip_mismatched=True (fine-tuning from a COCO checkpoint), parameters whose shape differs keep their fresh
+    initialisation and are returned, so the caller can log them. Extra non-model entries (optimizer state,
+    epoch counters) are ignored.
+    """
+    ckpt = read_checkpoint(path)
+    own = {p.name: p for p in net.get_parameters()}
+    missing = [k for k in own if k not in ckpt]
+    if missing:
+        raise SolovError(f"{path}: {len(missing)} model parameter(s) missing from the checkpoint, e.g. "
+                         f"{', '.join(missing[:3])} (is it a SOLOv2 checkpoint for this config?)")
+    mismatched = [k for k in own if tuple(ckpt[k].shape) != tuple(own[k].shape)]
+    if mismatched and not skip_mismatched:
+        k = mismatched[0]
+        raise SolovError(f"{path}: {len(mismatched)} parameter shape(s) differ from the config's model, e.g. {k}: "
+                         f"checkpoint {tuple(ckpt[k].shape)} vs model {tuple(own[k].shape)} "
+                         f"(another architecture or class count?)")
+    for k, p in own.items():
+        if k not in mismatched:
+            p.set_data(ms.Tensor(ckpt[k].asnumpy().astype(np.float32)))
+    return mismatched
+
+
+def checkpoint_class_names(path) -> Optional[List[str]]:
+    """Class names stored beside a converted checkpoint (`<ckpt>.json`, written by weight_convert.py)."""
+    side = Path(str(path) + ".json")
+    if not side.is_file():
+        return None
+    try:
+        names = json.loads(side.read_text()).get("classes")
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return None
+    return list(names) if names else None

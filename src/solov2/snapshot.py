@@ -1,0 +1,111 @@
+"""Per-epoch training snapshots (weights + optimizer state + counters), written atomically, and the LR schedule."""
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import mindspore as ms
+import numpy as np
+
+from .config import OptimConfig
+from .runtime import SolovError
+
+SNAPSHOT_RE = re.compile(r"^epoch_(\d+)\.ckpt$")
+
+
+def lr_schedule(o: OptimConfig, iters_per_epoch: int, total_epochs: int) -> List[float]:
+    """Learning rate of every global iteration (mmcv 'step' policy with linear warmup).
+
+    lr(epoch) = lr * gamma ** (number of steps <= epoch) (0-based epochs); during the first warmup_iters global
+    iterations it is multiplied by ``1 - (1 - it / warmup_iters) * (1 - warmup_ratio)``.
+    """
+    out = []
+    for it in range(iters_per_epoch * total_epochs):
+        epoch = it // iters_per_epoch
+        lr = o.lr * o.lr_gamma ** sum(epoch >= s for s in o.lr_steps)
+        if o.warmup == "linear" and it < o.warmup_iters:
+            lr *= 1 - (1 - it / o.warmup_iters) * (1 - o.warmup_ratio)
+        out.append(lr)
+    return out
+
+
+def snapshots(work_dir: Path) -> List[Path]:
+    """epoch_N.ckpt files of a work dir, oldest first."""
+    if not work_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in work_dir.iterdir() if (m := SNAPSHOT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_snapshot(path: Path, net, optimizer, epoch: int, seed: int) -> None:
+    """Write weights, BN statistics, optimizer moments and global_step, plus the epoch and seed counters.
+
+    The file appears under its final name only when complete (temp file + os.replace), so a crash during the save
+    never leaves a truncated epoch_N.ckpt behind. The per-step learning-rate table is not stored: it is rebuilt
+    from the config, and its length changes when total_epochs does.
+    """
+    own = {p.name for p in net.get_parameters()}
+    items = [{"name": p.name, "data": p} for p in net.get_parameters()]
+    items += [{"name": p.name, "data": p} for p in optimizer.get_parameters()
+              if p.name not in own and p.name != "learning_rate"]
+    tmp = path.with_name(f".{path.stem}.tmp.ckpt")
+    try:
+        # global_step itself is the optimizer's own parameter (it drives the per-step learning rate).
+        ms.save_checkpoint(items, str(tmp), append_dict={"epoch": int(epoch), "seed": int(seed)})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_snapshot(path: Path, net, optimizer) -> dict:
+    """Restore a snapshot into net and optimizer; returns dict(epoch, global_step, seed)."""
+    try:
+        ckpt = ms.load_checkpoint(str(path))
+    except (ValueError, RuntimeError, OSError) as e:
+        raise SolovError(f"{path}: not a readable snapshot ({str(e).strip().splitlines()[0] if str(e) else e})")
+    for key in ("epoch", "global_step", "seed"):
+        if key not in ckpt:
+            raise SolovError(f"{path}: not a training snapshot (no '{key}' entry); use --load-from for weights")
+    meta = {k: int(ckpt.pop(k).asnumpy()) for k in ("epoch", "seed")}
+    meta["global_step"] = int(ckpt["global_step"].asnumpy().reshape(-1)[0])
+    not_loaded, _ = ms.load_param_into_net(net, ckpt, strict_load=True)
+    if not_loaded:
+        raise SolovError(f"{path}: snapshot does not match the model: {len(not_loaded)} parameter(s) missing, "
+                         f"e.g. {not_loaded[0]}")
+    opt_state = {k: v for k, v in ckpt.items() if k != "learning_rate"}
+    not_loaded, _ = ms.load_param_into_net(optimizer, opt_state, strict_load=True)
+    not_loaded = [n for n in not_loaded if n != "learning_rate"]
+    if not_loaded:
+        raise SolovError(f"{path}: optimizer state incomplete, e.g. {not_loaded[0]} missing")
+    return meta
+
+
+def latest_valid_snapshot(work_dir: Path) -> Optional[Path]:
+    """Newest epoch_N.ckpt that MindSpore can read (an unreadable one is skipped with a warning)."""
+    for path in reversed(snapshots(work_dir)):
+        try:
+            ckpt = ms.load_checkpoint(str(path), choice_func=lambda name: name in ("epoch", "global_step"))
+            if "epoch" in ckpt:
+                return path
+        except (ValueError, RuntimeError, OSError):
+            pass
+        warnings.warn(f"{path}: unreadable snapshot, trying an older one")
+    return None
+
+
+def prune_snapshots(work_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` epoch_N.ckpt (keep <= 0 keeps everything)."""
+    if keep > 0:
+        for path in snapshots(work_dir)[:-keep]:
+            path.unlink()
+
+
+def params_digest(net) -> str:
+    """Short hash of all parameter values (logged so that resumed and straight runs can be compared)."""
+    import hashlib
+    h = hashlib.sha256()
+    for p in net.get_parameters():
+        h.update(np.ascontiguousarray(p.asnumpy()).tobytes())
+    return h.hexdigest()[:16]
