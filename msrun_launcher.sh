@@ -95,6 +95,8 @@ ARGS+=("${TASK[@]}")
 
 # %q shows the exact words msrun receives (quoted where needed), so the line can be pasted back.
 echo "Running command: $(printf '%q ' "${ARGS[@]}")"
+# With JOIN=True a crashed worker ends the job only once the scheduler's node timeout expires (about 30 s on
+# MindSpore 2.10; env MS_NODE_TIMEOUT shortens it), independent of CLUSTER_TIME_OUT.
 rc=0
 "${ARGS[@]}" || rc=$?
 if [[ $JOIN == True ]]; then

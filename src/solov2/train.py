@@ -40,8 +40,8 @@ def init_distributed(distributed: bool):
     return get_rank(), world
 
 
-def make_train_step(net, optimizer, head_cfg, grad_clip: Optional[float], world: int, jit: bool):
-    """A function batch -> (loss, loss_ins, loss_cate) that also applies one SGD update."""
+def make_loss_fn(net, head_cfg):
+    """batch tensors (see `to_tensors`) -> (loss, loss_ins, loss_cate): the official SOLOv2 objective."""
     h = head_cfg
 
     def forward(img, cate_target, pos_cell, pos_mask, pos_valid, num_ins):
@@ -50,8 +50,12 @@ def make_train_step(net, optimizer, head_cfg, grad_clip: Optional[float], world:
                                           num_ins, h.ins_loss_weight, h.cate_loss_weight, h.focal_gamma,
                                           h.focal_alpha)
         return loss_ins + loss_cate, loss_ins, loss_cate
+    return forward
 
-    grad_fn = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=True)
+
+def make_train_step(net, optimizer, head_cfg, grad_clip: Optional[float], world: int, jit: bool):
+    """A function batch -> (loss, loss_ins, loss_cate) that also applies one SGD update."""
+    grad_fn = ms.value_and_grad(make_loss_fn(net, head_cfg), None, optimizer.parameters, has_aux=True)
     # value_and_grad does not all-reduce by itself; losses are normalised per device as in the official code,
     # and the reducer averages the gradients (= official DDP).
     reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=world) if world > 1 else None
@@ -68,7 +72,7 @@ def make_train_step(net, optimizer, head_cfg, grad_clip: Optional[float], world:
     return ms.jit(step) if jit else step
 
 
-def _to_tensors(batch: dict):
+def to_tensors(batch: dict):
     return (ms.Tensor(batch["img"]), ms.Tensor(batch["cate_target"]), ms.Tensor(batch["pos_cell"]),
             ms.Tensor(batch["pos_mask"]), ms.Tensor(batch["pos_valid"]), ms.Tensor(batch["num_ins"], ms.float32))
 
@@ -183,7 +187,7 @@ def train(config: str, work_dir: Optional[str] = None, resume: Optional[str] = N
         t0 = time.time()
         for i, batch in enumerate(loader.epoch(epoch)):
             t_data += time.time() - t0
-            loss, li, lc = step(*_to_tensors(batch))
+            loss, li, lc = step(*to_tensors(batch))
             acc += [float(loss.asnumpy()), float(li.asnumpy()), float(lc.asnumpy())]
             n_acc += 1
             global_step += 1
