@@ -93,3 +93,15 @@ def test_bad_training_inputs_fail_cleanly(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "22 categories" in r.stderr and "num_classes=23" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+def test_weight_decay_reaches_every_trainable_parameter():
+    """Official: SGD weight decay on all parameters; MindSpore's default skips names with gamma/beta."""
+    from conftest import reference_config
+    from solov2.models import build_model
+    from solov2.train import make_optimizer
+    cfg = reference_config()
+    net = build_model(cfg)
+    opt = make_optimizer(net, cfg.optim, 10, 1)
+    assert len(opt.parameters) == len(net.trainable_params()) and all(opt.decay_flags)
+    assert any("gn.gamma" in p.name for p in opt.parameters) and any("bn2.beta" in p.name for p in opt.parameters)

@@ -25,6 +25,7 @@ import numpy as np
 from .runtime import SolovError, cli_main, set_runtime
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "solov2" / "solov2_light_r18_demo.py"
+NUM_TRAIN = 160
 OUTPUTS = ("data", "work", "results_val.json", "metrics.json", "predictions.jpg")
 
 
@@ -32,11 +33,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's total_epochs)")
-    p.add_argument("--num-train", type=int, default=None, help="generated training images (default: config)")
+    p.add_argument("--num-train", type=int, default=NUM_TRAIN, help="generated training images (default: %(default)s)")
     p.add_argument("--num-val", type=int, default=50, help="generated validation images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dataset and of the training (default: 0)")
-    p.add_argument("--config", default=str(CONFIG), help="demo config (default: configs/solov2/%(default)s)"
-                   .replace(str(CONFIG.parent) + "/", ""))
+    p.add_argument("--config", default=str(CONFIG), help=f"demo config (default: configs/solov2/{CONFIG.name})")
     p.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     p.add_argument("--mode", default="graph", choices=["graph", "pynative"])
     p.add_argument("--force", action="store_true", help="replace the demo outputs of an existing --out")
@@ -59,7 +59,7 @@ def prepare_out(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def demo_overrides(cfg_path: str, paths: dict, epochs, num_train) -> list:
+def demo_overrides(cfg_path: str, paths: dict, epochs) -> list:
     """Config overrides: the generated data, and the lr steps moved along when --epochs changes the schedule."""
     from .config import load_config_dict
     raw = load_config_dict(cfg_path)
@@ -123,7 +123,7 @@ def run(a: argparse.Namespace) -> dict:
     if tuple(base.class_names or ()) != CLASSES:
         raise SolovError(f"{a.config}: classes must be {CLASSES} (the synthetic dataset's categories)")
     h, w = image_size(base)
-    num_train = a.num_train or base.data.train_max_images or 160
+    num_train = a.num_train
     times = {}
 
     t = time.time()
@@ -132,7 +132,7 @@ def run(a: argparse.Namespace) -> dict:
     times["data"] = time.time() - t
 
     t = time.time()
-    ov = demo_overrides(a.config, paths, a.epochs, num_train) + [f"data.train.max_images={num_train}"]
+    ov = demo_overrides(a.config, paths, a.epochs)
     cfg = load_config(a.config, ov)
     print(f"[2/4] training SOLOv2 light-R18 from scratch: {cfg.optim.total_epochs} epochs, batch "
           f"{cfg.data.imgs_per_gpu}, lr {cfg.optim.lr}, {a.mode} mode on {a.device_target}", flush=True)

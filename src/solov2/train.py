@@ -53,6 +53,16 @@ def make_loss_fn(net, head_cfg):
     return forward
 
 
+def make_optimizer(net, o, iters_per_epoch: int, total_epochs: int) -> nn.SGD:
+    """SGD with momentum over the trainable parameters and the per-iteration learning-rate table.
+
+    One parameter group, so weight decay applies to every trainable parameter as in the official recipe:
+    MindSpore's default filter would silently skip every parameter named gamma/beta (BN and GN affine).
+    """
+    group = [{"params": net.trainable_params(), "weight_decay": o.weight_decay}]
+    return nn.SGD(group, learning_rate=lr_schedule(o, iters_per_epoch, total_epochs), momentum=o.momentum)
+
+
 def make_train_step(net, optimizer, head_cfg, grad_clip: Optional[float], world: int, jit: bool):
     """A function batch -> (loss, loss_ins, loss_cate) that also applies one SGD update."""
     grad_fn = ms.value_and_grad(make_loss_fn(net, head_cfg), None, optimizer.parameters, has_aux=True)
@@ -153,8 +163,7 @@ def train(config: str, work_dir: Optional[str] = None, resume: Optional[str] = N
     loader = TrainLoader(dataset, cfg, seed, world, rank, workers=d.workers_per_gpu)
     iters = len(loader)
     total = o.total_epochs
-    optimizer = nn.SGD(net.trainable_params(), learning_rate=lr_schedule(o, iters, total), momentum=o.momentum,
-                       weight_decay=o.weight_decay)
+    optimizer = make_optimizer(net, o, iters, total)
     log = Logger(work, rank == 0)
     if rank == 0:
         work.mkdir(parents=True, exist_ok=True)

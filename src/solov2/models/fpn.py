@@ -44,5 +44,7 @@ class FPN(nn.Cell):
             laterals[i - 1] = laterals[i - 1] + ops.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
                                                                 mode="nearest")
         outs = [self.fpn_convs[i](laterals[i]) for i in range(self.num_ins)]
-        outs.append(outs[-1][:, :, ::2, ::2])
+        # The official max_pool2d(P5, 1, stride=2) (a subsample). Not P5[..., ::2, ::2]: the backward of that
+        # strided slice segfaults in PYNATIVE_MODE on MindSpore 2.10 CPU.
+        outs.append(ops.max_pool2d(outs[-1], kernel_size=1, stride=2))
         return tuple(outs)
