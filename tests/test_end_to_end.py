@@ -99,6 +99,20 @@ def test_test_py_writes_a_picture_and_never_overwrites(ckpt, tmp_path):
     assert r.returncode == 2 and "already exists" in r.stderr and out.read_bytes() == before
 
 
+def test_run_py_on_a_video(ckpt, tmp_path):
+    frame = cv2.imread(str(VAL_IMG))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (frame.shape[1], frame.shape[0]))
+    for k in range(3):
+        writer.write(np.roll(frame, 8 * k, axis=1))
+    writer.release()
+    r = cli("run.py", CFG, ckpt, video, "--out", tmp_path / "out", "--mode", "pynative")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.jpg")) == [f"clip_{k:06d}.jpg" for k in range(3)]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {o["file_name"] for o in res} == {f"clip_{k:06d}.jpg" for k in range(3)}
+
+
 def assert_clean_failure(r, *fragments):
     """Exit code 2, a single `error:` line naming the problem, no traceback."""
     lines = [s for s in r.stderr.splitlines() if s.startswith("error:")]

@@ -105,3 +105,21 @@ def test_weight_decay_reaches_every_trainable_parameter():
     opt = make_optimizer(net, cfg.optim, 10, 1)
     assert len(opt.parameters) == len(net.trainable_params()) and all(opt.decay_flags)
     assert any("gn.gamma" in p.name for p in opt.parameters) and any("bn2.beta" in p.name for p in opt.parameters)
+
+
+def test_load_from_coco_checkpoint_reinitialises_the_class_layer(tmp_path):
+    """Fine-tuning an 80-class checkpoint to 22 classes: solo_cate is re-initialised (and logged), the rest loads."""
+    from solov2.config import load_config
+    from solov2.models import build_model
+    ms.set_seed(123)
+    coco = build_model(load_config(REPO / "configs" / "solov2" / "solov2_light_448_r18_fpn_8gpu_3x.py"))
+    ms.save_checkpoint(coco, str(tmp_path / "coco.ckpt"))
+    r = run_train(tmp_path / "w", "--load-from", str(tmp_path / "coco.ckpt"), "--seed", "1", epochs=1, images=2)
+    log = r.stdout + r.stderr
+    assert "re-initialised 2 parameter(s) whose shape differs: bbox_head.solo_cate.weight, bbox_head.solo_cate.bias" \
+        in log
+    got = ms.load_checkpoint(str(tmp_path / "w" / "epoch_1.ckpt"))
+    src = {p.name: p.asnumpy() for p in coco.get_parameters()}
+    assert got["bbox_head.solo_cate.weight"].shape == (22, 256, 3, 3)
+    for frozen in ("backbone.conv1.weight", "backbone.layer1.0.conv1.weight", "backbone.layer3.1.bn2.moving_mean"):
+        np.testing.assert_array_equal(got[frozen].asnumpy(), src[frozen])   # loaded, and frozen in training

@@ -193,7 +193,7 @@ def train(config: str, work_dir: Optional[str] = None, resume: Optional[str] = N
                    leave=False)
         acc, t_data, t_iter = np.zeros(3), 0.0, time.time()
         n_acc = 0
-        t0 = time.time()
+        t0 = t_interval = time.time()
         for i, batch in enumerate(loader.epoch(epoch)):
             t_data += time.time() - t0
             loss, li, lc = step(*to_tensors(batch))
@@ -207,15 +207,15 @@ def train(config: str, work_dir: Optional[str] = None, resume: Optional[str] = N
                 raise SolovError(f"loss is not finite at epoch {epoch + 1} iteration {i + 1}; lower the lr "
                                  f"(optimizer.lr) or check the data")
             if (i + 1) % cfg.log_interval == 0 or i + 1 == iters:
-                sec = (time.time() - t_start) / done_iters
-                eta = sec * ((total - epoch) * iters - i - 1)
+                sec = (time.time() - t_interval) / n_acc          # this interval (includes graph compiles)
+                eta = (time.time() - t_start) / done_iters * ((total - epoch) * iters - i - 1)
                 row = dict(epoch=epoch + 1, iter=global_step, lr=lrs[global_step - 1], loss=acc[0] / n_acc,
                            loss_ins=acc[1] / n_acc, loss_cate=acc[2] / n_acc, time=sec, data_time=t_data / n_acc)
                 log.record(row)
                 log.line(f"epoch [{epoch + 1}][{i + 1}/{iters}] lr {row['lr']:.2e} loss {row['loss']:.4f} "
                          f"(ins {row['loss_ins']:.4f}, cate {row['loss_cate']:.4f}) {sec:.2f} s/it "
                          f"(data {row['data_time']:.2f} s) eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
-                acc[:], n_acc, t_data = 0, 0, 0.0
+                acc[:], n_acc, t_data, t_interval = 0, 0, 0.0, time.time()
             t0 = time.time()
         bar.close()
         if rank == 0:
