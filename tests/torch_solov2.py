@@ -8,11 +8,12 @@ Module and parameter names equal the official WXinlong/SOLO state dict (torchvis
 `align_corners` (default False, the official behaviour) exists only so tests can show that a wrong
 variant is detected.
 """
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Dict, List, Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 RESNET = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
           50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
