@@ -56,8 +56,20 @@ def raises(fn, *args, match: str) -> str:
 
 
 # ------------------------------------------------------------------ (a) every shipped config, values of §0
+DEMO = "solov2_light_r18_demo.py"   # the demo's from-scratch config: not an official one, checked below
+
+
 def test_every_shipped_config_is_covered():
-    assert sorted(p.name for p in CONFIGS.glob("*.py")) == sorted(EXPECTED)
+    assert sorted(p.name for p in CONFIGS.glob("*.py")) == sorted(list(EXPECTED) + [DEMO])
+
+
+def test_demo_config_trains_from_scratch_at_one_scale():
+    cfg = load_config(CONFIGS / DEMO)
+    assert cfg.backbone.depth == 18 and cfg.head.ins_out_channels == cfg.mask_feat.num_classes
+    assert cfg.class_names and len(cfg.class_names) == cfg.head.num_classes - 1
+    # no pretrained backbone exists offline: every stage trains and BN uses batch statistics
+    assert cfg.backbone.frozen_stages == -1 and cfg.backbone.norm_eval is False
+    assert len(cfg.data.train_scales) == 1   # one train graph compilation
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

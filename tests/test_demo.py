@@ -5,7 +5,6 @@ import sys
 
 import cv2
 import numpy as np
-import pytest
 from pycocotools import mask as mask_util
 
 from conftest import REPO

@@ -28,16 +28,19 @@ def _rng(seed: int, split: str, index: int) -> np.random.RandomState:
     return np.random.RandomState(key)
 
 
-def background(rng: np.random.RandomState, h: int, w: int) -> np.ndarray:
-    """Colour gradient + low-frequency blotches + pixel noise + a few thin lines (clutter that is not an object)."""
+def background(rng: np.random.RandomState, h: int, w: int, clutter: float = 1.0) -> np.ndarray:
+    """Colour gradient + low-frequency blotches + pixel noise + a few thin lines (clutter that is not an object).
+
+    clutter scales the blotches and the noise; 0 also drops the lines.
+    """
     c0, c1 = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
     t = np.linspace(0, 1, w if rng.rand() < 0.5 else h, dtype=np.float32)
     grad = c0 + (c1 - c0) * t[:, None]
     img = np.broadcast_to(grad[None] if len(t) == w else grad[:, None], (h, w, 3)).astype(np.float32)
     blotch = cv2.resize(rng.normal(0, 25, (h // 32 + 2, w // 32 + 2, 3)).astype(np.float32), (w, h),
                         interpolation=cv2.INTER_CUBIC)
-    img = img + blotch + rng.normal(0, 12, (h, w, 3)).astype(np.float32)
-    for _ in range(rng.randint(2, 6)):
+    img = img + clutter * (blotch + rng.normal(0, 12, (h, w, 3)).astype(np.float32))
+    for _ in range(rng.randint(2, 6) if clutter > 0 else 0):
         p0 = (int(rng.randint(0, w)), int(rng.randint(0, h)))
         p1 = (int(rng.randint(0, w)), int(rng.randint(0, h)))
         cv2.line(img, p0, p1, tuple(float(v) for v in rng.uniform(0, 255, 3)), 1, cv2.LINE_AA)
@@ -62,12 +65,13 @@ def shape_mask(rng: np.random.RandomState, label: int, h: int, w: int, size: flo
 
 
 def make_image(rng: np.random.RandomState, h: int = 192, w: int = 256, min_objects: int = 2, max_objects: int = 4,
-               size_range: Tuple[float, float] = (0.15, 0.52)) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
+               size_range: Tuple[float, float] = (0.15, 0.52), clutter: float = 1.0
+               ) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """-> (BGR uint8 image, [(label 0..2, visible uint8 mask)]). Instances are at least 60% visible.
 
     size_range: shape size as a fraction of min(h, w) (28-100 px on 256 x 192).
     """
-    img = background(rng, h, w)
+    img = background(rng, h, w, clutter)
     lo, hi = size_range[0] * min(h, w), size_range[1] * min(h, w)
     min_area = (lo * 0.5) ** 2
     placed: List[Tuple[int, np.ndarray, np.ndarray]] = []   # (label, full mask, visible mask)
@@ -93,14 +97,18 @@ def make_image(rng: np.random.RandomState, h: int = 192, w: int = 256, min_objec
     return img, [(label, vis) for label, _, vis in placed if vis.sum() >= min_area / 2]
 
 
-def write_split(out_dir: Path, split: str, num_images: int, seed: int = 0, h: int = 192, w: int = 256) -> Path:
-    """Write OUT/<split>/*.jpg and OUT/annotations/instances_<split>.json; returns the json path."""
+def write_split(out_dir: Path, split: str, num_images: int, seed: int = 0, h: int = 192, w: int = 256,
+                **style) -> Path:
+    """Write OUT/<split>/*.jpg and OUT/annotations/instances_<split>.json; returns the json path.
+
+    style: keyword arguments of `make_image` (min_objects, max_objects, size_range, clutter).
+    """
     img_dir, ann_dir = out_dir / split, out_dir / "annotations"
     img_dir.mkdir(parents=True, exist_ok=True)
     ann_dir.mkdir(parents=True, exist_ok=True)
     images, anns = [], []
     for i in range(num_images):
-        img, instances = make_image(_rng(seed, split, i), h, w)
+        img, instances = make_image(_rng(seed, split, i), h, w, **style)
         name = f"{split}_{i:05d}.jpg"
         cv2.imwrite(str(img_dir / name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
         images.append(dict(id=i + 1, file_name=name, width=w, height=h))
@@ -119,13 +127,16 @@ def write_split(out_dir: Path, split: str, num_images: int, seed: int = 0, h: in
     return path
 
 
-def generate(out_dir, num_train: int = 160, num_val: int = 40, seed: int = 0, h: int = 192,
-             w: int = 256) -> Dict[str, str]:
-    """Both splits -> dict(train_ann, train_img, val_ann, val_img) (str paths, as the config wants them)."""
+def generate(out_dir, num_train: int = 160, num_val: int = 40, seed: int = 0, h: int = 192, w: int = 256,
+             **style) -> Dict[str, str]:
+    """Both splits -> dict(train_ann, train_img, val_ann, val_img) (str paths, as the config wants them).
+
+    style: keyword arguments of `make_image` (min_objects, max_objects, size_range, clutter).
+    """
     out = Path(out_dir)
     paths = {}
     for split, n in (("train", num_train), ("val", num_val)):
-        paths[f"{split}_ann"] = str(write_split(out, split, n, seed, h, w))
+        paths[f"{split}_ann"] = str(write_split(out, split, n, seed, h, w, **style))
         paths[f"{split}_img"] = str(out / split) + "/"
     return paths
 
