@@ -135,3 +135,9 @@ def test_draw_instances_rejects_size_mismatch():
     img, masks, labels, scores = _scene()
     with pytest.raises(ValueError):
         draw_instances(img[:100], masks, labels, scores, ["a", "b", "c"])
+
+
+def test_write_json_atomic_accepts_numpy_values(tmp_path):
+    from solov2.results import write_json_atomic
+    write_json_atomic(tmp_path / "m.json", {"id": np.int64(3), "ap": np.float32(0.5), "s": np.arange(2)})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"id": 3, "ap": 0.5, "s": [0, 1]}

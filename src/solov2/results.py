@@ -70,6 +70,15 @@ def instances_to_records(file_name: str, masks: np.ndarray, labels: np.ndarray, 
     return records
 
 
+def _json_default(o):
+    """NumPy scalars and arrays (e.g. category ids and AP values from pycocotools) as plain JSON values."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
 def write_json_atomic(path, obj) -> None:
     """Write `obj` as JSON to `path` so that readers never see a partial file.
 
@@ -81,7 +90,7 @@ def write_json_atomic(path, obj) -> None:
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f)
+            json.dump(obj, f, default=_json_default)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)             # mkstemp creates 0600; results are meant to be shared
