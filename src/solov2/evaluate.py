@@ -13,7 +13,6 @@ Public API:
 """
 import contextlib
 import io
-import json
 import math
 import os
 from numbers import Real
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from .config import load_config
 from .inference import read_image
 from .results import instances_to_records, write_json_atomic
+from .errors import read_json
 from .runtime import SolovError
 
 IOU_TYPES = ("segm", "bbox")
@@ -58,15 +58,7 @@ def load_coco(ann_file) -> COCO:
     lists or the annotation fields COCOeval needs. The path is kept as `coco.ann_file` for later messages.
     """
     ann_file = os.fspath(ann_file)
-    if not os.path.isfile(ann_file):
-        raise SolovError(f"{ann_file}: no such annotation file")
-    try:
-        with open(ann_file, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise SolovError(f"{ann_file}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SolovError(f"{ann_file}: cannot read the annotation file ({e})") from None
+    data = read_json(ann_file, "annotation file")
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
                                              for k in ("images", "annotations", "categories")):
         raise SolovError(f"{ann_file}: not a COCO annotation file (needs lists 'images', 'annotations', "
@@ -147,15 +139,7 @@ def predict_dataset(predictor, ann_file: Union[str, COCO], img_prefix: str, max_
 def load_results_file(path) -> list:
     """Read a COCO results JSON; SolovError naming the file if missing, not JSON or not a list."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise SolovError(f"{path}: no such results file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-    except json.JSONDecodeError as e:
-        raise SolovError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SolovError(f"{path}: cannot read the results file ({e})") from None
+    results = read_json(path, "results file")
     if not isinstance(results, list):
         kind = "object" if isinstance(results, dict) else type(results).__name__
         raise SolovError(f"{path}: not a COCO results file (top level is a JSON {kind}, expected a list of "

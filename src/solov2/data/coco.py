@@ -27,7 +27,6 @@ With ``skip_bad=True`` an image that fails a construction-time check is left out
 fails at indexing time is warned about and the next index (cyclically) is returned instead, like the
 official ``_rand_another`` retry but deterministic.
 """
-import json
 import math
 import os
 import warnings
@@ -37,7 +36,7 @@ from typing import Dict, List, Optional
 import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
-from ..errors import SolovError
+from ..errors import SolovError, read_json
 
 
 class DatasetError(SolovError):
@@ -49,15 +48,7 @@ def _is_number(v) -> bool:
 
 
 def _load_json(ann_file: str) -> dict:
-    if not os.path.isfile(ann_file):
-        raise DatasetError(f"{ann_file}: annotation file not found")
-    try:
-        with open(ann_file, "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{ann_file}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{ann_file}: cannot read annotation file ({e})") from None
+    data = read_json(ann_file, "annotation file", DatasetError)
     if not isinstance(data, dict):
         raise DatasetError(f"{ann_file}: not a COCO annotation file (top level is {type(data).__name__}, not object)")
     for key in ("images", "annotations", "categories"):
