@@ -24,8 +24,11 @@ import numpy as np
 
 from .runtime import SolovError, cli_main, set_runtime
 
+# the repo's config (editable install / source tree), else the one under the current directory
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "solov2" / "solov2_light_r18_demo.py"
-NUM_TRAIN = 160
+if not CONFIG.is_file():
+    CONFIG = Path("configs") / "solov2" / CONFIG.name
+NUM_TRAIN = 200
 OUTPUTS = ("data", "work", "results_val.json", "metrics.json", "predictions.jpg")
 
 
@@ -35,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's total_epochs)")
     p.add_argument("--num-train", type=int, default=NUM_TRAIN, help="generated training images (default: %(default)s)")
     p.add_argument("--num-val", type=int, default=50, help="generated validation images (default: %(default)s)")
+    p.add_argument("--random-colours", action="store_true",
+                   help="harder data: classes by shape alone, not shape + colour family (needs far more training)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dataset and of the training (default: 0)")
     p.add_argument("--config", default=str(CONFIG), help=f"demo config (default: configs/solov2/{CONFIG.name})")
     p.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
@@ -49,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def prepare_out(out: Path, force: bool) -> None:
     """Refuse to touch an existing demo output without --force; with it, remove only what the demo writes."""
+    if out.exists() and not out.is_dir():
+        raise SolovError(f"{out}: exists and is not a folder")
     existing = [name for name in OUTPUTS if (out / name).exists()]
     if existing and not force:
         raise SolovError(f"{out}: already holds demo output ({', '.join(existing)}); pass --force to replace it "
@@ -128,7 +135,8 @@ def run(a: argparse.Namespace) -> dict:
 
     t = time.time()
     print(f"[1/4] generating {num_train} train + {a.num_val} val images ({w}x{h}) in {out / 'data'}", flush=True)
-    paths = generate(out / "data", num_train, a.num_val, seed=a.seed, h=h, w=w)
+    paths = generate(out / "data", num_train, a.num_val, seed=a.seed, h=h, w=w,
+                     class_colours=not a.random_colours)
     times["data"] = time.time() - t
 
     t = time.time()
@@ -159,8 +167,9 @@ def run(a: argparse.Namespace) -> dict:
     report.update(
         time_s={k: round(v, 1) for k, v in times.items()},
         settings=dict(config=str(a.config), epochs=cfg.optim.total_epochs, num_train=num_train, num_val=a.num_val,
-                      image_size=[w, h], imgs_per_gpu=cfg.data.imgs_per_gpu, lr=cfg.optim.lr, seed=a.seed,
-                      mode=a.mode, device_target=a.device_target, checkpoint=str(ckpt)),
+                      image_size=[w, h], class_colours=not a.random_colours, imgs_per_gpu=cfg.data.imgs_per_gpu,
+                      lr=cfg.optim.lr, seed=a.seed, mode=a.mode, device_target=a.device_target,
+                      checkpoint=str(ckpt)),
         # the machine is shared: the load says how comparable the times are
         load_average=[round(x, 2) for x in os.getloadavg()], cpu_count=os.cpu_count())
     write_json_atomic(out / "metrics.json", report)
