@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -46,13 +47,57 @@ def set_runtime(device_target: str = "CPU", mode: str = "graph", device_id: Opti
             ms.set_context(ascend_config={"precision_mode": "must_keep_origin_dtype"})
 
 
+def _mem_available() -> Optional[int]:
+    """Linux MemAvailable (free memory + reclaimable page cache) in bytes; None where /proc/meminfo is missing."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+@contextmanager
+def _page_cache_counts_as_available():
+    """Work around a MindSpore 2.10 check that refuses to read a .ckpt larger than *free* memory.
+
+    `load_checkpoint` compares the file size with os.sysconf('SC_AVPHYS_PAGES') (MemFree), which leaves out the
+    page cache. On a training machine the cache soon holds most of the RAM (dataset images, the snapshots just
+    written), so a 217 MB light-R18 snapshot was refused with 23 GB available (measured here), and `--resume auto`
+    would have skipped it as unreadable. While we load, MindSpore's probe also counts MemAvailable.
+    """
+    from mindspore.train import serialization
+    probe = getattr(serialization, "_get_available_memory", None)
+    if probe is None:  # another MindSpore version: nothing to patch
+        yield
+        return
+
+    def available():
+        values = [v for v in (probe(), _mem_available()) if v is not None]
+        return max(values) if values else None
+
+    serialization._get_available_memory = available
+    try:
+        yield
+    finally:
+        serialization._get_available_memory = probe
+
+
+def load_checkpoint(path, **kwargs) -> Dict[str, ms.Parameter]:
+    """ms.load_checkpoint(path, **kwargs), with the page cache counted as available memory (see above)."""
+    with _page_cache_counts_as_available():
+        return ms.load_checkpoint(str(path), **kwargs)
+
+
 def read_checkpoint(path) -> Dict[str, ms.Parameter]:
     """Read a MindSpore .ckpt; missing or unreadable files raise SolovError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise SolovError(f"{path}: no such checkpoint file")
     try:
-        return ms.load_checkpoint(str(path))
+        return load_checkpoint(path)
     except (ValueError, RuntimeError, TypeError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SolovError(f"{path}: not a readable MindSpore checkpoint ({first})") from None

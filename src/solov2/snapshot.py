@@ -9,7 +9,7 @@ import mindspore as ms
 import numpy as np
 
 from .config import OptimConfig
-from .runtime import SolovError
+from .runtime import SolovError, load_checkpoint
 
 SNAPSHOT_RE = re.compile(r"^epoch_(\d+)\.ckpt$")
 
@@ -62,9 +62,10 @@ def save_snapshot(path: Path, net, optimizer, epoch: int, seed: int) -> None:
 def load_snapshot(path: Path, net, optimizer) -> dict:
     """Restore a snapshot into net and optimizer; returns dict(epoch, global_step, seed)."""
     try:
-        ckpt = ms.load_checkpoint(str(path))
+        ckpt = load_checkpoint(path)
     except (ValueError, RuntimeError, OSError) as e:
-        raise SolovError(f"{path}: not a readable snapshot ({str(e).strip().splitlines()[0] if str(e) else e})")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SolovError(f"{path}: not a readable snapshot ({first})") from None
     for key in ("epoch", "global_step", "seed"):
         if key not in ckpt:
             raise SolovError(f"{path}: not a training snapshot (no '{key}' entry); use --load-from for weights")
@@ -86,12 +87,13 @@ def latest_valid_snapshot(work_dir: Path) -> Optional[Path]:
     """Newest epoch_N.ckpt that MindSpore can read (an unreadable one is skipped with a warning)."""
     for path in reversed(snapshots(work_dir)):
         try:
-            ckpt = ms.load_checkpoint(str(path), choice_func=lambda name: name in ("epoch", "global_step"))
+            ckpt = load_checkpoint(path, choice_func=lambda name: name in ("epoch", "global_step"))
             if "epoch" in ckpt:
                 return path
-        except (ValueError, RuntimeError, OSError):
-            pass
-        warnings.warn(f"{path}: unreadable snapshot, trying an older one")
+        except (ValueError, RuntimeError, OSError) as e:
+            if "memory" in str(e):  # a readable file this process cannot hold: stop, never resume from older
+                raise SolovError(f"{path}: {str(e).strip().splitlines()[0]}") from None
+        warnings.warn(f"{path}: unreadable snapshot, trying an older one", stacklevel=2)
     return None
 
 
