@@ -233,6 +233,8 @@ def test_dcn_backbone_file_is_refused(tmp_path):
     ("model.mask_feat_head.num_classes=128", r"mask_feat_head\.num_classes: 128 must equal .*ins_out_channels"),
     ("data.imgs_per_gpu=two", r"data\.imgs_per_gpu: must be an integer, got 'two'"),
     ("total_epochs=None", r"total_epochs: must be an integer"),
+    ("checkpoint_config.interval=0", r"checkpoint_config\.interval: must be >= 1, got 0"),
+    ("log_config.interval=-5", r"log_config\.interval: must be >= 1, got -5"),
 ])
 def test_unsupported_settings(override, match):
     msg = raises(load_config, R101, [override], match=match)

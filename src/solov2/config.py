@@ -346,7 +346,12 @@ def load_config(path, overrides: Iterable[str] = ()) -> SOLOv2Config:
     if names is not None and len(names) != head.num_classes - 1:
         raise sec.fail(key, f"{len(names)} class names, but model.bbox_head.num_classes={head.num_classes} "
                             "(must be the number of classes + 1 for background)")
+    intervals = []
+    for name, default in (("checkpoint_config", 1), ("log_config", 50)):
+        sec = top.sub(name, {})
+        intervals.append(sec.get("interval", "int", default))
+        if intervals[-1] < 1:
+            raise sec.fail("interval", f"must be >= 1, got {intervals[-1]}")
     return SOLOv2Config(backbone, neck, head, mask_feat, test, data, optim, names, top.get("load_from", "str?", None),
                         top.get("work_dir", "str?", None), top.get("resume_from", "str?", None), pretrained,
-                        top.sub("checkpoint_config", {}).get("interval", "int", 1),
-                        top.sub("log_config", {}).get("interval", "int", 50), source=path)
+                        *intervals, source=path)

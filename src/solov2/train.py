@@ -218,7 +218,8 @@ def train(config: str, work_dir: Optional[str] = None, resume: Optional[str] = N
                 acc[:], n_acc, t_data, t_interval = 0, 0, 0.0, time.time()
             t0 = time.time()
         bar.close()
-        if rank == 0:
+        # checkpoint_config.interval (default 1: every epoch); the last epoch is always saved
+        if rank == 0 and ((epoch + 1) % cfg.checkpoint_interval == 0 or epoch + 1 == total):
             path = work / f"epoch_{epoch + 1}.ckpt"
             save_snapshot(path, net, optimizer, epoch + 1, seed)
             prune_snapshots(work, keep_last)
