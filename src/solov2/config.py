@@ -89,6 +89,7 @@ class DataConfig:
     test_img_prefix: str = ""
     train_max_images: Optional[int] = None                         # data.train.max_images: first N images only
     skip_bad: bool = False                                         # data.skip_bad: skip broken images with a warning
+    canvas_buckets: bool = True                                    # data.canvas_buckets: fixed per-scale batch canvases
 
 
 @dataclass
@@ -304,7 +305,8 @@ def _data(top: _Sec) -> DataConfig:
     return DataConfig(norm.get("mean", "rgb"), norm.get("std", "rgb"), norm.get("to_rgb", "bool", True),
                       test_scale, train_scales, flip.check("flip_ratio", flip.d.get("flip_ratio") or 0.0, "num"),
                       pad.get("size_divisor", "int"), data.get("imgs_per_gpu", "int"),
-                      data.get("workers_per_gpu", "int"), *files, max_images, data.get("skip_bad", "bool", False))
+                      data.get("workers_per_gpu", "int"), *files, max_images, data.get("skip_bad", "bool", False),
+                      data.get("canvas_buckets", "bool", True))
 
 
 def _optim(top: _Sec) -> OptimConfig:
