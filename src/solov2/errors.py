@@ -7,6 +7,12 @@ class SolovError(Exception):
     """Bad input. The command-line tools print it as one line `error: <message>` and exit with code 2."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (library errors can span many lines), else its type name."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def read_json(path, what: str, error=SolovError):
     """Parse a JSON file; a missing, unreadable or malformed file raises `error` "<path>: <problem>" (what: e.g.
     'annotation file')."""

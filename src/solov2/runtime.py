@@ -9,7 +9,7 @@ from typing import Callable, Dict, List, Optional
 import mindspore as ms
 import numpy as np
 
-from .errors import SolovError
+from .errors import SolovError, first_line
 
 
 def cli_main(fn: Callable[[], Optional[int]]) -> None:
@@ -91,16 +91,15 @@ def load_checkpoint(path, **kwargs) -> Dict[str, ms.Parameter]:
         return ms.load_checkpoint(str(path), **kwargs)
 
 
-def read_checkpoint(path) -> Dict[str, ms.Parameter]:
-    """Read a MindSpore .ckpt; missing or unreadable files raise SolovError naming the file."""
+def read_checkpoint(path, what: str = "checkpoint") -> Dict[str, ms.Parameter]:
+    """Read a MindSpore .ckpt; missing or unreadable files raise SolovError naming the file (what: 'snapshot')."""
     path = Path(path)
     if not path.is_file():
-        raise SolovError(f"{path}: no such checkpoint file")
+        raise SolovError(f"{path}: no such {what} file")
     try:
         return load_checkpoint(path)
     except (ValueError, RuntimeError, TypeError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SolovError(f"{path}: not a readable MindSpore checkpoint ({first})") from None
+        raise SolovError(f"{path}: not a readable MindSpore {what} ({first_line(e)})") from None
 
 
 def load_weights(net, path, skip_mismatched: bool = False) -> List[str]:

@@ -9,7 +9,8 @@ import mindspore as ms
 import numpy as np
 
 from .config import OptimConfig
-from .runtime import SolovError, load_checkpoint
+from .errors import first_line
+from .runtime import SolovError, load_checkpoint, read_checkpoint
 
 SNAPSHOT_RE = re.compile(r"^epoch_(\d+)\.ckpt$")
 
@@ -61,11 +62,7 @@ def save_snapshot(path: Path, net, optimizer, epoch: int, seed: int) -> None:
 
 def load_snapshot(path: Path, net, optimizer) -> dict:
     """Restore a snapshot into net and optimizer; returns dict(epoch, global_step, seed)."""
-    try:
-        ckpt = load_checkpoint(path)
-    except (ValueError, RuntimeError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SolovError(f"{path}: not a readable snapshot ({first})") from None
+    ckpt = read_checkpoint(path, "snapshot")
     for key in ("epoch", "global_step", "seed"):
         if key not in ckpt:
             raise SolovError(f"{path}: not a training snapshot (no '{key}' entry); use --load-from for weights")
@@ -92,7 +89,7 @@ def latest_valid_snapshot(work_dir: Path) -> Optional[Path]:
                 return path
         except (ValueError, RuntimeError, OSError) as e:
             if "memory" in str(e):  # a readable file this process cannot hold: stop, never resume from older
-                raise SolovError(f"{path}: {str(e).strip().splitlines()[0]}") from None
+                raise SolovError(f"{path}: {first_line(e)}") from None
         warnings.warn(f"{path}: unreadable snapshot, trying an older one", stacklevel=2)
     return None
 

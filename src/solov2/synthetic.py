@@ -115,7 +115,7 @@ def write_split(out_dir: Path, split: str, num_images: int, seed: int = 0, h: in
                 **style) -> Path:
     """Write OUT/<split>/*.jpg and OUT/annotations/instances_<split>.json; returns the json path.
 
-    style: keyword arguments of `make_image` (min_objects, max_objects, size_range, clutter).
+    style: keyword arguments of `make_image` (min_objects, max_objects, size_range, clutter, class_colours).
     """
     img_dir, ann_dir = out_dir / split, out_dir / "annotations"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +145,7 @@ def generate(out_dir, num_train: int = 200, num_val: int = 50, seed: int = 0, h:
              **style) -> Dict[str, str]:
     """Both splits -> dict(train_ann, train_img, val_ann, val_img) (str paths, as the config wants them).
 
-    style: keyword arguments of `make_image` (min_objects, max_objects, size_range, clutter).
+    style: keyword arguments of `make_image` (min_objects, max_objects, size_range, clutter, class_colours).
     """
     out = Path(out_dir)
     paths = {}
