@@ -22,13 +22,15 @@ def main():
     p.add_argument("--results", help="score this existing COCO results file instead of running the model")
     p.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     p.add_argument("--mode", default="graph", choices=["graph", "pynative"])
+    p.add_argument("--static-shapes", action="store_true",
+                   help="GRAPH mode: compile one graph per padded input size instead of one for all sizes")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--cfg-options", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     a = p.parse_args()
     set_runtime(a.device_target, a.mode)
     from solov2.evaluate import run_evaluation
     run_evaluation(a.config, a.checkpoint, a.ann, a.img_prefix, a.out, a.eval, a.max_images, a.force,
-                   a.results, a.cfg_options)
+                   a.results, a.cfg_options, static_shapes=a.static_shapes)
 
 
 if __name__ == "__main__":

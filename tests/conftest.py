@@ -1,6 +1,10 @@
 """Shared test helpers: where ../shared is, MindSpore execution modes, the reference light-R18 model."""
+import collections
+import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import mindspore as ms
@@ -10,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SOLOV2_SHARED", REPO.parent / "shared"))
 REF = SHARED / "fixtures" / "reference"
+TRASHCAN_CFG = REPO / "configs" / "solov2" / "solov2_light_448_r18_fpn_8gpu_3x_trashcan.py"
 
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 
@@ -17,6 +22,8 @@ MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 def pytest_configure(config):
     if not REF.is_dir():
         raise pytest.UsageError(f"test data not found: {REF} (set SOLOV2_SHARED to the shared/ folder)")
+    from solov2.runtime import cap_cpu_isa
+    cap_cpu_isa()  # before the first kernel: the suite runs its models in-process, bypassing set_runtime
     ms.set_device("CPU")
 
 
@@ -58,3 +65,55 @@ def reference_net():
     load_reference_weights(net)
     net.set_train(False)
     return net
+
+
+def cli(*args, timeout=600, env=None):
+    """Run a root script of the repo (`cli("run.py", ...)`) as the user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env=env)
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory):
+    """The reference weights saved as an official mmcv checkpoint, converted by weight_convert.py."""
+    import torch
+    d = tmp_path_factory.mktemp("weights")
+    meta = json.loads((REF / "meta.json").read_text())
+    npz = np.load(REF / "weights_light_r18_c23.npz")
+    sd = collections.OrderedDict(
+        (k, torch.tensor(0) if k.endswith("num_batches_tracked") else torch.from_numpy(npz[k].astype(np.float32)))
+        for k, _, _ in meta["key_order"])
+    torch.save({"meta": meta["checkpoint_meta_suggestion"], "state_dict": sd}, d / "official.pth")
+    r = cli("weight_convert.py", d / "official.pth", d / "light_r18_trashcan.ckpt", "--config", TRASHCAN_CFG)
+    assert r.returncode == 0, r.stderr
+    return d / "light_r18_trashcan.ckpt"
+
+
+def decode_rle(seg) -> np.ndarray:
+    from pycocotools import mask as mask_util
+    return mask_util.decode({"size": seg["size"], "counts": seg["counts"].encode()}).astype(bool)
+
+
+def match_instances(expected, got, iou_min=0.999, score_tol=1e-4):
+    """Pair every expected instance (results.json records) with an unused one of the same label in `got`.
+
+    Asserts the same count, mask IoU >= iou_min and |score difference| <= score_tol; returns the pairs.
+    """
+    assert len(got) == len(expected), (len(got), len(expected))
+    masks = [decode_rle(o["segmentation"]) for o in got]
+    used, pairs = set(), []
+    for k, inst in enumerate(expected):
+        m = decode_rle(inst["segmentation"])
+        best, best_iou = None, -1.0
+        for j, o in enumerate(got):
+            if j in used or o["label"] != inst["label"]:
+                continue
+            union = (m | masks[j]).sum()
+            iou = (m & masks[j]).sum() / union if union else 1.0  # two empty masks (tiny on a small image) agree
+            if iou > best_iou:
+                best, best_iou = j, iou
+        assert best is not None and best_iou >= iou_min, (k, inst.get("file_name"), best_iou)
+        assert abs(got[best]["score"] - inst["score"]) <= score_tol, (k, got[best]["score"], inst["score"])
+        used.add(best)
+        pairs.append((inst, got[best]))
+    return pairs

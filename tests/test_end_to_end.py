@@ -1,43 +1,18 @@
 """The user's path, through the real command-line tools: official .pth -> weight_convert.py -> run.py / test.py,
 compared with the instances the official PyTorch code found on the same photo (fixtures/reference)."""
-import collections
 import json
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
-import torch
-from conftest import REF, REPO, SHARED
-from pycocotools import mask as mask_util
+from conftest import REF, REPO, SHARED, TRASHCAN_CFG, cli, match_instances
 
 from solov2.data.transforms import preprocess_test
 
-CFG = REPO / "configs" / "solov2" / "solov2_light_448_r18_fpn_8gpu_3x_trashcan.py"
+CFG = TRASHCAN_CFG
 COCO_CFG = REPO / "configs" / "solov2" / "solov2_light_448_r18_fpn_8gpu_3x.py"
 VAL_IMG = SHARED / "datasets" / "trashcan_mini" / "val" / "vid_000102_frame0000035.jpg"
-
-
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """The reference weights saved as an official mmcv checkpoint, converted by the CLI."""
-    d = tmp_path_factory.mktemp("weights")
-    meta = json.loads((REF / "meta.json").read_text())
-    npz = np.load(REF / "weights_light_r18_c23.npz")
-    sd = collections.OrderedDict(
-        (k, torch.tensor(0) if k.endswith("num_batches_tracked") else torch.from_numpy(npz[k].astype(np.float32)))
-        for k, _, _ in meta["key_order"])
-    torch.save({"meta": meta["checkpoint_meta_suggestion"], "state_dict": sd}, d / "official.pth")
-    r = cli("weight_convert.py", d / "official.pth", d / "light_r18_trashcan.ckpt", "--config", CFG)
-    assert r.returncode == 0, r.stderr
-    return d / "light_r18_trashcan.ckpt"
 
 
 def test_preprocessing_is_bitwise_official():
@@ -46,10 +21,6 @@ def test_preprocessing_is_bitwise_official():
     np.testing.assert_array_equal(x, ref["input"])
     assert meta["img_shape"] == (432, 768, 3) and meta["pad_shape"] == (448, 768, 3)
     assert meta["scale_factor"] == pytest.approx(1.6)
-
-
-def decode(seg):
-    return mask_util.decode({"size": seg["size"], "counts": seg["counts"].encode()}).astype(bool)
 
 
 @pytest.mark.parametrize("mode", ["graph", "pynative"])
@@ -67,21 +38,8 @@ def test_run_py_reproduces_official_instances(ckpt, tmp_path, mode):
     official = json.loads((REF / "inference_trashcan_val.json").read_text())["results"]
     assert len(ours) == len(official) == 100
     names = json.loads((REF / "meta.json").read_text())["checkpoint_meta_suggestion"]["CLASSES"]
-    used = set()
-    for inst in official:
-        m = decode(inst["segmentation"])
-        best, best_iou = None, -1.0
-        for j, o in enumerate(ours):
-            if j in used or o["label"] != inst["label"]:
-                continue
-            om = decode(o["segmentation"])
-            iou = (m & om).sum() / max((m | om).sum(), 1)
-            if iou > best_iou:
-                best, best_iou = j, iou
-        assert best is not None and best_iou >= 0.999, (inst["rank"], best_iou)
-        used.add(best)
-        o = ours[best]
-        assert abs(o["score"] - inst["score"]) <= 1e-4
+    pairs = match_instances(official, ours)
+    for inst, o in pairs:
         assert o["category_name"] == names[inst["label"]] == inst["class_name"]
         assert o["file_name"] == VAL_IMG.name and len(o["bbox"]) == 4
 

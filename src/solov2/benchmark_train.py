@@ -30,14 +30,13 @@ def _overrides(a, images: int):
 
 def one_mode(a) -> dict:
     """Time train steps in this process (mode a.mode) on the first a.iters batches of epoch 0."""
-    import mindspore as ms
     from .config import load_config
     from .data.coco import CocoDataset
     from .data.loader import TrainLoader
     from .models import build_model
+    from .runtime import set_runtime
     from .train import make_optimizer, make_train_step, to_tensors
-    ms.set_context(mode=ms.GRAPH_MODE if a.mode == "graph" else ms.PYNATIVE_MODE)
-    ms.set_device(a.device_target)
+    set_runtime(a.device_target, a.mode)
     cfg = load_config(a.config, _overrides(a, 10 ** 6))
     ds = CocoDataset(cfg.data.train_ann_file, cfg.data.train_img_prefix)
     loader = TrainLoader(ds, cfg, seed=0, workers=1)

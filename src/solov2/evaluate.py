@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .config import load_config
 from .inference import read_image
+from .overlap import overlapped
 from .results import instances_to_records, write_json_atomic
 from .errors import read_json
 from .runtime import SolovError
@@ -108,7 +109,8 @@ def predict_dataset(predictor, ann_file: Union[str, COCO], img_prefix: str, max_
     """Run `predictor` over every image of the annotation file (file order; the first `max_images` if given).
 
     Args:
-        predictor: a `solov2.inference.Predictor` (uses .predict(img_bgr) and .cfg.head.cate_out_channels).
+        predictor: a `solov2.inference.Predictor` (its prepare / network / finish stages, overlapped across
+            images, and .cfg.head.cate_out_channels).
         ann_file: COCO instances JSON path, or a COCO from `load_coco`.
         img_prefix: folder the images' file_name is relative to.
     Returns:
@@ -121,17 +123,27 @@ def predict_dataset(predictor, ann_file: Union[str, COCO], img_prefix: str, max_
     check_class_count(predictor.cfg.head.cate_out_channels, coco, predictor.cfg.source or "the config")
     cat_ids, names = categories(coco)
     ids = first_image_ids(coco, max_images)
-    records: List[dict] = []
-    for img_id in tqdm(ids, unit="img", desc="evaluate", dynamic_ncols=True, disable=not progress):
+
+    def prepare(img_id):
         info = coco.imgs[img_id]
         path = os.path.join(img_prefix, info["file_name"])
         img = read_image(path)
         if img.shape[:2] != (info["height"], info["width"]):
             raise SolovError(f"{path}: image is {img.shape[0]}x{img.shape[1]} but {_ann_name(coco)} says "
                              f"{info['height']}x{info['width']}")
-        res = predictor.predict(img)
-        records += instances_to_records(info["file_name"], res["masks"], res["labels"], res["scores"], names,
-                                        image_id=img_id, category_ids=cat_ids)
+        return predictor.prepare(img)
+
+    def finish(img_id, prepared, outputs):
+        res = predictor.finish(outputs, prepared[1])
+        return instances_to_records(coco.imgs[img_id]["file_name"], res["masks"], res["labels"], res["scores"],
+                                    names, image_id=img_id, category_ids=cat_ids)
+
+    records: List[dict] = []
+    bar = tqdm(total=len(ids), unit="img", desc="evaluate", dynamic_ncols=True, disable=not progress)
+    for recs in overlapped(ids, prepare, lambda prepared: predictor.network(prepared[0]), finish):
+        records += recs
+        bar.update(1)
+    bar.close()
     return records
 
 
@@ -307,7 +319,7 @@ def _split(cfg, ann: Optional[str], img_prefix: Optional[str], need_images: bool
 def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = None, ann: Optional[str] = None,
                    img_prefix: Optional[str] = None, out: Optional[str] = None,
                    iou_types: Sequence[str] = IOU_TYPES, max_images: Optional[int] = None, force: bool = False,
-                   results_file: Optional[str] = None, overrides=()) -> Dict[str, dict]:
+                   results_file: Optional[str] = None, overrides=(), static_shapes: bool = False) -> Dict[str, dict]:
     """`valuation.py`: model (or an existing results file) -> COCO AP printed; returns `evaluate_results`'.
 
     Without `results_file` the model of `config` + `checkpoint` runs over the split and the results are
@@ -335,8 +347,10 @@ def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = Non
     img_ids = first_image_ids(coco, max_images)
     if results is None:
         from .inference import Predictor  # builds the network: only on this path
-        predictor = Predictor(cfg, checkpoint)
+        predictor = Predictor(cfg, checkpoint, static_shapes=static_shapes)
         results = predict_dataset(predictor, coco, prefix, max_images)
+        if predictor.compiled_graphs:
+            print(f"GRAPH mode: {predictor.compiled_graphs} network graph(s) compiled")
         if out:
             write_json_atomic(out, results)
             print(f"{len(results)} results -> {out}")

@@ -1,7 +1,7 @@
 """Single-image inference: official test preprocessing -> SOLOv2Eval (in the graph) -> post-processing (NumPy)."""
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import mindspore as ms
@@ -12,6 +12,8 @@ from .data.transforms import preprocess_test
 from .models import SOLOv2Eval, build_model
 from .postprocess import get_seg_single
 from .runtime import SolovError, checkpoint_class_names, load_weights
+
+NetOutputs = Tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def read_image(path) -> np.ndarray:
@@ -38,32 +40,53 @@ def resolve_class_names(cfg: SOLOv2Config, checkpoint=None) -> List[str]:
 class Predictor:
     """Holds a model with loaded weights; `predict(img_bgr)` returns the official SOLOv2 result.
 
-    The network runs in whatever mode `solov2.runtime.set_runtime` selected. In GRAPH_MODE each new padded input
-    size compiles once (sizes repeat for same-shaped images).
+    The network runs in whatever mode `solov2.runtime.set_runtime` selected. In GRAPH_MODE it compiles once for
+    every image size (dynamic H and W); static_shapes=True compiles once per padded input size instead (the
+    pre-0.2 behaviour, kept as an option: same results, see the README). The three stages `prepare`, `network`
+    and `finish` are also public, so a caller can overlap them across images (`solov2.overlap`).
     """
 
-    def __init__(self, cfg: SOLOv2Config, checkpoint: Optional[str] = None, net=None):
+    def __init__(self, cfg: SOLOv2Config, checkpoint: Optional[str] = None, net=None, static_shapes: bool = False):
         self.cfg = cfg
         if net is None:
             net = build_model(cfg)
             if checkpoint is not None:
                 load_weights(net, checkpoint)
         net.set_train(False)
-        self.net = SOLOv2Eval(net)
+        self.net = SOLOv2Eval(net, dynamic_shape=not static_shapes)
         self.class_names = resolve_class_names(cfg, checkpoint)
         self.timings: Dict[str, float] = {}
 
+    @property
+    def compiled_graphs(self) -> int:
+        """How many GRAPH_MODE graphs the network has compiled so far (0 in PYNATIVE_MODE)."""
+        return len(self.net.compile_cache)
+
+    def prepare(self, img_bgr: np.ndarray) -> Tuple[np.ndarray, dict]:
+        """img_bgr uint8 (H, W, 3) -> (x float32 (1, 3, Hp, Wp), meta): the official test pipeline."""
+        d = self.cfg.data
+        return preprocess_test(img_bgr, d.test_scale, d.mean, d.std, d.to_rgb, d.size_divisor)
+
+    def network(self, x: np.ndarray) -> NetOutputs:
+        """x (1, 3, Hp, Wp) -> cate_scores (cells, C), kernels (cells, E), mask_feat (E, Hp/4, Wp/4), float32."""
+        cate, kernels, mask_feat = self.net(ms.Tensor(x))
+        return cate.asnumpy()[0], kernels.asnumpy()[0], mask_feat.asnumpy()[0]
+
+    def finish(self, outputs: NetOutputs, meta: dict) -> Dict[str, np.ndarray]:
+        """Network outputs -> masks bool (n, H, W), labels int64 (n,) 0-based, scores float32 (n,)."""
+        cate, kernels, mask_feat = outputs
+        c = self.cfg
+        return get_seg_single(cate, kernels, mask_feat, meta["img_shape"], meta["ori_shape"], c.test,
+                              c.head.num_grids, c.head.strides)
+
     def predict(self, img_bgr: np.ndarray) -> Dict[str, np.ndarray]:
         """img_bgr uint8 (H, W, 3) -> masks bool (n, H, W), labels int64 (n,) 0-based, scores float32 (n,)."""
-        d, c = self.cfg.data, self.cfg
         t0 = time.perf_counter()
-        x, meta = preprocess_test(img_bgr, d.test_scale, d.mean, d.std, d.to_rgb, d.size_divisor)
+        x, meta = self.prepare(img_bgr)
         t1 = time.perf_counter()
-        cate, kernels, mask_feat = self.net(ms.Tensor(x))
-        cate, kernels, mask_feat = cate.asnumpy()[0], kernels.asnumpy()[0], mask_feat.asnumpy()[0]
+        outputs = self.network(x)
         t2 = time.perf_counter()
-        out = get_seg_single(cate, kernels, mask_feat, meta["img_shape"], meta["ori_shape"], c.test,
-                             c.head.num_grids, c.head.strides)
+        out = self.finish(outputs, meta)
         t3 = time.perf_counter()
         self.timings = dict(preprocess=t1 - t0, network=t2 - t1, postprocess=t3 - t2)
         return out

@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from .config import load_config
 from .inference import Predictor, read_image
+from .overlap import overlapped
 from .results import instances_to_records, write_json_atomic
 from .runtime import SolovError
 from .visualize import draw_instances
@@ -32,13 +33,13 @@ def write_image(path: Path, img: np.ndarray) -> None:
 
 
 def predict_image(config: str, checkpoint: str, image: str, out: Optional[str], score_thr: float = 0.3,
-                  force: bool = False, overrides=()) -> Path:
+                  force: bool = False, overrides=(), static_shapes: bool = False) -> Path:
     """One image -> a picture with masks, class names and scores. Returns the picture's path."""
     img = read_image(image)
     out_path = Path(out) if out else Path(f"{Path(image).stem}_result.jpg")
     _check_writable(out_path, force)
     cfg = load_config(config, overrides)
-    pred = Predictor(cfg, checkpoint)
+    pred = Predictor(cfg, checkpoint, static_shapes=static_shapes)
     res = pred.predict(img)
     write_image(out_path, draw_instances(img, res["masks"], res["labels"], res["scores"], pred.class_names,
                                          score_thr=score_thr))
@@ -47,6 +48,12 @@ def predict_image(config: str, checkpoint: str, image: str, out: Optional[str], 
     print(f"{image}: {len(res['scores'])} instances ({shown} with score >= {score_thr} drawn) -> {out_path}  "
           f"[pre {t['preprocess']:.2f}s, net {t['network']:.2f}s, post {t['postprocess']:.2f}s]")
     return out_path
+
+
+def compile_note(pred: Predictor) -> str:
+    """'; GRAPH mode: N network graph(s) compiled' (nothing in PYNATIVE mode), for the closing line of a run."""
+    n = pred.compiled_graphs
+    return f"; GRAPH mode: {n} network graph(s) compiled" if n else ""
 
 
 def list_inputs(inp: Path) -> Tuple[str, List[Path]]:
@@ -84,7 +91,7 @@ def video_frames(path: Path) -> Iterator[Tuple[str, np.ndarray]]:
 
 
 def predict_many(config: str, checkpoint: str, inp: str, outdir: str, score_thr: float = 0.3,
-                 force: bool = False, skip_bad: bool = False, overrides=()) -> Path:
+                 force: bool = False, skip_bad: bool = False, overrides=(), static_shapes: bool = False) -> Path:
     """Folder / image / video -> OUTDIR/<name>.jpg per image or frame and OUTDIR/results.json.
 
     results.json: a list of instances {file_name, label, category_name, score, bbox [x, y, w, h],
@@ -96,7 +103,7 @@ def predict_many(config: str, checkpoint: str, inp: str, outdir: str, score_thr:
     if results_path.exists() and not force:
         raise SolovError(f"{results_path}: already exists; pass --force to overwrite, or choose another --out")
     cfg = load_config(config, overrides)
-    pred = Predictor(cfg, checkpoint)
+    pred = Predictor(cfg, checkpoint, static_shapes=static_shapes)
     out.mkdir(parents=True, exist_ok=True)
     if kind == "video":
         cap = cv2.VideoCapture(str(files[0]))
@@ -106,23 +113,43 @@ def predict_many(config: str, checkpoint: str, inp: str, outdir: str, score_thr:
     else:
         total = len(files)
         items = ((p.name, p) for p in files)
-    records, skipped, n = [], 0, 0
-    for name, src in tqdm(items, total=total, unit="img", desc="SOLOv2", dynamic_ncols=True):
+    records, skipped = [], []
+
+    def prepare(item):
+        name, src = item
         try:
             img = read_image(src) if isinstance(src, Path) else src
         except SolovError as e:
             if not skip_bad:
                 raise SolovError(f"{e} (use --skip-bad to skip unreadable images)") from None
-            tqdm.write(f"warning: skipped {e}")
-            skipped += 1
-            continue
-        res = pred.predict(img)
-        records += instances_to_records(name, res["masks"], res["labels"], res["scores"], pred.class_names)
+            return e
+        return img, *pred.prepare(img)
+
+    def run(prepared):
+        return None if isinstance(prepared, SolovError) else pred.network(prepared[1])
+
+    def finish(item, prepared, outputs):
+        if isinstance(prepared, SolovError):
+            return prepared
+        name, (img, _, meta) = item[0], prepared
+        res = pred.finish(outputs, meta)
         write_image(out / (Path(name).stem + ".jpg"),
                     draw_instances(img, res["masks"], res["labels"], res["scores"], pred.class_names,
                                    score_thr=score_thr))
+        return instances_to_records(name, res["masks"], res["labels"], res["scores"], pred.class_names)
+
+    n = 0
+    bar = tqdm(total=total, unit="img", desc="SOLOv2", dynamic_ncols=True)
+    for done in overlapped(items, prepare, run, finish):
+        bar.update(1)
+        if isinstance(done, SolovError):
+            tqdm.write(f"warning: skipped {done}")
+            skipped.append(done)
+            continue
+        records += done
         n += 1
+    bar.close()
     write_json_atomic(results_path, records)
     print(f"{n} image(s), {len(records)} instances -> {out}/ (pictures) and {results_path}"
-          + (f"; {skipped} unreadable image(s) skipped" if skipped else ""))
+          + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else "") + compile_note(pred))
     return results_path

@@ -1,6 +1,7 @@
 """Process-level setup shared by the command-line tools: errors, MindSpore context, checkpoint loading."""
 import json
 import os
+import platform
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,16 +26,54 @@ def cli_main(fn: Callable[[], Optional[int]]) -> None:
     sys.exit(rc or 0)
 
 
+ONEDNN_ISA_VAR = "ONEDNN_MAX_CPU_ISA"
+ONEDNN_ISA_CAP = "AVX2"
+
+
+def cpu_kind() -> str:
+    """'x86_64 AVX-512' / 'x86_64 AVX2' / the machine name: what decides MindSpore's CPU convolution speed."""
+    machine = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if machine in ("x86_64", "AMD64"):
+        return f"{machine} {'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'}"
+    return machine
+
+
+def cap_cpu_isa() -> Optional[str]:
+    """Cap oneDNN at AVX2 on x86 CPUs, unless the user set ONEDNN_MAX_CPU_ISA; returns the cap set (or None).
+
+    Why: on CPUs with AVX-512 (Intel Xeon, AMD Zen 4), MindSpore 2.10's oneDNN runs NCHW float32 convolutions
+    as `jit_uni_ncsp:conv+ref:any`, a reference loop at 0.5-0.9 GFLOP/s (measured here); capped at AVX2 it picks
+    `gemm:jit` at 65-170 GFLOP/s, with the same results to float32 rounding. oneDNN reads the variable when it
+    first dispatches, so this must run before the first MindSpore kernel; the environment is inherited by msrun
+    workers and subprocesses. Set ONEDNN_MAX_CPU_ISA=ALL to keep oneDNN's own choice.
+    """
+    if platform.machine() not in ("x86_64", "AMD64") or ONEDNN_ISA_VAR in os.environ:
+        return None
+    os.environ[ONEDNN_ISA_VAR] = ONEDNN_ISA_CAP
+    if "AVX-512" in cpu_kind():
+        print(f"solov2: {cpu_kind()} CPU: capping oneDNN at {ONEDNN_ISA_CAP} ({ONEDNN_ISA_VAR}={ONEDNN_ISA_CAP}), "
+              f"its AVX-512 convolution path is 100x slower; set {ONEDNN_ISA_VAR}=ALL to turn this off",
+              file=sys.stderr)
+    return ONEDNN_ISA_CAP
+
+
 def set_runtime(device_target: str = "CPU", mode: str = "graph", device_id: Optional[int] = None) -> None:
     """Select the device and execution mode ('graph' = GRAPH_MODE, 'pynative' = PYNATIVE_MODE).
 
-    On Ascend, operators are kept in float32 ('must_keep_origin_dtype'); the default would let convolutions
+    On CPU, oneDNN is first capped at AVX2 (see `cap_cpu_isa`). On Ascend, operators are kept in float32 ('must_keep_origin_dtype'); the default would let convolutions
     run in float16, which breaks the 1e-4 parity with the official model.
     """
     if mode not in ("graph", "pynative"):
         raise SolovError(f"--mode must be 'graph' or 'pynative', got {mode!r}")
     if device_target not in ("CPU", "GPU", "Ascend"):
         raise SolovError(f"--device_target must be CPU, GPU or Ascend, got {device_target!r}")
+    if device_target == "CPU":
+        cap_cpu_isa()
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     if device_id is None:
         device_id = int(os.environ.get("DEVICE_ID", 0))

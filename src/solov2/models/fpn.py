@@ -10,6 +10,8 @@ import mindspore.ops as ops
 from mindspore import Tensor
 from mindspore.common.initializer import XavierUniform
 
+from .resize import resize_nearest
+
 
 class PlainConv(nn.Cell):
     """A conv with bias held under ``.conv`` so its keys match the official ConvModule(norm_cfg=None)."""
@@ -41,8 +43,7 @@ class FPN(nn.Cell):
         laterals = [self.lateral_convs[i](feats[i]) for i in range(self.num_ins)]
         # Top-down: nearest x2 (sizes are exact multiples because inputs are padded to 32).
         for i in range(self.num_ins - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + ops.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
-                                                                mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + resize_nearest(laterals[i], laterals[i - 1].shape[-2:])
         outs = [self.fpn_convs[i](laterals[i]) for i in range(self.num_ins)]
         # The official max_pool2d(P5, 1, stride=2) (a subsample). Not P5[..., ::2, ::2]: the backward of that
         # strided slice segfaults in PYNATIVE_MODE on MindSpore 2.10 CPU.

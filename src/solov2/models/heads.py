@@ -12,6 +12,8 @@ import mindspore.ops as ops
 from mindspore import Tensor
 from mindspore.common.initializer import Constant, Normal
 
+from .resize import resize_bilinear
+
 
 def coord_features(x: Tensor) -> Tensor:
     """CoordConv channels for x (N, C, H, W): (N, 2, H, W) float32, channel 0 = x in [-1, 1] along the width,
@@ -22,11 +24,6 @@ def coord_features(x: Tensor) -> Tensor:
     xx = ops.broadcast_to(xs.reshape(1, 1, 1, w), (n, 1, h, w))
     yy = ops.broadcast_to(ys.reshape(1, 1, h, 1), (n, 1, h, w))
     return ops.concat((xx, yy), axis=1)
-
-
-def resize_bilinear(x: Tensor, size) -> Tensor:
-    """torch ``F.interpolate(x, size, mode='bilinear', align_corners=False)``: half-pixel, no antialias."""
-    return ops.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def points_nms(heat: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
 """The SOLOv2 network: ResNet -> FPN -> (SOLOv2Head, MaskFeatHead), and its inference wrapper."""
 from typing import List, Tuple
 
+import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Tensor
@@ -55,11 +56,17 @@ class SOLOv2Eval(nn.Cell):
     img (N, 3, H, W) -> cate_scores (N, cells, C) = points_nms(sigmoid(logits)), kernels (N, cells, E),
     mask_feat (N, E, H/4, W/4). The data-dependent rest (thresholds, Matrix NMS) is
     `solov2.postprocess.get_seg_single`, outside the graph.
+
+    dynamic_shape=True declares N, H and W unknown, so GRAPH mode compiles one graph for every input size
+    (otherwise each new padded size compiles another, 10-18 s and +1.8 GB resident each on CPU). The outputs are
+    the same to the bit (measured here); PYNATIVE mode ignores it.
     """
 
-    def __init__(self, net: SOLOv2):
+    def __init__(self, net: SOLOv2, dynamic_shape: bool = False):
         super().__init__(auto_prefix=False)
         self.net = net
+        if dynamic_shape:
+            self.set_inputs(Tensor(shape=[None, 3, None, None], dtype=ms.float32))
 
     def construct(self, img: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         cates, kernels, mask_feat = self.net.features(img)
