@@ -124,12 +124,14 @@ def _gt_predictor(gt, cfg):
     for img in gt.dataset["images"][:3]:
         by_pixels[cv2.imread(str(VAL_IMG / img["file_name"])).tobytes()] = img["id"]
 
-    def predict(img_bgr):
-        anns = gt.loadAnns(gt.getAnnIds(imgIds=by_pixels[img_bgr.tobytes()]))
+    def finish(img_id, meta):
+        anns = gt.loadAnns(gt.getAnnIds(imgIds=img_id))
         return dict(masks=np.stack([gt.annToMask(a).astype(bool) for a in anns]),
                     labels=np.array([cat_ids.index(a["category_id"]) for a in anns], np.int64),
                     scores=np.ones(len(anns), np.float32))
-    return SimpleNamespace(cfg=cfg, predict=predict)
+    # The Predictor's three stages: prepare(img) -> (x, meta), network(x) -> outputs, finish(outputs, meta)
+    return SimpleNamespace(cfg=cfg, prepare=lambda img_bgr: (img_bgr, {}),
+                           network=lambda x: by_pixels[x.tobytes()], finish=finish)
 
 
 def test_predict_dataset_maps_channels_to_category_ids(gt):

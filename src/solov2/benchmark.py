@@ -1,10 +1,11 @@
 """Inference benchmark: time per stage (backbone, neck, heads, post-processing) in GRAPH and PYNATIVE mode, and
 achieved GFLOP/s against this machine's float32 matrix-multiply peak (measured here, not assumed).
 
-    python -m solov2.benchmark --configs configs/solov2/solov2_r101_fpn_8gpu_3x.py \
+    python -m solov2.benchmark stages --configs configs/solov2/solov2_r101_fpn_8gpu_3x.py \
         configs/solov2/solov2_light_448_r18_fpn_8gpu_3x.py --repeat 3
 
 Weights are random (speed does not depend on them); post-processing gets the network's real outputs.
+The comparison with mmdetection (`python -m solov2.benchmark peer ...`) is in `solov2.benchmark_peer`.
 """
 import argparse
 import json
@@ -19,6 +20,7 @@ from .config import load_config
 from .data.transforms import rescale_size
 from .models import SOLOv2Eval, build_model
 from .postprocess import get_seg_single
+from .runtime import set_runtime
 
 
 def conv_flops(net, x) -> Dict[str, float]:
@@ -114,6 +116,13 @@ def _sync(out):
 
 
 def main(argv: List[str] = None) -> None:
+    import sys
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["peer"] or argv[:1] == ["_predict"]:
+        from .benchmark_peer import main as peer_main
+        return peer_main(argv)
+    if argv[:1] == ["stages"]:
+        argv = argv[1:]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", nargs="+", default=["configs/solov2/solov2_r101_fpn_8gpu_3x.py",
                                                      "configs/solov2/solov2_light_448_r18_fpn_8gpu_3x.py"])
@@ -122,7 +131,7 @@ def main(argv: List[str] = None) -> None:
     ap.add_argument("--device_target", default="CPU")
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
     a = ap.parse_args(argv)
-    ms.set_device(a.device_target)
+    set_runtime(a.device_target, a.modes[0])
     peak = matmul_peak()
     print(f"float32 matmul peak: numpy {peak['numpy']:.1f} GFLOP/s, mindspore {peak['mindspore']:.1f} GFLOP/s")
     best_peak = max(peak.values())
