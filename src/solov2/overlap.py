@@ -44,7 +44,12 @@ def overlapped(items: Iterable[Item], prepare: Callable[[Item], Prepared], run: 
             while to_run:
                 item, fut = to_run.popleft()
                 feed()
-                prepared = fut.result()
+                try:
+                    prepared = fut.result()
+                except BaseException:  # as in a plain loop: the items before this one are finished first
+                    while to_yield:
+                        yield to_yield.popleft().result()
+                    raise
                 to_yield.append(post.submit(finish, item, prepared, run(prepared)))
                 while len(to_yield) > ahead:
                     yield to_yield.popleft().result()
