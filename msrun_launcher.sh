@@ -32,7 +32,7 @@ EOF
 die() {  # one clear line, then where to get help
   echo "msrun_launcher.sh: error: $*" >&2
   echo "run 'bash msrun_launcher.sh --help' for usage" >&2
-  exit 1
+  exit 2
 }
 
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
@@ -46,7 +46,7 @@ case $# in
   6) WORKER_NUM=$2 MASTER_PORT=$3 LOG_DIR=$4 JOIN=$5 CLUSTER_TIME_OUT=$6 ;;
   9) WORKER_NUM=$2 LOCAL_WORKER_NUM=$3 MASTER_ADDR=$4 MASTER_PORT=$5 NODE_RANK=$6 LOG_DIR=$7 JOIN=$8
      CLUSTER_TIME_OUT=$9 ;;
-  *) { echo "msrun_launcher.sh: error: expected 1, 2, 6 or 9 arguments, got $#"; usage; } >&2; exit 1 ;;
+  *) { echo "msrun_launcher.sh: error: expected 1, 2, 6 or 9 arguments, got $#"; usage; } >&2; exit 2 ;;
 esac
 LOCAL_WORKER_NUM=${LOCAL_WORKER_NUM:-$WORKER_NUM}
 
@@ -82,6 +82,18 @@ PY=$(command -v "$INTERP") || die "'$INTERP' is not on PATH: activate the venv t
 # find_spec does not import mindspore (seconds); it only tells whether this interpreter can.
 "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("mindspore") is None)' ||
   die "'$PY' (first '$INTERP' on PATH, which msrun uses for every worker) has no mindspore: activate the project venv"
+
+# Node 0's scheduler listens on MASTER_PORT. If another process holds it, msrun fails only after CLUSTER_TIME_OUT,
+# with four tracebacks and the cause in scheduler.log, so try the port first.
+if [ "$NODE_RANK" = 0 ]; then
+  "$PY" -c 'import socket, sys
+s = socket.socket()
+try:
+    s.bind(("", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)' "$MASTER_PORT" ||
+    die "MASTER_PORT $MASTER_PORT is already in use on this node: stop the job that holds it or choose another port"
+fi
 
 # Let the script import the repo's modules (and the solov2 package even when not pip-installed) from any cwd.
 export PYTHONPATH="$ROOT:$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"

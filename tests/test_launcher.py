@@ -54,7 +54,7 @@ def test_help_exits_0():
 @pytest.mark.parametrize("nargs", [0, 3, 4, 5, 7, 8, 10])
 def test_wrong_argument_count_prints_usage(tmp_path, script, nargs):
     r = run_launcher([script, *["2"] * (nargs - 1)] if nargs else [], tmp_path)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert f"got {nargs}" in r.stderr and "Usage" in r.stderr
 
 
@@ -69,7 +69,7 @@ def test_wrong_argument_count_prints_usage(tmp_path, script, nargs):
 ])
 def test_bad_values(tmp_path, script, args, message):
     r = run_launcher([script, *args], tmp_path)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert message in r.stderr, r.stderr
     assert r.stdout == ""  # nothing was launched
 
@@ -77,14 +77,25 @@ def test_bad_values(tmp_path, script, args, message):
 @pytest.mark.parametrize("command", ["missing.py --config x", "python missing.py", "python"])
 def test_missing_script(tmp_path, command):
     r = run_launcher([command, "2"], tmp_path)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "script not found: 'missing.py'" in r.stderr or "no script in the command" in r.stderr
+
+
+def test_port_in_use_is_one_line_before_launching(tmp_path, script):
+    import socket
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = run_launcher([script, "2", str(port), "log", "True", "60"], tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"MASTER_PORT {port} is already in use" in r.stderr and r.stdout == ""  # msrun was never started
 
 
 def test_msrun_not_on_path(tmp_path, script):
     env = dict(os.environ, PATH="/usr/bin:/bin")
     r = subprocess.run(["bash", str(LAUNCHER), script, "2"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert r.returncode == 1 and "msrun is not on PATH" in r.stderr and "activate" in r.stderr
+    assert r.returncode == 2 and "msrun is not on PATH" in r.stderr and "activate" in r.stderr
 
 
 @pytest.fixture

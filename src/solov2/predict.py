@@ -1,6 +1,7 @@
 """What `test.py` (one image -> picture) and `run.py` (folder / image / video -> pictures + results.json) do."""
+from collections import Counter
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -37,6 +38,8 @@ def predict_image(config: str, checkpoint: str, image: str, out: Optional[str], 
     """One image -> a picture with masks, class names and scores. Returns the picture's path."""
     img = read_image(image)
     out_path = Path(out) if out else Path(f"{Path(image).stem}_result.jpg")
+    if out_path.resolve() == Path(image).resolve():
+        raise SolovError(f"{out_path}: --out is the input image; choose another file name")
     _check_writable(out_path, force)
     cfg = load_config(config, overrides)
     pred = Predictor(cfg, checkpoint, static_shapes=static_shapes)
@@ -48,6 +51,31 @@ def predict_image(config: str, checkpoint: str, image: str, out: Optional[str], 
     print(f"{image}: {len(res['scores'])} instances ({shown} with score >= {score_thr} drawn) -> {out_path}  "
           f"[pre {t['preprocess']:.2f}s, net {t['network']:.2f}s, post {t['postprocess']:.2f}s]")
     return out_path
+
+
+def picture_names(files: List[Path]) -> Dict[str, str]:
+    """Input file name -> output picture name: `<stem>.jpg`, or `<stem>_<ext>.jpg` where two inputs share a stem
+    (a.jpg and a.png must not both draw into a.jpg)."""
+    stems = Counter(p.stem for p in files)
+    return {p.name: f"{p.stem}.jpg" if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}.jpg"
+            for p in files}
+
+
+def check_pictures(out: Path, files: List[Path], pictures: Dict[str, str], video: Optional[Path],
+                   force: bool) -> None:
+    """Before any work: no output picture may be an input (never, even with --force), and none may exist
+    without --force. Video frames are `<video stem>_NNNNNN.jpg`."""
+    inputs = {p.resolve() for p in files}
+    planned = [out / name for name in pictures.values()]
+    for path in planned:
+        if path.resolve() in inputs:
+            raise SolovError(f"{path}: the output picture would replace the input image; choose another --out")
+    existing = [p for p in planned if p.exists()]
+    if video is not None and out.is_dir():
+        existing = sorted(out.glob(f"{video.stem}_" + "[0-9]" * 6 + ".jpg"))
+    if existing and not force:
+        raise SolovError(f"{existing[0]}: already exists ({len(existing)} output picture(s) would be replaced); "
+                         f"pass --force to overwrite, or choose another --out")
 
 
 def compile_note(pred: Predictor) -> str:
@@ -102,6 +130,10 @@ def predict_many(config: str, checkpoint: str, inp: str, outdir: str, score_thr:
     results_path = out / "results.json"
     if results_path.exists() and not force:
         raise SolovError(f"{results_path}: already exists; pass --force to overwrite, or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise SolovError(f"{out}: --out exists and is not a folder")
+    pictures = picture_names(files) if kind == "images" else {}
+    check_pictures(out, files, pictures, video=files[0] if kind == "video" else None, force=force)
     cfg = load_config(config, overrides)
     pred = Predictor(cfg, checkpoint, static_shapes=static_shapes)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,6 +145,7 @@ def predict_many(config: str, checkpoint: str, inp: str, outdir: str, score_thr:
     else:
         total = len(files)
         items = ((p.name, p) for p in files)
+    picture_of = (lambda name: pictures[name]) if pictures else (lambda name: name)
     records, skipped = [], []
 
     def prepare(item):
@@ -133,7 +166,7 @@ def predict_many(config: str, checkpoint: str, inp: str, outdir: str, score_thr:
             return prepared
         name, (img, _, meta) = item[0], prepared
         res = pred.finish(outputs, meta)
-        write_image(out / (Path(name).stem + ".jpg"),
+        write_image(out / picture_of(name),
                     draw_instances(img, res["masks"], res["labels"], res["scores"], pred.class_names,
                                    score_thr=score_thr))
         return instances_to_records(name, res["masks"], res["labels"], res["scores"], pred.class_names)

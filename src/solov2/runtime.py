@@ -13,16 +13,42 @@ import numpy as np
 from .errors import SolovError, first_line
 
 
+DEBUG_VAR = "SOLOV2_DEBUG"
+
+
+def failure_line(e: BaseException) -> str:
+    """One line for an expected failure: our SolovError as is; an OSError with its file and the system's reason
+    (`<file>: No space left on device`); a library error (MindSpore's ValueError/RuntimeError, cv2.error) by its
+    first line."""
+    if isinstance(e, SolovError):
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:
+        where = e.filename if e.filename is not None else "I/O"
+        return f"{where}: {e.strerror}" + (f" (-> {e.filename2})" if e.filename2 else "")
+    return f"{type(e).__name__}: {first_line(e)}"
+
+
 def cli_main(fn: Callable[[], Optional[int]]) -> None:
-    """Run a CLI body; user errors become `error: <message>` on stderr and exit code 2 (no traceback)."""
+    """Run a CLI body; expected failures become one line `error: <message>` on stderr and exit code 2.
+
+    Expected: SolovError (bad input we detected), OSError (missing or read-only folders, full disk), MemoryError,
+    and the ValueError / RuntimeError / cv2.error that MindSpore and OpenCV raise for unusable settings (e.g.
+    `--device_target Ascend` on a CPU-only build). SOLOV2_DEBUG=1 re-raises them with the traceback; other
+    exceptions (bugs) always keep theirs.
+    """
+    import cv2
+    expected = (SolovError, OSError, MemoryError, ValueError, RuntimeError, cv2.error)
     try:
         rc = fn()
-    except SolovError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except expected as e:
+        if os.environ.get(DEBUG_VAR) == "1":
+            raise
+        hint = "" if isinstance(e, SolovError) else f" (set {DEBUG_VAR}=1 for the traceback)"
+        print(f"error: {failure_line(e)}{hint}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(rc or 0)
 
 
@@ -77,7 +103,11 @@ def set_runtime(device_target: str = "CPU", mode: str = "graph", device_id: Opti
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     if device_id is None:
         device_id = int(os.environ.get("DEVICE_ID", 0))
-    ms.set_device(device_target, device_id)
+    try:
+        ms.set_device(device_target, device_id)
+    except (RuntimeError, ValueError) as e:  # e.g. GPU or Ascend asked of a CPU-only MindSpore build
+        raise SolovError(f"--device_target {device_target}: not usable with this MindSpore ({first_line(e)})") \
+            from None
     if device_target == "Ascend":
         try:
             from mindspore.device_context.ascend.op_precision import precision_mode

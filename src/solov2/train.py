@@ -139,6 +139,8 @@ def train(config: str, work_dir: Optional[str] = None, resume: Optional[str] = N
     cfg = load_config(config, overrides)
     d, o = cfg.data, cfg.optim
     work = Path(work_dir or cfg.work_dir or Path("work_dirs") / Path(config).stem)
+    if work.exists() and not work.is_dir():
+        raise SolovError(f"{work}: --work-dir exists and is not a folder")
     if deterministic:
         ms.set_context(deterministic="ON")
     snapshot = None

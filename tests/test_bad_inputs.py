@@ -1,0 +1,87 @@
+"""Bad input through the real CLIs: exit 2, exactly one `error:` line naming the file or option, no traceback,
+every pre-existing file unchanged and no stray temporary file. One row per case."""
+import hashlib
+import shutil
+
+import pytest
+from conftest import SHARED, TRASHCAN_CFG, cli
+
+VAL_IMG = SHARED / "datasets" / "trashcan_mini" / "val" / "vid_000102_frame0000035.jpg"
+MINI = SHARED / "datasets" / "trashcan_mini"
+TRAIN_DATA = [f"data.train.ann_file={MINI / 'annotations' / 'instances_train_trashcan.json'}",
+              f"data.train.img_prefix={MINI / 'train'}"]
+
+
+def snapshot(folder):
+    """{relative path: md5} of every file below folder."""
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def photos(d):
+    """A folder with a.jpg and a.png (same stem) and b.jpg."""
+    d.mkdir()
+    shutil.copy(VAL_IMG, d / "a.jpg")
+    shutil.copy(VAL_IMG, d / "b.jpg")
+    import cv2
+    cv2.imwrite(str(d / "a.png"), cv2.imread(str(VAL_IMG)))
+    return d
+
+
+def out_with_earlier_picture(t):
+    out = t / "out"
+    out.mkdir()
+    (out / "b.jpg").write_bytes(b"a picture of mine")
+    return out
+
+
+# (id, argv from (tmp_path, checkpoint), texts the one error line must contain)
+CASES = [
+    ("run.py --out is the input folder",
+     lambda t, c: ["run.py", TRASHCAN_CFG, c, photos(t / "photos"), "--out", t / "photos", "--force"],
+     ["b.jpg", "would replace the input image"]),
+    ("run.py --out holds an earlier picture",
+     lambda t, c: ["run.py", TRASHCAN_CFG, c, photos(t / "photos"), "--out", out_with_earlier_picture(t)],
+     ["b.jpg", "already exists", "--force"]),
+    ("run.py --out is a file",
+     lambda t, c: ["run.py", TRASHCAN_CFG, c, photos(t / "photos"), "--out", t / "photos" / "b.jpg"],
+     ["b.jpg", "not a folder"]),
+    ("run.py --out under a file",
+     lambda t, c: ["run.py", TRASHCAN_CFG, c, photos(t / "photos"), "--out", t / "photos" / "b.jpg" / "new"],
+     ["b.jpg", "Not a directory"]),
+    ("test.py --out is the input image, even with --force",
+     lambda t, c: ["test.py", "--config", TRASHCAN_CFG, "--checkpoint", c, "--dataroot",
+                   photos(t / "photos") / "a.jpg", "--out", t / "photos" / "a.jpg", "--force"],
+     ["a.jpg", "is the input image"]),
+    ("train.py --work-dir is an existing file",
+     lambda t, c: ["train.py", "--config", TRASHCAN_CFG, "--work-dir", photos(t / "photos") / "b.jpg",
+                   "--cfg-options", *TRAIN_DATA],
+     ["b.jpg", "--work-dir", "not a folder"]),
+    ("--device_target GPU on a CPU-only MindSpore",
+     lambda t, c: ["test.py", "--config", TRASHCAN_CFG, "--checkpoint", c, "--dataroot",
+                   photos(t / "photos") / "a.jpg", "--out", t / "pic.jpg", "--device_target", "GPU"],
+     ["--device_target GPU", "not usable"]),
+]
+
+
+@pytest.mark.parametrize("args, fragments", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_nothing_is_lost(tmp_path, ckpt, args, fragments):
+    argv = args(tmp_path, ckpt)
+    before = snapshot(tmp_path)
+    r = cli(*argv, timeout=600)
+    errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    for f in fragments:
+        assert f in errors[0], errors[0]
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before, "a pre-existing file changed"
+    assert not [k for k in after if k not in before], f"stray files: {[k for k in after if k not in before]}"
+
+
+def test_same_stem_inputs_get_distinct_pictures(tmp_path, ckpt):
+    src = photos(tmp_path / "photos")
+    r = cli("run.py", TRASHCAN_CFG, ckpt, src, "--out", tmp_path / "out", "--mode", "pynative")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_jpg.jpg", "a_png.jpg", "b.jpg",
+                                                                    "results.json"]
