@@ -1,6 +1,7 @@
 """Bad input through the real CLIs: exit 2, exactly one `error:` line naming the file or option, no traceback,
 every pre-existing file unchanged and no stray temporary file. One row per case."""
 import hashlib
+import json
 import shutil
 
 import pytest
@@ -8,6 +9,7 @@ from conftest import SHARED, TRASHCAN_CFG, cli
 
 VAL_IMG = SHARED / "datasets" / "trashcan_mini" / "val" / "vid_000102_frame0000035.jpg"
 MINI = SHARED / "datasets" / "trashcan_mini"
+VAL_ANN = MINI / "annotations" / "instances_val_trashcan.json"
 TRAIN_DATA = [f"data.train.ann_file={MINI / 'annotations' / 'instances_train_trashcan.json'}",
               f"data.train.img_prefix={MINI / 'train'}"]
 
@@ -35,6 +37,21 @@ def out_with_earlier_picture(t):
     return out
 
 
+def truncated_jpeg_folder(t):
+    d = photos(t / "photos")
+    data = (d / "b.jpg").read_bytes()
+    (d / "b.jpg").write_bytes(data[: len(data) // 2])  # cv2 decodes it anyway, the rest grey
+    return d
+
+
+def two_point_polygon_ann(t):
+    gt = json.loads((MINI / "annotations" / "instances_train_trashcan.json").read_text())
+    gt["annotations"][0]["segmentation"] = [gt["annotations"][0]["segmentation"][0][:4]]
+    path = t / "ann.json"
+    path.write_text(json.dumps(gt))
+    return path, gt["annotations"][0]["id"]
+
+
 # (id, argv from (tmp_path, checkpoint), texts the one error line must contain)
 CASES = [
     ("run.py --out is the input folder",
@@ -57,6 +74,29 @@ CASES = [
      lambda t, c: ["train.py", "--config", TRASHCAN_CFG, "--work-dir", photos(t / "photos") / "b.jpg",
                    "--cfg-options", *TRAIN_DATA],
      ["b.jpg", "--work-dir", "not a folder"]),
+    ("a typo in --cfg-options",
+     lambda t, c: ["train.py", "--config", TRASHCAN_CFG, "--work-dir", t / "work", "--cfg-options", *TRAIN_DATA,
+                   "optimizer.lrr=0.5", "total_epochs=3"],
+     ["optimizer.lrr=0.5", "no key 'lrr'", "did you mean 'lr'"]),
+    ("a misspelt top-level key in --cfg-options",
+     lambda t, c: ["train.py", "--config", TRASHCAN_CFG, "--work-dir", t / "work", "--cfg-options", *TRAIN_DATA,
+                   "total_epoch=3"],
+     ["total_epoch=3", "did you mean 'total_epochs'"]),
+    ("data.imgs_per_gpu=0",
+     lambda t, c: ["train.py", "--config", TRASHCAN_CFG, "--work-dir", t / "work", "--cfg-options", *TRAIN_DATA,
+                   "data.imgs_per_gpu=0"],
+     ["data.imgs_per_gpu", "must be an integer >= 1, got 0"]),
+    ("valuation.py --out in a missing folder, before the model runs",
+     lambda t, c: ["valuation.py", "--config", TRASHCAN_CFG, "--checkpoint", c, "--ann", VAL_ANN,
+                   "--img-prefix", MINI / "val", "--out", t / "nowhere" / "r.json"],
+     ["nowhere", "output folder does not exist"]),
+    ("run.py on a truncated JPEG",
+     lambda t, c: ["run.py", TRASHCAN_CFG, c, truncated_jpeg_folder(t), "--out", t / "out"],
+     ["b.jpg", "truncated JPEG", "--skip-bad"]),
+    ("train.py with a 2-point polygon",
+     lambda t, c: ["train.py", "--config", TRASHCAN_CFG, "--work-dir", t / "work", "--cfg-options",
+                   f"data.train.ann_file={two_point_polygon_ann(t)[0]}", f"data.train.img_prefix={MINI / 'train'}"],
+     ["ann.json", "polygon has 4 coordinates"]),
     ("--device_target GPU on a CPU-only MindSpore",
      lambda t, c: ["test.py", "--config", TRASHCAN_CFG, "--checkpoint", c, "--dataroot",
                    photos(t / "photos") / "a.jpg", "--out", t / "pic.jpg", "--device_target", "GPU"],
@@ -85,3 +125,21 @@ def test_same_stem_inputs_get_distinct_pictures(tmp_path, ckpt):
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_jpg.jpg", "a_png.jpg", "b.jpg",
                                                                     "results.json"]
+
+
+def test_read_only_output_folder_is_refused_before_the_model_runs(tmp_path, ckpt):
+    """valuation.py --out on a read-only file system (a read-only tmpfs; root ignores permission bits)."""
+    import subprocess
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({r.stderr.decode().strip()})")
+    try:
+        r = cli("valuation.py", "--config", TRASHCAN_CFG, "--checkpoint", ckpt, "--ann", VAL_ANN,
+                "--img-prefix", MINI / "val", "--out", ro / "results.json", timeout=120)
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+    errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "not writable" in errors[0], r.stderr[-2000:]
+    assert "evaluate" not in r.stderr  # no progress bar: the model never ran

@@ -149,6 +149,44 @@ def test_malformed_segmentations(tiny, seg, problem):
         CocoDataset(path, root)
 
 
+def test_two_point_polygon_is_an_error_naming_the_annotation(tiny):
+    """4 coordinates: pycocotools would silently read them as a box [x, y, w, h]."""
+    root, images, anns, cats = tiny
+    path = _write_coco(root / "p.json", images, anns + [_ann(21, 11, 3, 1, 1, 9, 9, segmentation=[[1, 1, 9, 9]])],
+                       cats)
+    with pytest.raises(DatasetError, match=r"annotation 21: polygon has 4 coordinates \(a polygon needs >= 3 points"):
+        CocoDataset(path, root)
+
+
+def test_degenerate_and_outside_annotations_are_named_in_a_warning(tiny):
+    root, images, anns, cats = tiny
+    extra = [_ann(30, 11, 3, 1, 1, 0.5, 9), _ann(31, 11, 3, 1, 1, 9, 9, area=0.0),  # not used (official rule)
+             _ann(32, 11, 3, 50, 40, 30, 30)]                                      # box past the 64x48 image
+    path = _write_coco(root / "q.json", images, anns + extra, cats)
+    with pytest.warns(UserWarning) as record:
+        ds = CocoDataset(path, root)
+    text = [str(w.message) for w in record]
+    assert any("2 annotation(s) have zero area or a box under 1 px" in t and "ids 30, 31" in t for t in text), text
+    assert any("1 annotation(s) have a box more than 1 px outside" in t and "ids 32" in t for t in text), text
+    assert len(ds.records) == 3
+
+
+def test_truncated_jpeg_is_a_bad_image(tiny):
+    root, images, anns, cats = tiny
+    _write_img(root, "im1.jpg", 48, 64)
+    data = (root / "im1.jpg").read_bytes()
+    assert cv2.imdecode(np.frombuffer(data[: len(data) // 2], np.uint8), cv2.IMREAD_COLOR) is not None  # cv2 alone
+    (root / "im1.jpg").write_bytes(data[: len(data) // 2])                                              # takes it
+    images = [dict(im, file_name="im1.jpg") if im["file_name"] == "im1.png" else im for im in images]
+    ds = CocoDataset(_write_coco(root / "t.json", images, anns, cats), root)
+    with pytest.raises(DatasetError, match=r"im1\.jpg: truncated JPEG"):
+        ds[1]
+    with pytest.warns(UserWarning, match="truncated JPEG"):
+        assert CocoDataset(root / "t.json", root, skip_bad=True)[1]["image_id"] == 12
+    (root / "im1.jpg").write_bytes(data)
+    assert ds[1]["img"].shape == (48, 64, 3)  # the whole file reads
+
+
 def test_unreadable_image_at_index_time(tiny):
     root, images, anns, cats = tiny
     (root / "im1.png").write_bytes(b"not an image")

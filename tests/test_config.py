@@ -231,7 +231,7 @@ def test_dcn_backbone_file_is_refused(tmp_path):
     ("optimizer.type=Adam", r"optimizer\.type: 'Adam' is not supported"),
     ("lr_config.policy=cosine", r"lr_config\.policy: 'cosine' is not supported"),
     ("model.mask_feat_head.num_classes=128", r"mask_feat_head\.num_classes: 128 must equal .*ins_out_channels"),
-    ("data.imgs_per_gpu=two", r"data\.imgs_per_gpu: must be an integer, got 'two'"),
+    ("data.imgs_per_gpu=two", r"data\.imgs_per_gpu: must be an integer >= 1, got .two."),
     ("total_epochs=None", r"total_epochs: must be an integer"),
     ("checkpoint_config.interval=0", r"checkpoint_config\.interval: must be >= 1, got 0"),
     ("log_config.interval=-5", r"log_config\.interval: must be >= 1, got -5"),
@@ -253,7 +253,8 @@ def test_multiscale_without_mode_is_mmdet_range(tmp_path):
 
 # ------------------------------------------------------------------ (e) overrides
 def test_apply_overrides_sets_nested_values():
-    cfg = {"data": {"imgs_per_gpu": 2, "train": {"ann_file": "a.json", "pipeline": [{"type": "Resize"}]}},
+    cfg = {"data": {"imgs_per_gpu": 2, "train": {"ann_file": "a.json", "pipeline": [
+        {"type": "Resize", "img_scale": (1333, 800), "keep_ratio": False}]}},
            "total_epochs": 36, "model": {"bbox_head": {"num_classes": 81}}}
     out = apply_overrides(cfg, ["data.imgs_per_gpu=4", "total_epochs=2", "data.train.ann_file=/x/y.json",
                                 "model.bbox_head.num_classes=23", "data.train.pipeline.0.img_scale=(768, 448)",
@@ -265,7 +266,7 @@ def test_apply_overrides_sets_nested_values():
     assert out["lr"] == 1e-3 and out["name"] == "abc" and out["quoted"] == "7"
     assert out["newtop"] == {"key": [1, 2]} and out["data"]["train"]["classes"] == ("a", "b")
     assert out["work_dir"] == "./w d"
-    assert cfg["data"]["imgs_per_gpu"] == 2 and "img_scale" not in cfg["data"]["train"]["pipeline"][0]
+    assert cfg["data"]["imgs_per_gpu"] == 2 and cfg["data"]["train"]["pipeline"][0]["img_scale"] == (1333, 800)
 
 
 @pytest.mark.parametrize("override, match", [
@@ -293,6 +294,45 @@ def test_load_config_with_overrides():
     raises(load_config, R101, ["model.bbox_haed.num_classes=23"], match=r"^.*: override .*model has no key 'bbox_haed'")
 
 
+@pytest.mark.parametrize("override, match", [
+    ("optimizer.lrr=0.5", r"optimizer has no key 'lrr' \(did you mean 'lr'\?\) and it is not a setting"),
+    ("total_epoch=3", r"the top level has no key 'total_epoch' \(did you mean 'total_epochs'\?\)"),
+    ("model.backbone.frozen_stage=-1", r"did you mean 'frozen_stages'"),
+])
+def test_typos_in_overrides_are_errors_with_the_closest_key(override, match):
+    raises(load_config, R101, [override], match=match)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("total_epochs=0", r"total_epochs: must be an integer >= 1, got 0"),
+    ("optimizer.lr=-0.01", r"optimizer\.lr: must be a number > 0, got -0\.01"),
+    ("model.bbox_head.stacked_convs=-1", r"model\.bbox_head\.stacked_convs: must be an integer >= 1, got -1"),
+    ("test_cfg.max_per_img=-5", r"test_cfg\.max_per_img: must be an integer >= 1, got -5"),
+    ("data.imgs_per_gpu=0", r"data\.imgs_per_gpu: must be an integer >= 1, got 0"),
+    ("test_cfg.score_thr=1.5", r"test_cfg\.score_thr: must be a number in \[0, 1\], got 1\.5"),
+    ("optimizer.momentum=2", r"optimizer\.momentum: must be a number in \[0, 1\]"),
+    ("optimizer_config.grad_clip.max_norm=0", r"grad_clip\.max_norm: must be a number > 0"),
+])
+def test_values_out_of_range_are_errors(override, match):
+    raises(load_config, R101, [override], match=match)
+
+
+def test_pipeline_steps_by_type_and_wrong_positions():
+    ok = load_config(R101, ["data.train.pipeline.Resize.img_scale=[(640, 480)]",
+                            "data.train.pipeline.RandomFlip.flip_ratio=0.0",
+                            "data.test.pipeline.MultiScaleFlipAug.img_scale=(512, 320)"])
+    assert ok.data.train_scales == ((640, 480),) and ok.data.flip_ratio == 0.0 and ok.data.test_scale == (512, 320)
+    raises(load_config, R101, ["data.train.pipeline.3.img_scale=[(640, 480)]"],
+           match=r"data\.train\.pipeline\.3 is a RandomFlip step, which has no key 'img_scale' \(name steps by type")
+    raises(load_config, R101, ["data.train.pipeline.Rezise.img_scale=[(640, 480)]"],
+           match=r"data\.train\.pipeline is a list and 'Rezise' is not a valid index")
+
+
+def test_overrides_may_add_keys_the_schema_reads():
+    cfg = load_config(R101, ["data.train.max_images=5", "data.skip_bad=True", "data.canvas_buckets=False"])
+    assert (cfg.data.train_max_images, cfg.data.skip_bad, cfg.data.canvas_buckets) == (5, True, False)
+
+
 # ------------------------------------------------------------------ (f) num_classes override; class names
 def test_light_r18_with_23_classes():
     cfg = load_config(CONFIGS / "solov2_light_448_r18_fpn_8gpu_3x.py", ["model.bbox_head.num_classes=23"])
@@ -307,3 +347,16 @@ def test_class_names_must_match_num_classes():
     cfg = load_config(R101, ["data.train.classes=('a', 'b')", "model.bbox_head.num_classes=3"])
     assert cfg.class_names == ["a", "b"]
     raises(load_config, R101, ["classes=('a', 1)", "model.bbox_head.num_classes=3"], match=r": classes: must be")
+
+
+def test_schema_keys_cover_every_key_the_readers_look_up():
+    """An override may add only SCHEMA_KEYS; a key read by config.py but missing there would be refused."""
+    import re
+
+    import solov2.config as config_module
+    from solov2.config import SCHEMA_KEYS
+    src = open(config_module.__file__).read()
+    read = set(re.findall(r'\.(?:get|one_of|sub|check)\("([A-Za-z_0-9]+)"', src))  # the key, not the kind
+    for names in re.findall(r'\.forbid\(((?:"[A-Za-z_0-9]+",?\s*)+)', src):          # forbid(k1, k2, ...)
+        read |= set(re.findall(r'"([A-Za-z_0-9]+)"', names))
+    assert read and read <= SCHEMA_KEYS, sorted(read - SCHEMA_KEYS)

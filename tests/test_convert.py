@@ -233,10 +233,56 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path, head):
     assert str(src) in msg
 
 
-def test_arbitrary_python_objects_are_not_unpickled(tmp_path):
-    src = tmp_path / "objects.pth"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "meta": {"rng": np.zeros(2)}}, src)
-    assert_refused(src, tmp_path / "x.ckpt", "refusing to unpickle arbitrary objects")
+class HistoryBuffer:
+    """Stands for mmengine.logging.HistoryBuffer: a class the converter cannot (and must not) import."""
+
+    def __init__(self):
+        self._log_history, self._count_history = np.arange(3.0), np.ones(3)
+
+
+class Payload:
+    """A malicious object: unpickling it would create the file `path` (and could run any command)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_real_mmengine_file_converts_and_runs_no_code(reference, tmp_path):
+    """An mmdetection 3.x training file: meta with TorchVersion, message_hub with HistoryBuffer and numpy values,
+    plus a __reduce__ payload; weights_only=True refuses it, the converter reads its tensors and nothing else."""
+    sd, _, meta = reference
+    mm = collections.OrderedDict((to_mmdet3_key(k), v) for k, v in sd.items())
+    pwned = tmp_path / "pwned"
+    classes = tuple(meta["checkpoint_meta_suggestion"]["CLASSES"])
+    src = tmp_path / "epoch_36.pth"
+    torch.save({"meta": {"dataset_meta": {"classes": classes}, "mmengine_version": "0.10.7",
+                         "torch_version": torch.torch_version.TorchVersion("2.13.0"), "seed": np.int64(7)},
+                "state_dict": mm, "message_hub": {"log_scalars": {"loss": HistoryBuffer()},
+                                                  "runtime_info": {"iter": np.int64(100), "x": Payload(pwned)}}},
+               src)
+    with pytest.raises(Exception):  # the point of it: the plain safe loader cannot read this file
+        torch.load(src, weights_only=True)
+    assert not pwned.exists()
+    summary = convert_checkpoint(str(src), str(tmp_path / "mm.ckpt"), config=light_r18_cfg(), log=None)
+    assert not pwned.exists(), "code from the checkpoint ran"
+    assert summary["layout"] == "mmdet3" and summary["classes"] == list(classes)
+    assert set(read_ckpt(tmp_path / "mm.ckpt")) == set(read_ckpt(official_and_convert(reference, tmp_path)))
+
+
+def official_and_convert(reference, tmp_path):
+    sd, _, meta = reference
+    convert_checkpoint(str(official_pth(tmp_path / "o.pth", sd, meta)), str(tmp_path / "o.ckpt"), log=None)
+    return tmp_path / "o.ckpt"
+
+
+def test_payload_inside_the_state_dict_is_refused_and_never_run(tmp_path):
+    pwned = tmp_path / "pwned"
+    torch.save({"state_dict": {"a.weight": torch.zeros(1), "b": Payload(pwned)}}, tmp_path / "evil.pth")
+    assert_refused(tmp_path / "evil.pth", tmp_path / "x.ckpt", "not a state dict of tensors.*: b")
+    assert not pwned.exists()
 
 
 def test_not_a_dict_of_tensors(tmp_path):

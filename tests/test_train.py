@@ -51,11 +51,11 @@ def test_lr_schedule_warmup_and_steps():
     assert lrs[2700] == pytest.approx(0.001) and lrs[3300] == pytest.approx(0.0001)
 
 
-def run_train(work, *extra, epochs=2, images=4, scale="(256,160)", check=True):
+def run_train(work, *extra, epochs=2, images=4, scale="(256,160)", check=True, more=()):
     cmd = [sys.executable, str(REPO / "train.py"), "--config", str(TRASHCAN_R18), "--work-dir", str(work),
            *extra, "--cfg-options", f"data.train.ann_file={DATA}/annotations/instances_train_trashcan.json",
            f"data.train.img_prefix={DATA}/train/", f"data.train.max_images={images}", "data.imgs_per_gpu=2",
-           f"total_epochs={epochs}", f"data.train.pipeline.2.img_scale=[{scale}]", "log_config.interval=1"]
+           f"total_epochs={epochs}", f"data.train.pipeline.2.img_scale=[{scale}]", "log_config.interval=1", *more]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if check:
         assert r.returncode == 0, r.stderr[-3000:]
@@ -82,6 +82,13 @@ def test_resume_gives_identical_weights(tmp_path):
     assert [r["iter"] for r in rows] == [1, 2, 3, 4]
     assert (resumed / "loss_curve.png").stat().st_size > 1000
     assert not list(resumed.glob(".*tmp*"))
+    # the work dir records the resolved config and the command line; a resume lists what changed since
+    record = json.loads((resumed / "run.json").read_text())
+    assert record["config"]["optim"]["total_epochs"] == 2 and "--resume" in record["argv"]
+    assert "1 setting(s) changed" in r.stdout + r.stderr and "optim.total_epochs: 1 -> 2" in r.stdout + r.stderr
+    r = run_train(resumed, "--resume", "auto", epochs=3, check=False, more=["model.bbox_head.seg_feat_channels=64"])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "parameter shape(s) differ" in r.stderr and "head.seg_feat_channels: 256 -> 64" in r.stderr, r.stderr
 
 
 def test_bad_training_inputs_fail_cleanly(tmp_path):

@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _overrides(a, images: int):
     return [f"data.train.ann_file={a.ann}", f"data.train.img_prefix={a.img_prefix}", f"data.train.max_images={images}",
-            f"data.imgs_per_gpu={a.imgs_per_gpu}", f"data.train.pipeline.2.img_scale=[{a.scale}]",
-            "data.train.pipeline.3.flip_ratio=0.0", "log_config.interval=1"] + list(a.cfg_options)
+            f"data.imgs_per_gpu={a.imgs_per_gpu}", f"data.train.pipeline.Resize.img_scale=[{a.scale}]",
+            "data.train.pipeline.RandomFlip.flip_ratio=0.0", "log_config.interval=1"] + list(a.cfg_options)
 
 
 def one_mode(a) -> dict:

@@ -147,6 +147,14 @@ _KINDS = {  # kind -> (test, convert, description)
             "a list of 3 numbers"),
     "scale": (lambda v: isinstance(v, tuple) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v), tuple,
               "a (long, short) tuple of positive integers"),
+    # ranges: a value outside them is a typo or a silent no-op (total_epochs=0 trains nothing), never a setting
+    "int>=1": (lambda v: _is_int(v) and v >= 1, int, "an integer >= 1"),
+    "int>=0": (lambda v: _is_int(v) and v >= 0, int, "an integer >= 0"),
+    "num>0": (lambda v: _is_num(v) and v > 0, float, "a number > 0"),
+    "num>=0": (lambda v: _is_num(v) and v >= 0, float, "a number >= 0"),
+    "0..1": (lambda v: _is_num(v) and 0 <= v <= 1, float, "a number in [0, 1]"),
+    "ints>=1": (lambda v: isinstance(v, _SEQ) and all(_is_int(x) and x >= 1 for x in v), tuple,
+                "a list of integers >= 1"),
     "ranges": (lambda v: isinstance(v, _SEQ) and all(isinstance(p, _SEQ) and len(p) == 2 and all(map(_is_int, p))
                                                      for p in v), lambda v: tuple(map(tuple, v)), "(low, high) pairs"),
 }
@@ -217,12 +225,12 @@ def _model(top: _Sec) -> tuple:
     li, lc = h.sub("loss_ins"), h.sub("loss_cate")
     li.one_of("type", ("DiceLoss",)), lc.one_of("type", ("FocalLoss",)), lc.one_of("use_sigmoid", (True,), True)
     head = HeadConfig(  # defaults: those of the official SOLOv2Head signature / FocalLoss
-        h.get("num_classes", "int"), h.get("in_channels", "int"), h.get("stacked_convs", "int", 4),
-        h.get("seg_feat_channels", "int", 256), h.get("ins_out_channels", "int", 64),
-        h.get("strides", "ints", (4, 8, 16, 32, 64)),
+        h.get("num_classes", "int"), h.get("in_channels", "int>=1"), h.get("stacked_convs", "int>=1", 4),
+        h.get("seg_feat_channels", "int>=1", 256), h.get("ins_out_channels", "int>=1", 64),
+        h.get("strides", "ints>=1", (4, 8, 16, 32, 64)),
         h.get("scale_ranges", "ranges", ((8, 32), (16, 64), (32, 128), (64, 256), (128, 512))),
-        h.get("sigma", "num", 0.2), h.get("num_grids", "ints"), li.get("loss_weight", "num"),
-        lc.get("gamma", "num", 2.0), lc.get("alpha", "num", 0.25), lc.get("loss_weight", "num", 1.0))
+        h.get("sigma", "num>0", 0.2), h.get("num_grids", "ints>=1"), li.get("loss_weight", "num>=0"),
+        lc.get("gamma", "num>=0", 2.0), lc.get("alpha", "0..1", 0.25), lc.get("loss_weight", "num>=0", 1.0))
     if head.num_classes < 2:
         raise h.fail("num_classes", "must be >= 2 (number of classes + 1 for background)")
     for key in ("strides", "scale_ranges", "num_grids"):
@@ -304,8 +312,8 @@ def _data(top: _Sec) -> DataConfig:
         raise data.fail("train.max_images", "must be >= 1")
     return DataConfig(norm.get("mean", "rgb"), norm.get("std", "rgb"), norm.get("to_rgb", "bool", True),
                       test_scale, train_scales, flip.check("flip_ratio", flip.d.get("flip_ratio") or 0.0, "num"),
-                      pad.get("size_divisor", "int"), data.get("imgs_per_gpu", "int"),
-                      data.get("workers_per_gpu", "int"), *files, max_images, data.get("skip_bad", "bool", False),
+                      pad.get("size_divisor", "int"), data.get("imgs_per_gpu", "int>=1"),
+                      data.get("workers_per_gpu", "int>=0"), *files, max_images, data.get("skip_bad", "bool", False),
                       data.get("canvas_buckets", "bool", True))
 
 
@@ -317,15 +325,31 @@ def _optim(top: _Sec) -> OptimConfig:
     if clip:
         clip.one_of("norm_type", (2,), 2)
     lc.one_of("policy", ("step",)), lc.one_of("by_epoch", (True,), True)
-    warmup, total = lc.one_of("warmup", (None, "linear"), None), top.get("total_epochs", "int")
+    warmup, total = lc.one_of("warmup", (None, "linear"), None), top.get("total_epochs", "int>=1")
     if warmup and lc.get("warmup_iters", "int") <= 0:
         raise lc.fail("warmup_iters", "must be > 0 when warmup is set")
     step = lc.get("step")                                   # an int k means "every k epochs"
-    return OptimConfig(o.get("lr", "num"), o.get("momentum", "num", 0.0), o.get("weight_decay", "num", 0.0),
-                       clip and clip.get("max_norm", "num"), warmup, lc.get("warmup_iters", "int", 0),
-                       lc.get("warmup_ratio", "num", 0.1),
+    return OptimConfig(o.get("lr", "num>0"), o.get("momentum", "0..1", 0.0), o.get("weight_decay", "num>=0", 0.0),
+                       clip and clip.get("max_norm", "num>0"), warmup, lc.get("warmup_iters", "int>=0", 0),
+                       lc.get("warmup_ratio", "0..1", 0.1),
                        tuple(range(step, total, step)) if _is_int(step) and step > 0 else lc.get("step", "ints"),
-                       lc.get("gamma", "num", 0.1), total)
+                       lc.get("gamma", "num>0", 0.1), total)
+
+
+# Every key name the readers below look up (in any section), plus the dataset and hook sections of official
+# files: an override may add one of these where the file lacks it; any other new key is a typo (see
+# apply_overrides). Keep in step with the readers when they read a new key.
+SCHEMA_KEYS = frozenset("""
+    activation add_extra_convs alpha ann_file backbone bbox_head by_epoch canvas_buckets checkpoint_config
+    CLASSES classes conv_cfg data dcn depth direction end_level flip flip_ratio frozen_stages gamma grad_clip
+    img_norm_cfg img_prefix img_scale imgs_per_gpu in_channels ins_out_channels interval keep_ratio kernel
+    load_from log_config loss_cate loss_ins loss_weight lr lr_config mask_feat_head mask_thr max_images max_norm
+    max_per_img mean model momentum multiscale_mode neck nesterov nms_pre norm_cfg norm_eval norm_type
+    num_classes num_grids num_groups num_outs num_stages optimizer optimizer_config out_channels out_indices
+    paramwise_options pipeline policy pretrained ratio_range resume_from scale_ranges score_thr
+    seg_feat_channels sigma size_divisor skip_bad stacked_convs stage_with_dcn start_level std step strides
+    style test test_cfg to_rgb total_epochs train transforms type type_dcn update_thr use_dcn_in_tower
+    use_sigmoid val warmup warmup_iters warmup_ratio weight_decay work_dir workers_per_gpu""".split())
 
 
 def load_config(path, overrides: Iterable[str] = ()) -> SOLOv2Config:
@@ -335,12 +359,12 @@ def load_config(path, overrides: Iterable[str] = ()) -> SOLOv2Config:
     settings and for settings this port does not support (DCN, other heads, 'range' multi-scale, ...).
     """
     path = os.fspath(path)
-    top = _Sec(path, apply_overrides(load_config_dict(path), overrides, source=path))
+    top = _Sec(path, apply_overrides(load_config_dict(path), overrides, source=path, known_keys=SCHEMA_KEYS))
     backbone, neck, head, mask_feat, pretrained = _model(top)
     t = top.sub("test_cfg")
-    test = TestConfig(t.get("nms_pre", "int"), t.get("score_thr", "num"), t.get("mask_thr", "num"),
-                      t.get("update_thr", "num"), t.one_of("kernel", ("gaussian", "linear")), t.get("sigma", "num"),
-                      t.get("max_per_img", "int"))
+    test = TestConfig(t.get("nms_pre", "int>=1"), t.get("score_thr", "0..1"), t.get("mask_thr", "0..1"),
+                      t.get("update_thr", "0..1"), t.one_of("kernel", ("gaussian", "linear")), t.get("sigma", "num>0"),
+                      t.get("max_per_img", "int>=1"))
     data, optim = _data(top), _optim(top)
     sec, key = next(((s, k) for s, k in ((top.sub("data").sub("train"), "classes"), (top, "classes"), (top, "CLASSES"))
                      if k in s.d), (top, "classes"))

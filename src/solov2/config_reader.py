@@ -2,9 +2,10 @@
 AST, never executed, and mmdetection-style "a.b=value" overrides are applied to the resulting dict."""
 import ast
 import copy
+import difflib
 import operator
 import os
-from typing import Any, Dict, Iterable
+from typing import AbstractSet, Any, Dict, Iterable, Optional
 
 from .errors import SolovError
 
@@ -130,14 +131,23 @@ def load_config_dict(path) -> Dict[str, Any]:
         raise ConfigError(f"{path}: cannot read config: {type(e).__name__}") from None
 
 
-def apply_overrides(cfg_dict: Dict[str, Any], overrides: Iterable[str], source: str = "<overrides>") -> Dict[str, Any]:
+def _steps_of_type(steps: list, name: str) -> list:
+    """Indices of the pipeline steps (dicts) whose 'type' is `name`."""
+    return [k for k, step in enumerate(steps) if isinstance(step, dict) and step.get("type") == name]
+
+
+def apply_overrides(cfg_dict: Dict[str, Any], overrides: Iterable[str], source: str = "<overrides>",
+                    known_keys: Optional[AbstractSet[str]] = None) -> Dict[str, Any]:
     """Return a deep copy of cfg_dict with mmdetection-style overrides applied (cfg_dict is unchanged).
 
     overrides: strings "dotted.key=value", e.g. "data.imgs_per_gpu=2", "data.train.ann_file=/x/y.json",
-    "data.train.pipeline.2.img_scale=(768, 448)". value = ast.literal_eval(text), else the text itself.
-    An integer component indexes a list. New keys may be added to existing dicts; a missing top-level key
+    "data.train.pipeline.Resize.img_scale=(768, 448)". value = ast.literal_eval(text), else the text itself.
+    An integer component indexes a list; in a pipeline, a step may also be named by its type (`Resize`), and a
+    step by position that lacks the key (`pipeline.2.img_scale` where step 2 is RandomFlip) is an error. New keys may be added to existing dicts; a missing top-level key
     becomes a new dict. A missing nested key on the way, or a path through anything but a dict or list,
-    raises ConfigError "<source>: override '...': ...".
+    raises ConfigError "<source>: override '...': ...". With `known_keys` (the names the schema reads), a new
+    key must be one of them, so a typo (`optimizer.lrr`, `total_epoch`) is an error naming the closest key
+    instead of a setting nobody reads.
     """
     out = copy.deepcopy(cfg_dict)
     for item in overrides:
@@ -154,10 +164,26 @@ def apply_overrides(cfg_dict: Dict[str, Any], overrides: Iterable[str], source: 
             last, where = i == len(parts) - 1, ".".join(parts[:i]) or "the top level"
             if isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
                 part = int(part)
+            elif isinstance(node, list) and not last and _steps_of_type(node, part):
+                found = _steps_of_type(node, part)  # a pipeline step named by its type: data.train.pipeline.Resize
+                if len(found) > 1:
+                    raise ConfigError(f"{source}: override {item!r}: {where} has {len(found)} {part} steps; "
+                                      f"name one by its position")
+                part = found[0]
             elif not isinstance(node, dict) or not (last or i == 0 or part in node):
                 why = (f"has no key {part!r}" if isinstance(node, dict) else f"is a list and {part!r} is not a valid "
                        "index" if isinstance(node, list) else f"is not a dict (type {type(node).__name__})")
                 raise ConfigError(f"{source}: override {item!r}: {where} {why}")
+            if isinstance(node, dict) and part not in node and isinstance(node.get("type"), str) and i >= 2 \
+                    and parts[i - 2] == "pipeline":  # a step's keys are fixed by its type: a new one is a wrong step
+                raise ConfigError(f"{source}: override {item!r}: {where} is a {node['type']} step, which has no "
+                                  f"key {part!r} (name steps by type, e.g. {'.'.join(parts[:i - 1])}.Resize."
+                                  f"img_scale)")
+            if isinstance(node, dict) and part not in node and known_keys is not None and part not in known_keys:
+                close = difflib.get_close_matches(part, [*map(str, node), *sorted(known_keys)], n=1)
+                raise ConfigError(f"{source}: override {item!r}: {where} has no key {part!r}"
+                                  + (f" (did you mean {close[0]!r}?)" if close else "")
+                                  + " and it is not a setting this port reads")
             if last:
                 node[part] = value
             else:

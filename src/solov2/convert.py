@@ -27,7 +27,7 @@ from typing import Dict, List, Tuple, Union
 import numpy as np
 
 from solov2.config import (BackboneConfig, HeadConfig, MaskFeatConfig, NeckConfig, SOLOv2Config)
-from .errors import SolovError
+from .errors import SolovError, first_line
 
 LAYOUTS = ("official", "mmdet3", "pytorch_solov2")
 
@@ -91,8 +91,44 @@ def _import_torch():
     return torch
 
 
+class _Inert:
+    """Stands for every object of a checkpoint that is not a tensor, a plain container or a number (mmengine's
+    HistoryBuffer, torch's TorchVersion, numpy arrays in a message_hub, or a malicious __reduce__ payload).
+    Its arguments and state are dropped: nothing from the file is ever called."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def _restricted_pickle(torch):
+    """A pickle module for torch.load whose Unpickler resolves only torch's weights-only globals (tensor and
+    storage rebuilding, OrderedDict, ...); any other global becomes an _Inert placeholder class.
+
+    weights_only=True alone refuses the mmdetection 3.x / mmengine files the README supports (their `meta` and
+    `message_hub` hold such objects); this reads them, and still runs no code from the file.
+    """
+    import pickle
+    import types
+    from torch._weights_only_unpickler import _get_allowed_globals
+    allowed = dict(_get_allowed_globals())
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            found = allowed.get(f"{module}.{name}")
+            return found if found is not None else type(name, (_Inert,), {"__module__": f"inert.{module}"})
+
+    mod = types.ModuleType("solov2_restricted_pickle")
+    mod.Unpickler = Unpickler
+    mod.load = lambda f, **kwargs: Unpickler(f, **kwargs).load()  # torch's legacy (non-zip) reader calls it
+    mod.__dict__.update(UnpicklingError=pickle.UnpicklingError)
+    return mod
+
+
 def load_torch_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
-    """Read a .pth safely (``weights_only=True``) and return its state dict as numpy arrays.
+    """Read a .pth safely (tensors only, see `_restricted_pickle`) and return its state dict as numpy arrays.
 
     Returns (state, info): state maps key (``module.`` stripped) -> np.ndarray; floating tensors become
     float32 (fp16/bf16/fp64 are cast and counted in info['cast']), integer buffers keep their dtype.
@@ -107,21 +143,11 @@ def load_torch_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
     if head != b"PK\x03\x04" and not head.startswith(b"\x80"):
         raise ConvertError(f"{path}: not a PyTorch checkpoint (unrecognised file header {head!r})")
     torch = _import_torch()
-    import pickle
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if found:
-            raise ConvertError(
-                f"{path}: holds non-tensor Python objects ({found.group(1)}); refusing to unpickle arbitrary "
-                "objects. If you trust the file, re-save only its weights, e.g. torch.save({'state_dict': "
-                "torch.load(src, weights_only=False)['state_dict']}, 'clean.pth'), "
-                "or use mmdet's tools/model_converters/publish_model.py") from None
-        reason = str(exc.__context__ or exc).splitlines()[0]  # torch wraps the real cause in a long hint
-        raise ConvertError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle(torch))
     except Exception as exc:  # corrupt zip, truncated file, ...: any reader failure means "not a checkpoint"
-        raise ConvertError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+        reason = first_line(exc.__context__ or exc)  # torch wraps the real cause in a long hint
+        raise ConvertError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {reason})") from None
     if not isinstance(ckpt, dict):
         raise ConvertError(f"{path}: not a checkpoint dict (got {type(ckpt).__name__})")
     if isinstance(ckpt.get("state_dict"), dict):
@@ -301,6 +327,8 @@ def verify_names_and_shapes(ms_state: Dict[str, np.ndarray], expected: Dict[str,
 def save_mindspore_checkpoint(ms_state: Dict[str, np.ndarray], dst: str, sidecar: dict, force: bool) -> None:
     """Write `dst` (.ckpt) and `dst + '.json'` atomically (temp files in the same dir, then os.replace)."""
     import mindspore as ms
+
+    from .runtime import partial_checkpoint_files, save_failure
     side = dst + ".json"
     dst_dir = os.path.dirname(os.path.abspath(dst))
     tmp_ckpt = tmp_json = None
@@ -320,9 +348,10 @@ def save_mindspore_checkpoint(ms_state: Dict[str, np.ndarray], dst: str, sidecar
         os.replace(tmp_ckpt, dst)
         tmp_ckpt = None
     except (OSError, RuntimeError, TypeError, ValueError) as exc:
-        raise ConvertError(f"{dst}: could not write the checkpoint ({type(exc).__name__}: {exc})") from None
+        raise ConvertError(str(save_failure(dst, exc))) from None
     finally:
-        for tmp in (tmp_ckpt, tmp_json):
+        partial = partial_checkpoint_files(tmp_ckpt) if tmp_ckpt else []
+        for tmp in [*partial, tmp_json]:
             if tmp and os.path.exists(tmp):
                 os.remove(tmp)
 

@@ -29,7 +29,7 @@ from .inference import read_image
 from .overlap import overlapped
 from .results import instances_to_records, write_json_atomic
 from .errors import read_json
-from .runtime import SolovError
+from .runtime import SolovError, check_writable
 
 IOU_TYPES = ("segm", "bbox")
 
@@ -334,10 +334,7 @@ def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = Non
     if results_file is not None and out:
         raise SolovError("--out writes the model's results; it cannot be combined with --results")
     if out:  # fail before the (long) model run, not after it
-        if os.path.exists(out) and not force:
-            raise SolovError(f"{out}: already exists; pass --force to overwrite it")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-            raise SolovError(f"{os.path.dirname(os.path.abspath(out))}: output folder does not exist")
+        check_writable(os.path.abspath(out), force)
     cfg = load_config(config, overrides) if config else None
     ann_file, prefix = _split(cfg, ann, img_prefix, need_images=results_file is None)
     results = load_results_file(results_file) if results_file is not None else None

@@ -1,30 +1,18 @@
 """Single-image inference: official test preprocessing -> SOLOv2Eval (in the graph) -> post-processing (NumPy)."""
 import time
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import cv2
 import mindspore as ms
 import numpy as np
 
 from .config import SOLOv2Config
+from .data.images import read_image  # noqa: F401 (re-exported: the CLIs' image reader)
 from .data.transforms import preprocess_test
 from .models import SOLOv2Eval, build_model
 from .postprocess import get_seg_single
 from .runtime import SolovError, checkpoint_class_names, load_weights
 
 NetOutputs = Tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def read_image(path) -> np.ndarray:
-    """cv2.imread as BGR uint8 (H, W, 3); a missing or undecodable file raises SolovError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise SolovError(f"{path}: no such image file")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise SolovError(f"{path}: cannot decode the image (not an image, or corrupt)")
-    return img
 
 
 def resolve_class_names(cfg: SOLOv2Config, checkpoint=None) -> List[str]:

@@ -8,21 +8,15 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import load_config
+from .data.images import file_problem
 from .inference import Predictor, read_image
 from .overlap import overlapped
 from .results import instances_to_records, write_json_atomic
-from .runtime import SolovError
+from .runtime import SolovError, check_writable
 from .visualize import draw_instances
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".webm", ".m4v"}
-
-
-def _check_writable(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise SolovError(f"{path}: already exists; pass --force to overwrite it")
-    if not path.parent.is_dir():
-        raise SolovError(f"{path.parent}: output folder does not exist")
 
 
 def write_image(path: Path, img: np.ndarray) -> None:
@@ -40,7 +34,7 @@ def predict_image(config: str, checkpoint: str, image: str, out: Optional[str], 
     out_path = Path(out) if out else Path(f"{Path(image).stem}_result.jpg")
     if out_path.resolve() == Path(image).resolve():
         raise SolovError(f"{out_path}: --out is the input image; choose another file name")
-    _check_writable(out_path, force)
+    check_writable(out_path.absolute(), force)
     cfg = load_config(config, overrides)
     pred = Predictor(cfg, checkpoint, static_shapes=static_shapes)
     res = pred.predict(img)
@@ -132,6 +126,11 @@ def predict_many(config: str, checkpoint: str, inp: str, outdir: str, score_thr:
         raise SolovError(f"{results_path}: already exists; pass --force to overwrite, or choose another --out")
     if out.exists() and not out.is_dir():
         raise SolovError(f"{out}: --out exists and is not a folder")
+    if kind == "images" and not skip_bad:  # a bad file found now costs nothing; found at image 900 it costs hours
+        for p in files:
+            problem = file_problem(p)
+            if problem:
+                raise SolovError(f"{p}: {problem} (use --skip-bad to skip unreadable images)")
     pictures = picture_names(files) if kind == "images" else {}
     check_pictures(out, files, pictures, video=files[0] if kind == "video" else None, force=force)
     cfg = load_config(config, overrides)

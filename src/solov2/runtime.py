@@ -1,4 +1,5 @@
 """Process-level setup shared by the command-line tools: errors, MindSpore context, checkpoint loading."""
+import errno
 import json
 import os
 import platform
@@ -14,6 +15,18 @@ from .errors import SolovError, first_line
 
 
 DEBUG_VAR = "SOLOV2_DEBUG"
+
+
+def check_writable(path, force: bool) -> None:
+    """Before any long work: `path` may be written (absent, or --force), and its folder exists and is writable."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise SolovError(f"{path}: already exists; pass --force to overwrite it")
+    folder = path.parent
+    if not folder.is_dir():
+        raise SolovError(f"{folder}: output folder does not exist")
+    if not os.access(folder, os.W_OK):
+        raise SolovError(f"{folder}: output folder is not writable")
 
 
 def failure_line(e: BaseException) -> str:
@@ -152,6 +165,20 @@ def _page_cache_counts_as_available():
         yield
     finally:
         serialization._get_available_memory = probe
+
+
+def partial_checkpoint_files(ckpt_path) -> List[Path]:
+    """The files a failed `ms.save_checkpoint(..., ckpt_path)` can leave: the path itself and MindSpore's own
+    temporary `<stem>.tmp` beside it (it writes X.ckpt through X.tmp; on a full disk that file stays, seen here)."""
+    p = Path(ckpt_path)
+    return [p, p.with_suffix(".tmp")]
+
+
+def save_failure(path, e: BaseException) -> SolovError:
+    """A SolovError for a checkpoint that could not be written, naming the full disk when that is the cause."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return SolovError(f"{path}: no space left on the disk (nothing was written; free space and run again)")
+    return SolovError(f"{path}: could not write the checkpoint ({failure_line(e)})")
 
 
 def load_checkpoint(path, **kwargs) -> Dict[str, ms.Parameter]:

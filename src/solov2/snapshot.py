@@ -10,7 +10,7 @@ import numpy as np
 
 from .config import OptimConfig
 from .errors import first_line
-from .runtime import SolovError, load_checkpoint, read_checkpoint
+from .runtime import SolovError, load_checkpoint, partial_checkpoint_files, read_checkpoint, save_failure
 
 SNAPSHOT_RE = re.compile(r"^epoch_(\d+)\.ckpt$")
 
@@ -55,9 +55,12 @@ def save_snapshot(path: Path, net, optimizer, epoch: int, seed: int) -> None:
         # global_step itself is the optimizer's own parameter (it drives the per-step learning rate).
         ms.save_checkpoint(items, str(tmp), append_dict={"epoch": int(epoch), "seed": int(seed)})
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        raise save_failure(path, e) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for partial in partial_checkpoint_files(tmp):
+            if partial.exists():
+                partial.unlink()
 
 
 def load_snapshot(path: Path, net, optimizer) -> dict:
@@ -68,6 +71,13 @@ def load_snapshot(path: Path, net, optimizer) -> dict:
             raise SolovError(f"{path}: not a training snapshot (no '{key}' entry); use --load-from for weights")
     meta = {k: int(ckpt.pop(k).asnumpy()) for k in ("epoch", "seed")}
     meta["global_step"] = int(ckpt["global_step"].asnumpy().reshape(-1)[0])
+    own = {p.name: p for p in [*net.get_parameters(), *optimizer.get_parameters()]}
+    differ = [k for k, p in own.items() if k in ckpt and tuple(ckpt[k].shape) != tuple(p.shape)]
+    if differ:  # MindSpore would raise a RuntimeError naming neither the file nor the setting
+        k = differ[0]
+        raise SolovError(f"{path}: {len(differ)} parameter shape(s) differ from the config's model, e.g. {k}: "
+                         f"snapshot {tuple(ckpt[k].shape)} vs model {tuple(own[k].shape)} (the snapshot was made "
+                         f"with other model settings, e.g. channels or classes; resume with its config)")
     not_loaded, _ = ms.load_param_into_net(net, ckpt, strict_load=True)
     if not_loaded:
         raise SolovError(f"{path}: snapshot does not match the model: {len(not_loaded)} parameter(s) missing, "

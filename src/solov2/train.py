@@ -20,6 +20,7 @@ from .data.coco import CocoDataset
 from .data.loader import TrainLoader
 from .losses import solov2_loss
 from .models import build_model
+from .run_record import changes_since_last_run, record_run
 from .runtime import SolovError, load_weights
 from .snapshot import (latest_valid_snapshot, load_snapshot, lr_schedule, params_digest, prune_snapshots,
                        save_snapshot)
@@ -171,7 +172,15 @@ def train(config: str, work_dir: Optional[str] = None, resume: Optional[str] = N
         work.mkdir(parents=True, exist_ok=True)
     start_epoch, global_step = 0, 0
     if snapshot is not None:
-        meta = load_snapshot(snapshot, net, optimizer)
+        changed = changes_since_last_run(work, cfg)
+        try:
+            meta = load_snapshot(snapshot, net, optimizer)
+        except SolovError as e:
+            raise SolovError(f"{e}" + (f"; changed since that run: {'; '.join(changed[:6])}" if changed else "")) \
+                from None
+        if changed:
+            log.line(f"warning: resuming with {len(changed)} setting(s) changed since the run that wrote "
+                     f"{snapshot.name}: {'; '.join(changed)}")
         start_epoch, global_step = meta["epoch"], meta["global_step"]
         if meta["seed"] != seed:
             seed = meta["seed"]
@@ -184,6 +193,8 @@ def train(config: str, work_dir: Optional[str] = None, resume: Optional[str] = N
         reinit = load_weights(net, load_from, skip_mismatched=True)
         log.line(f"loaded weights from {load_from}" + (f"; re-initialised {len(reinit)} parameter(s) whose shape "
                                                        f"differs: {', '.join(reinit)}" if reinit else ""))
+    if rank == 0:
+        record_run(work, cfg)
     step = make_train_step(net, optimizer, cfg.head, o.grad_clip, world, jit=mode == "graph")
     log.line(f"SOLOv2 fine-tuning: {len(dataset)} images, {len(dataset.class_names)} classes, {world} device(s) x "
              f"{d.imgs_per_gpu} images, {iters} iterations/epoch, epochs {start_epoch + 1}..{total}, seed {seed}, "

@@ -33,10 +33,10 @@ import warnings
 from numbers import Real
 from typing import Dict, List, Optional
 
-import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
 from ..errors import SolovError, read_json
+from .images import read_image
 
 
 class DatasetError(SolovError):
@@ -92,8 +92,8 @@ def _check_segmentation(seg, h: int, w: int) -> Optional[str]:
             if (not isinstance(poly, list) or not poly or not all(type(v) in (int, float) for v in poly)
                     or not math.isfinite(sum(poly))):
                 return "polygon is not a list of finite numbers"
-            if len(poly) % 2 or len(poly) < 4:
-                return f"polygon has {len(poly)} coordinates (needs an even number >= 4)"
+            if len(poly) % 2 or len(poly) < 6:  # pycocotools would read 4 numbers as a box, not a polygon
+                return f"polygon has {len(poly)} coordinates (a polygon needs >= 3 points: an even number >= 6)"
         return None
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")
@@ -111,10 +111,12 @@ def _check_segmentation(seg, h: int, w: int) -> Optional[str]:
     return f"segmentation is {type(seg).__name__}, not polygons or RLE"
 
 
-def _parse_annotations(anns: list, h: int, w: int, cat2label: Dict[int, int]):
+def _parse_annotations(anns: list, h: int, w: int, cat2label: Dict[int, int], notes: Dict[str, list]):
     """Official ``_parse_ann_info`` plus validation.
 
     Returns (gt_bboxes float32 (n, 4), gt_labels int64 (n,), segmentations list[n], error str or None).
+    Annotations that are used but suspicious, or dropped by the official rules, are listed by id in `notes`
+    ('degenerate': zero area or a box under 1 px, not used; 'outside': box more than 1 px outside the image).
     """
     bboxes, labels, segs = [], [], []
     for ann in anns:
@@ -128,7 +130,11 @@ def _parse_annotations(anns: list, h: int, w: int, cat2label: Dict[int, int]):
             return None, None, None, f"annotation {aid}: 'area' missing or not a number"
         x1, y1, bw, bh = bbox
         if ann["area"] <= 0 or bw < 1 or bh < 1:
+            if not ann.get("iscrowd", False):
+                notes.setdefault("degenerate", []).append(aid)
             continue
+        if x1 < -1 or y1 < -1 or x1 + bw > w + 1 or y1 + bh > h + 1:
+            notes.setdefault("outside", []).append(aid)
         if ann.get("iscrowd", False):
             continue  # official: gt_bboxes_ignore, which SOLO never uses
         if ann.get("category_id") not in cat2label:
@@ -193,12 +199,19 @@ class CocoDataset:
             anns_by_image.setdefault(ann["image_id"], []).append(ann)
 
         self.records: List[dict] = []
+        self._notes: Dict[str, list] = {}
         for i, info in enumerate(data["images"]):
             if max_images is not None and len(self.records) >= max_images:
                 break
             record = self._build_record(i, info, anns_by_image)
             if record is not None:
                 self.records.append(record)
+        for kind, what in (("degenerate", "have zero area or a box under 1 px and are not used (as officially)"),
+                           ("outside", "have a box more than 1 px outside their image (used; check them)")):
+            ids = self._notes.get(kind, [])
+            if ids:
+                shown = ", ".join(map(str, ids[:8])) + (", ..." if len(ids) > 8 else "")
+                warnings.warn(f"{self.ann_file}: {len(ids)} annotation(s) {what}: ids {shown}", stacklevel=2)
         self._bad_indices = set()  # indices found broken at indexing time (skip_bad=True only)
 
     def _bad(self, problem: str, path: Optional[str] = None) -> None:
@@ -215,7 +228,8 @@ class CocoDataset:
         h, w = info["height"], info["width"]
         if min(h, w) < self.min_size:
             return None
-        bboxes, labels, segs, problem = _parse_annotations(anns_by_image.get(info["id"], []), h, w, self.cat2label)
+        bboxes, labels, segs, problem = _parse_annotations(anns_by_image.get(info["id"], []), h, w, self.cat2label,
+                                                           self._notes)
         if problem:
             self._bad(f"image {info['file_name']!r}: {problem}")
             return None
@@ -233,9 +247,7 @@ class CocoDataset:
 
     def _load(self, idx: int) -> dict:
         rec = self.records[idx]
-        img = cv2.imread(rec["filename"], cv2.IMREAD_COLOR)
-        if img is None:
-            raise DatasetError(f"{rec['filename']}: cannot decode image")
+        img = read_image(rec["filename"], DatasetError)
         if img.shape[:2] != (rec["height"], rec["width"]):
             raise DatasetError(f"{rec['filename']}: image is {img.shape[0]}x{img.shape[1]} but the annotation "
                                f"says {rec['height']}x{rec['width']}")

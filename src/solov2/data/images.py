@@ -1,0 +1,49 @@
+"""Reading images: one checked reader for the dataset, run.py, test.py and valuation.py."""
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from ..errors import SolovError
+
+# In JPEG scan data every 0xFF byte is followed by 0x00 or a restart marker, so the end-of-image marker FF D9 can
+# only be the real end; a file cut short lacks it near its end. Some writers append a little padding or metadata.
+_JPEG_START, _JPEG_END, _JPEG_TAIL = b"\xff\xd8", b"\xff\xd9", 4096
+
+
+def file_problem(path) -> Optional[str]:
+    """Why `path` cannot be a good image, from its first and last bytes only (cheap: no decoding), or None."""
+    path = Path(path)
+    if not path.is_file():
+        return "no such image file"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(max(0, path.stat().st_size - _JPEG_TAIL))
+            tail = f.read()
+    except OSError as e:
+        return f"cannot read the image ({e.strerror})"
+    if head == _JPEG_START and _JPEG_END not in tail:
+        return "truncated JPEG (no end-of-image marker; the file was cut short)"
+    return None
+
+
+def read_image(path, error=SolovError) -> np.ndarray:
+    """cv2-decoded BGR uint8 (H, W, 3). A missing, undecodable or truncated file raises `error` naming it.
+
+    libjpeg decodes a truncated JPEG without failing ("Premature end of JPEG file" on stderr, the rest of the
+    picture grey), so a JPEG without its end-of-image marker is refused here instead of trained or scored on.
+    """
+    path = Path(path)
+    problem = file_problem(path)
+    if problem:
+        raise error(f"{path}: {problem}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise error(f"{path}: cannot read the image ({e.strerror})") from None
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise error(f"{path}: cannot decode the image (not an image, or corrupt)")
+    return img
