@@ -1,5 +1,6 @@
 """Shared test helpers: where ../shared is, MindSpore execution modes, the reference light-R18 model."""
 import collections
+import contextlib
 import json
 import os
 import re
@@ -117,3 +118,17 @@ def match_instances(expected, got, iou_min=0.999, score_tol=1e-4):
         used.add(best)
         pairs.append((inst, got[best]))
     return pairs
+
+
+@contextlib.contextmanager
+def small_tmpfs(path, options="size=1m"):
+    """Mount a tmpfs (e.g. 'size=1m' for a full disk, 'size=1m,ro' for a read-only one) at the new folder `path`
+    for the block; skips the test where mounting is not allowed (it needs root)."""
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)

@@ -5,7 +5,7 @@ import json
 import shutil
 
 import pytest
-from conftest import SHARED, TRASHCAN_CFG, cli
+from conftest import SHARED, TRASHCAN_CFG, cli, small_tmpfs
 
 VAL_IMG = SHARED / "datasets" / "trashcan_mini" / "val" / "vid_000102_frame0000035.jpg"
 MINI = SHARED / "datasets" / "trashcan_mini"
@@ -129,17 +129,9 @@ def test_same_stem_inputs_get_distinct_pictures(tmp_path, ckpt):
 
 def test_read_only_output_folder_is_refused_before_the_model_runs(tmp_path, ckpt):
     """valuation.py --out on a read-only file system (a read-only tmpfs; root ignores permission bits)."""
-    import subprocess
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here ({r.stderr.decode().strip()})")
-    try:
+    with small_tmpfs(tmp_path / "ro", "size=1m,ro") as ro:
         r = cli("valuation.py", "--config", TRASHCAN_CFG, "--checkpoint", ckpt, "--ann", VAL_ANN,
                 "--img-prefix", MINI / "val", "--out", ro / "results.json", timeout=120)
-    finally:
-        subprocess.run(["umount", str(ro)], check=True)
     errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1 and "not writable" in errors[0], r.stderr[-2000:]
     assert "evaluate" not in r.stderr  # no progress bar: the model never ran
