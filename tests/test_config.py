@@ -328,6 +328,21 @@ def test_pipeline_steps_by_type_and_wrong_positions():
            match=r"data\.train\.pipeline is a list and 'Rezise' is not a valid index")
 
 
+@pytest.mark.parametrize("edit, match", [
+    (("stacked_convs=4,", "stacked_conv=4,"), r"model\.bbox_head\.stacked_conv: unknown setting \(did you mean "
+                                              r"'stacked_convs'\?\)"),
+    (("lr=0.01,", "lrr=0.01,"), r"optimizer\.lr: missing \(required\); the file has 'lrr': a typo\?"),
+    (("frozen_stages=1,", "frozen_stages=1, with_cp=True,"), r"model\.backbone\.with_cp: unknown setting"),
+    (("imgs_per_gpu=2,", "imgs_per_gpu=2, shuffle=False,"), r"data\.shuffle: unknown setting"),
+])
+def test_unknown_keys_in_config_files_are_errors(tmp_path, edit, match):
+    src = R101.read_text()
+    assert edit[0] in src
+    path = tmp_path / "typo.py"
+    path.write_text(src.replace(edit[0], edit[1], 1))
+    raises(load_config, path, match=match)
+
+
 def test_overrides_may_add_keys_the_schema_reads():
     cfg = load_config(R101, ["data.train.max_images=5", "data.skip_bad=True", "data.canvas_buckets=False"])
     assert (cfg.data.train_max_images, cfg.data.skip_bad, cfg.data.canvas_buckets) == (5, True, False)

@@ -9,6 +9,7 @@ Public API:
   load_config(path, overrides=()) -> SOLOv2Config   validated, typed settings
   ConfigError                                 every message starts with the config file path
 """
+import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, List, Optional, Tuple
@@ -126,6 +127,7 @@ class SOLOv2Config:
 
 
 
+from .config_keys import SCHEMA_KEYS, SECTIONS
 from .config_reader import ConfigError, _is_int, _is_num, apply_overrides, load_config_dict  # noqa: F401 (API)
 
 
@@ -179,7 +181,8 @@ class _Sec:
     def get(self, key: str, kind: str = "any", default: Any = _MISSING) -> Any:
         """d[key] checked as `kind`; `default` if absent, else required."""
         if key not in self.d and default is _MISSING:
-            raise self.fail(key, "missing (required)")
+            close = difflib.get_close_matches(key, [str(k) for k in self.d], n=1)
+            raise self.fail(key, "missing (required)" + (f"; the file has {close[0]!r}: a typo?" if close else ""))
         return self.check(key, self.d[key], kind) if key in self.d else default
 
     def one_of(self, key: str, allowed: tuple, default: Any = _MISSING) -> Any:
@@ -336,20 +339,21 @@ def _optim(top: _Sec) -> OptimConfig:
                        lc.get("gamma", "num>0", 0.1), total)
 
 
-# Every key name the readers below look up (in any section), plus the dataset and hook sections of official
-# files: an override may add one of these where the file lacks it; any other new key is a typo (see
-# apply_overrides). Keep in step with the readers when they read a new key.
-SCHEMA_KEYS = frozenset("""
-    activation add_extra_convs alpha ann_file backbone bbox_head by_epoch canvas_buckets checkpoint_config
-    CLASSES classes conv_cfg data dcn depth direction end_level flip flip_ratio frozen_stages gamma grad_clip
-    img_norm_cfg img_prefix img_scale imgs_per_gpu in_channels ins_out_channels interval keep_ratio kernel
-    load_from log_config loss_cate loss_ins loss_weight lr lr_config mask_feat_head mask_thr max_images max_norm
-    max_per_img mean model momentum multiscale_mode neck nesterov nms_pre norm_cfg norm_eval norm_type
-    num_classes num_grids num_groups num_outs num_stages optimizer optimizer_config out_channels out_indices
-    paramwise_options pipeline policy pretrained ratio_range resume_from scale_ranges score_thr
-    seg_feat_channels sigma size_divisor skip_bad stacked_convs stage_with_dcn start_level std step strides
-    style test test_cfg to_rgb total_epochs train transforms type type_dcn update_thr use_dcn_in_tower
-    use_sigmoid val warmup warmup_iters warmup_ratio weight_decay work_dir workers_per_gpu""".split())
+
+
+def _check_known_keys(top: _Sec) -> None:
+    """Every key of a checked section is one the official files use or this port reads (config_keys.SECTIONS);
+    any other is a typo or a setting this port would silently ignore: an error naming the closest key."""
+    for where, allowed in SECTIONS.items():
+        d = top.d
+        for part in where.split("."):
+            d = d.get(part) if isinstance(d, dict) else None
+        for key in (d if isinstance(d, dict) else ()):
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                raise ConfigError(f"{top.path}: {where}.{key}: unknown setting"
+                                  + (f" (did you mean {close[0]!r}?)" if close else "")
+                                  + f"; {where} takes: {', '.join(sorted(allowed))}")
 
 
 def load_config(path, overrides: Iterable[str] = ()) -> SOLOv2Config:
@@ -366,6 +370,7 @@ def load_config(path, overrides: Iterable[str] = ()) -> SOLOv2Config:
                       t.get("update_thr", "0..1"), t.one_of("kernel", ("gaussian", "linear")), t.get("sigma", "num>0"),
                       t.get("max_per_img", "int>=1"))
     data, optim = _data(top), _optim(top)
+    _check_known_keys(top)
     sec, key = next(((s, k) for s, k in ((top.sub("data").sub("train"), "classes"), (top, "classes"), (top, "CLASSES"))
                      if k in s.d), (top, "classes"))
     names = sec.get(key, "names", None)
