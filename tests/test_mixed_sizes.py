@@ -82,7 +82,7 @@ def test_graph_mode_compiles_once_with_flat_memory_and_pynative_results(mixed, c
         log = tmp_path / f"{name}.log"
         with open(log, "w") as f:
             p = subprocess.Popen([sys.executable, "run.py", str(TRASHCAN_CFG), str(ckpt), str(inp),
-                                  "--out", str(tmp_path / name), "--mode", mode], cwd=REPO, stdout=f,
+                                  "--out", str(tmp_path / f"out_{name}"), "--mode", mode], cwd=REPO, stdout=f,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
             _, status, usage = os.wait4(p.pid, 0)  # the rusage of this child alone (ru_maxrss in KB on Linux)
             p.returncode = os.waitstatus_to_exitcode(status)
@@ -93,8 +93,8 @@ def test_graph_mode_compiles_once_with_flat_memory_and_pynative_results(mixed, c
     assert "GRAPH mode: 1 network graph(s) compiled" in runs["graph"]["out"], runs["graph"]["out"]
     growth = runs["graph"]["rss_gb"] - runs["two"]["rss_gb"]
     assert growth < 1.0, f"peak RSS grew {growth:.2f} GB from 2 to 40 images of 20 sizes"
-    graph, pynative = results_by_file(tmp_path / "graph" / "results.json"), \
-        results_by_file(tmp_path / "pynative" / "results.json")
+    graph, pynative = results_by_file(tmp_path / "out_graph" / "results.json"), \
+        results_by_file(tmp_path / "out_pynative" / "results.json")
     assert len(graph) >= 30 and set(graph) == set(pynative)  # nearly every image has instances
     for name in graph:
         match_instances(pynative[name], graph[name])
