@@ -143,11 +143,11 @@ def apply_overrides(cfg_dict: Dict[str, Any], overrides: Iterable[str], source: 
     overrides: strings "dotted.key=value", e.g. "data.imgs_per_gpu=2", "data.train.ann_file=/x/y.json",
     "data.train.pipeline.Resize.img_scale=(768, 448)". value = ast.literal_eval(text), else the text itself.
     An integer component indexes a list; in a pipeline, a step may also be named by its type (`Resize`), and a
-    step by position that lacks the key (`pipeline.2.img_scale` where step 2 is RandomFlip) is an error. New keys may be added to existing dicts; a missing top-level key
-    becomes a new dict. A missing nested key on the way, or a path through anything but a dict or list,
-    raises ConfigError "<source>: override '...': ...". With `known_keys` (the names the schema reads), a new
-    key must be one of them, so a typo (`optimizer.lrr`, `total_epoch`) is an error naming the closest key
-    instead of a setting nobody reads.
+    step by position that lacks the key (`pipeline.2.img_scale` where step 2 is RandomFlip) is an error. New keys
+    may be added to existing dicts; a missing top-level key becomes a new dict. A missing nested key on the way, or
+    a path through anything but a dict or list, raises ConfigError "<source>: override '...': ...". With
+    `known_keys` (the names the schema reads), a new key must be one of them, so a typo (`optimizer.lrr`,
+    `total_epoch`) is an error naming the closest key instead of a setting nobody reads.
     """
     out = copy.deepcopy(cfg_dict)
     for item in overrides:

@@ -104,8 +104,9 @@ def cap_cpu_isa() -> Optional[str]:
 def set_runtime(device_target: str = "CPU", mode: str = "graph", device_id: Optional[int] = None) -> None:
     """Select the device and execution mode ('graph' = GRAPH_MODE, 'pynative' = PYNATIVE_MODE).
 
-    On CPU, oneDNN is first capped at AVX2 (see `cap_cpu_isa`). On Ascend, operators are kept in float32 ('must_keep_origin_dtype'); the default would let convolutions
-    run in float16, which breaks the 1e-4 parity with the official model.
+    On CPU, oneDNN is first capped at AVX2 (see `cap_cpu_isa`). On Ascend, operators are kept in float32
+    ('must_keep_origin_dtype'); the default would let convolutions run in float16, which breaks the 1e-4 parity
+    with the official model.
     """
     if mode not in ("graph", "pynative"):
         raise SolovError(f"--mode must be 'graph' or 'pynative', got {mode!r}")
