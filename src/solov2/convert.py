@@ -123,7 +123,7 @@ def _restricted_pickle(torch):
     mod = types.ModuleType("solov2_restricted_pickle")
     mod.Unpickler = Unpickler
     mod.load = lambda f, **kwargs: Unpickler(f, **kwargs).load()  # torch's legacy (non-zip) reader calls it
-    mod.__dict__.update(UnpicklingError=pickle.UnpicklingError)
+    mod.UnpicklingError = pickle.UnpicklingError
     return mod
 
 

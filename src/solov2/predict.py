@@ -144,7 +144,6 @@ def predict_many(config: str, checkpoint: str, inp: str, outdir: str, score_thr:
     else:
         total = len(files)
         items = ((p.name, p) for p in files)
-    picture_of = (lambda name: pictures[name]) if pictures else (lambda name: name)
     records, skipped = [], []
 
     def prepare(item):
@@ -165,7 +164,7 @@ def predict_many(config: str, checkpoint: str, inp: str, outdir: str, score_thr:
             return prepared
         name, (img, _, meta) = item[0], prepared
         res = pred.finish(outputs, meta)
-        write_image(out / picture_of(name),
+        write_image(out / pictures.get(name, name),  # video frames are named as their pictures
                     draw_instances(img, res["masks"], res["labels"], res["scores"], pred.class_names,
                                    score_thr=score_thr))
         return instances_to_records(name, res["masks"], res["labels"], res["scores"], pred.class_names)

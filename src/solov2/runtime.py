@@ -94,8 +94,9 @@ def cap_cpu_isa() -> Optional[str]:
     if platform.machine() not in ("x86_64", "AMD64") or ONEDNN_ISA_VAR in os.environ:
         return None
     os.environ[ONEDNN_ISA_VAR] = ONEDNN_ISA_CAP
-    if "AVX-512" in cpu_kind():
-        print(f"solov2: {cpu_kind()} CPU: capping oneDNN at {ONEDNN_ISA_CAP} ({ONEDNN_ISA_VAR}={ONEDNN_ISA_CAP}), "
+    kind = cpu_kind()
+    if "AVX-512" in kind:
+        print(f"solov2: {kind} CPU: capping oneDNN at {ONEDNN_ISA_CAP} ({ONEDNN_ISA_VAR}={ONEDNN_ISA_CAP}), "
               f"its AVX-512 convolution path is 100x slower; set {ONEDNN_ISA_VAR}=ALL to turn this off",
               file=sys.stderr)
     return ONEDNN_ISA_CAP
@@ -199,6 +200,18 @@ def read_checkpoint(path, what: str = "checkpoint") -> Dict[str, ms.Parameter]:
         raise SolovError(f"{path}: not a readable MindSpore {what} ({first_line(e)})") from None
 
 
+def shape_mismatches(own: Dict[str, ms.Parameter], ckpt: Dict[str, ms.Parameter]) -> List[str]:
+    """Names present in both whose shapes differ (own: the model's parameters by name)."""
+    return [k for k, p in own.items() if k in ckpt and tuple(ckpt[k].shape) != tuple(p.shape)]
+
+
+def shape_mismatch_error(path, names: List[str], own, ckpt, what: str, hint: str) -> SolovError:
+    """'<path>: N parameter shape(s) differ from the config's model, e.g. <name>: <what> (a) vs model (b) (hint)'."""
+    k = names[0]
+    return SolovError(f"{path}: {len(names)} parameter shape(s) differ from the config's model, e.g. {k}: "
+                      f"{what} {tuple(ckpt[k].shape)} vs model {tuple(own[k].shape)} ({hint})")
+
+
 def load_weights(net, path, skip_mismatched: bool = False) -> List[str]:
     """Load a checkpoint into `net` strictly by name.
 
@@ -213,12 +226,9 @@ def load_weights(net, path, skip_mismatched: bool = False) -> List[str]:
     if missing:
         raise SolovError(f"{path}: {len(missing)} model parameter(s) missing from the checkpoint, e.g. "
                          f"{', '.join(missing[:3])} (is it a SOLOv2 checkpoint for this config?)")
-    mismatched = [k for k in own if tuple(ckpt[k].shape) != tuple(own[k].shape)]
+    mismatched = shape_mismatches(own, ckpt)
     if mismatched and not skip_mismatched:
-        k = mismatched[0]
-        raise SolovError(f"{path}: {len(mismatched)} parameter shape(s) differ from the config's model, e.g. {k}: "
-                         f"checkpoint {tuple(ckpt[k].shape)} vs model {tuple(own[k].shape)} "
-                         f"(another architecture or class count?)")
+        raise shape_mismatch_error(path, mismatched, own, ckpt, "checkpoint", "another architecture or class count?")
     for k, p in own.items():
         if k not in mismatched:
             p.set_data(ms.Tensor(ckpt[k].asnumpy().astype(np.float32)))

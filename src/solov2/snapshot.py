@@ -10,7 +10,8 @@ import numpy as np
 
 from .config import OptimConfig
 from .errors import first_line
-from .runtime import SolovError, load_checkpoint, partial_checkpoint_files, read_checkpoint, save_failure
+from .runtime import (SolovError, load_checkpoint, partial_checkpoint_files, read_checkpoint, save_failure,
+                      shape_mismatch_error, shape_mismatches)
 
 SNAPSHOT_RE = re.compile(r"^epoch_(\d+)\.ckpt$")
 
@@ -72,12 +73,10 @@ def load_snapshot(path: Path, net, optimizer) -> dict:
     meta = {k: int(ckpt.pop(k).asnumpy()) for k in ("epoch", "seed")}
     meta["global_step"] = int(ckpt["global_step"].asnumpy().reshape(-1)[0])
     own = {p.name: p for p in [*net.get_parameters(), *optimizer.get_parameters()]}
-    differ = [k for k, p in own.items() if k in ckpt and tuple(ckpt[k].shape) != tuple(p.shape)]
+    differ = shape_mismatches(own, ckpt)
     if differ:  # MindSpore would raise a RuntimeError naming neither the file nor the setting
-        k = differ[0]
-        raise SolovError(f"{path}: {len(differ)} parameter shape(s) differ from the config's model, e.g. {k}: "
-                         f"snapshot {tuple(ckpt[k].shape)} vs model {tuple(own[k].shape)} (the snapshot was made "
-                         f"with other model settings, e.g. channels or classes; resume with its config)")
+        raise shape_mismatch_error(path, differ, own, ckpt, "snapshot", "the snapshot was made with other model "
+                                   "settings, e.g. channels or classes; resume with its config")
     not_loaded, _ = ms.load_param_into_net(net, ckpt, strict_load=True)
     if not_loaded:
         raise SolovError(f"{path}: snapshot does not match the model: {len(not_loaded)} parameter(s) missing, "

@@ -12,6 +12,14 @@ from ..errors import SolovError
 _JPEG_START, _JPEG_END, _JPEG_TAIL = b"\xff\xd8", b"\xff\xd9", 4096
 
 
+_TRUNCATED = "truncated JPEG (no end-of-image marker; the file was cut short)"
+
+
+def _truncated_jpeg(head: bytes, tail: bytes) -> bool:
+    """A JPEG (starts with FF D8) whose last _JPEG_TAIL bytes hold no end-of-image marker."""
+    return head[:2] == _JPEG_START and _JPEG_END not in tail[-_JPEG_TAIL:]
+
+
 def file_problem(path) -> Optional[str]:
     """Why `path` cannot be a good image, from its first and last bytes only (cheap: no decoding), or None."""
     path = Path(path)
@@ -24,9 +32,7 @@ def file_problem(path) -> Optional[str]:
             tail = f.read()
     except OSError as e:
         return f"cannot read the image ({e.strerror})"
-    if head == _JPEG_START and _JPEG_END not in tail:
-        return "truncated JPEG (no end-of-image marker; the file was cut short)"
-    return None
+    return _TRUNCATED if _truncated_jpeg(head, tail) else None
 
 
 def read_image(path, error=SolovError) -> np.ndarray:
@@ -34,15 +40,17 @@ def read_image(path, error=SolovError) -> np.ndarray:
 
     libjpeg decodes a truncated JPEG without failing ("Premature end of JPEG file" on stderr, the rest of the
     picture grey), so a JPEG without its end-of-image marker is refused here instead of trained or scored on.
+    The file is read once.
     """
     path = Path(path)
-    problem = file_problem(path)
-    if problem:
-        raise error(f"{path}: {problem}")
+    if not path.is_file():
+        raise error(f"{path}: no such image file")
     try:
         data = path.read_bytes()
     except OSError as e:
         raise error(f"{path}: cannot read the image ({e.strerror})") from None
+    if _truncated_jpeg(data, data):
+        raise error(f"{path}: {_TRUNCATED}")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise error(f"{path}: cannot decode the image (not an image, or corrupt)")
