@@ -4,8 +4,6 @@
 # unlike mindformers, JOIN defaults to True so the launcher blocks and returns the job's status.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-
 usage() {
   cat <<EOF
 Usage (activate the venv first: msrun starts every worker with the plain \`python\` found on PATH):
@@ -82,6 +80,8 @@ PY=$(command -v "$INTERP") || die "'$INTERP' is not on PATH: activate the venv t
 # find_spec does not import mindspore (seconds); it only tells whether this interpreter can.
 "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("mindspore") is None)' ||
   die "'$PY' (first '$INTERP' on PATH, which msrun uses for every worker) has no mindspore: activate the project venv"
+"$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("solov2") is None)' ||
+  die "'$PY' cannot import the solov2 package: install it into this venv (pip install -e .)"
 
 # Node 0's scheduler listens on MASTER_PORT. If another process holds it, msrun fails only after CLUSTER_TIME_OUT,
 # with four tracebacks and the cause in scheduler.log, so try the port first.
@@ -94,9 +94,6 @@ except OSError:
     sys.exit(1)' "$MASTER_PORT" ||
     die "MASTER_PORT $MASTER_PORT is already in use on this node: stop the job that holds it or choose another port"
 fi
-
-# Let the script import the repo's modules (and the solov2 package even when not pip-installed) from any cwd.
-export PYTHONPATH="$ROOT:$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 
 ARGS=(msrun "--worker_num=$WORKER_NUM" "--local_worker_num=$LOCAL_WORKER_NUM")
 if ((10#$WORKER_NUM != 10#$LOCAL_WORKER_NUM)); then

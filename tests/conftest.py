@@ -1,4 +1,5 @@
-"""Shared test helpers: where ../shared is, MindSpore execution modes, the reference light-R18 model."""
+"""Shared test helpers: where ../shared is (SHARED, the one definition), the one MindSpore mode fixture (ms_mode)
+and its context manager (in_mode), the reference light-R18 model, running the root scripts (cli)."""
 import collections
 import contextlib
 import json
@@ -18,27 +19,44 @@ REF = SHARED / "fixtures" / "reference"
 TRASHCAN_CFG = REPO / "configs" / "solov2" / "solov2_light_448_r18_fpn_8gpu_3x_trashcan.py"
 
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
+# The official img_norm_cfg and Pad(size_divisor=32) of every SOLOv2 config: train_transform's keyword arguments
+NORM = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), to_rgb=True, size_divisor=32)
 
 
 def pytest_configure(config):
     if not REF.is_dir():
         raise pytest.UsageError(f"test data not found: {REF} (set SOLOV2_SHARED to the shared/ folder)")
-    from solov2.runtime import cap_cpu_isa
+    from solov2.engine.runtime import cap_cpu_isa
     cap_cpu_isa()  # before the first kernel: the suite runs its models in-process, bypassing set_runtime
     ms.set_device("CPU")
 
 
+@contextlib.contextmanager
+def in_mode(mode: str):
+    """Run the block in MindSpore mode 'graph' or 'pynative', then restore the previous mode."""
+    old = ms.get_context("mode")
+    ms.set_context(mode=MODES[mode])
+    try:
+        yield mode
+    finally:
+        ms.set_context(mode=old)
+
+
 @pytest.fixture(params=list(MODES))
 def ms_mode(request):
-    """Run the test once in GRAPH_MODE and once in PYNATIVE_MODE."""
-    old = ms.get_context("mode")
-    ms.set_context(mode=MODES[request.param])
-    yield request.param
-    ms.set_context(mode=old)
+    """Run the test once in GRAPH_MODE and once in PYNATIVE_MODE (the suite's one mode fixture)."""
+    with in_mode(request.param) as mode:
+        yield mode
 
 
 def official_to_ms_name(key: str) -> str:
-    """Official torch key -> MindSpore parameter name (BN/GN weight/bias/running stats renames)."""
+    """Official torch key -> MindSpore parameter name (BN/GN weight/bias/running stats renames).
+
+    An independent oracle of the converter, on purpose: it is written from MindSpore's norm-layer parameter names
+    (gamma, beta, moving_mean, moving_variance) and the official key list of the fixtures, not from
+    `solov2.convert`, which handles three checkpoint layouts with its own rules. Tests that load fixture weights
+    through this function and compare with the converted .ckpt would catch a wrong rename in either.
+    """
     key = re.sub(r"\.(bn\d*|downsample\.1|gn)\.weight$", r".\1.gamma", key)
     key = re.sub(r"\.(bn\d*|downsample\.1|gn)\.bias$", r".\1.beta", key)
     return key.replace(".running_mean", ".moving_mean").replace(".running_var", ".moving_variance")

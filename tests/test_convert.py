@@ -22,10 +22,9 @@ from solov2.convert import (ConvertError, config_from_arch, convert_checkpoint, 
                             infer_arch, model_parameter_shapes, official_to_mindspore_name, to_official,
                             verify_names_and_shapes)
 from solov2.models import build_model  # noqa: E402
+from conftest import REPO, SHARED
 
-SHARED = Path(os.environ.get("SOLOV2_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 REF = SHARED / "fixtures" / "reference"
-REPO = Path(__file__).resolve().parents[1]
 if not (REF / "meta.json").is_file():
     pytest.fail(f"shared fixtures not found under {SHARED} (set SOLOV2_SHARED)", pytrace=False)
 
@@ -331,7 +330,7 @@ def test_existing_dst_needs_force(reference, tmp_path):
     dst.write_bytes(b"keep me")
     res = run_cli(src, dst)
     assert res.returncode == 2 and res.stderr.count("\n") == 1
-    assert res.stderr.startswith(f"error: {dst}: exists") and dst.read_bytes() == b"keep me"
+    assert res.stderr.startswith(f"error: {dst}: already exists; pass --force") and dst.read_bytes() == b"keep me"
     res = run_cli(src, dst, "--force")
     assert res.returncode == 0, res.stderr
     assert "layout: official" in res.stdout and len(read_ckpt(dst)) == 156

@@ -1,5 +1,5 @@
-# solov2_light_r18_demo.py -- the demo config (`python -m solov2.demo`): SOLOv2 light-R18 trained FROM SCRATCH on the
-# project's synthetic shapes (solov2.synthetic: 160x128 images, 3 classes, 1-3 objects of ~30-90 px) on a 2-core CPU.
+# solov2_light_r18_demo.py -- the demo config (`python -m solov2.tools.demo`): SOLOv2 light-R18 trained FROM SCRATCH on the
+# project's synthetic shapes (solov2.tools.synthetic: 160x128 images, 3 classes, 1-3 objects of ~30-90 px) on a 2-core CPU.
 # Official mmdet-1.x format (read by solov2.config.load_config without being executed). Differences from
 # solov2_light_448_r18_fpn_8gpu_3x.py and why:
 # * no pretrained backbone (nothing may be downloaded): every stage trains (frozen_stages=-1) and BN uses batch

@@ -18,16 +18,15 @@ Class names cannot live inside the .ckpt without showing up as an unused key in 
 to a sidecar ``DST.json`` together with the inferred architecture and the source file.
 """
 import hashlib
-import json
 import os
 import re
-import tempfile
 from typing import Dict, List, Tuple, Union
 
 import numpy as np
 
-from solov2.config import (BackboneConfig, HeadConfig, MaskFeatConfig, NeckConfig, SOLOv2Config)
-from .errors import SolovError, first_line
+from solov2.config import BackboneConfig, HeadConfig, MaskFeatConfig, NeckConfig, SOLOv2Config
+from solov2.files import already_exists, atomic_write, write_json_atomic
+from solov2.torch_checkpoint import ConvertError, listing, load_torch_checkpoint
 
 LAYOUTS = ("official", "mmdet3", "pytorch_solov2")
 
@@ -70,115 +69,6 @@ MINDSPORE_RULES = [
 # (bottleneck?, blocks per stage) -> ResNet depth, as in mmdet ResNet.arch_settings.
 RESNET_DEPTHS = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34,
                  (True, (3, 4, 6, 3)): 50, (True, (3, 4, 23, 3)): 101}
-
-
-class ConvertError(SolovError):
-    """A checkpoint that cannot be converted; the message names the file and the offending keys."""
-
-
-def _listing(names: List[str], limit: int = 5) -> str:
-    """'a, b, c (+7 more)' for error messages."""
-    names = list(names)
-    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
-def _import_torch():
-    try:
-        import torch  # optional dependency: only the converter reads .pth files
-    except ImportError as exc:
-        raise ConvertError("reading .pth files needs PyTorch: pip install 'torch==2.13.0'") from exc
-    return torch
-
-
-class _Inert:
-    """Stands for every object of a checkpoint that is not a tensor, a plain container or a number (mmengine's
-    HistoryBuffer, torch's TorchVersion, numpy arrays in a message_hub, or a malicious __reduce__ payload).
-    Its arguments and state are dropped: nothing from the file is ever called."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        pass
-
-
-def _restricted_pickle(torch):
-    """A pickle module for torch.load whose Unpickler resolves only torch's weights-only globals (tensor and
-    storage rebuilding, OrderedDict, ...); any other global becomes an _Inert placeholder class.
-
-    weights_only=True alone refuses the mmdetection 3.x / mmengine files the README supports (their `meta` and
-    `message_hub` hold such objects); this reads them, and still runs no code from the file.
-    """
-    import pickle
-    import types
-    from torch._weights_only_unpickler import _get_allowed_globals
-    allowed = dict(_get_allowed_globals())
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module, name):
-            found = allowed.get(f"{module}.{name}")
-            return found if found is not None else type(name, (_Inert,), {"__module__": f"inert.{module}"})
-
-    mod = types.ModuleType("solov2_restricted_pickle")
-    mod.Unpickler = Unpickler
-    mod.load = lambda f, **kwargs: Unpickler(f, **kwargs).load()  # torch's legacy (non-zip) reader calls it
-    mod.UnpicklingError = pickle.UnpicklingError
-    return mod
-
-
-def load_torch_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
-    """Read a .pth safely (tensors only, see `_restricted_pickle`) and return its state dict as numpy arrays.
-
-    Returns (state, info): state maps key (``module.`` stripped) -> np.ndarray; floating tensors become
-    float32 (fp16/bf16/fp64 are cast and counted in info['cast']), integer buffers keep their dtype.
-    info: 'container' ('state_dict' | 'model' | 'bare'), 'ignored' (other top-level entries), 'classes'
-    (list of str from mmdet ``meta['CLASSES']`` or mmdet3 ``meta['dataset_meta']['classes']``, else None).
-    """
-    if not os.path.isfile(path):
-        raise ConvertError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    # torch.save writes a zip archive (>= 1.6) or a protocol-2 pickle (legacy); anything else is not a .pth.
-    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):
-        raise ConvertError(f"{path}: not a PyTorch checkpoint (unrecognised file header {head!r})")
-    torch = _import_torch()
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle(torch))
-    except Exception as exc:  # corrupt zip, truncated file, ...: any reader failure means "not a checkpoint"
-        reason = first_line(exc.__context__ or exc)  # torch wraps the real cause in a long hint
-        raise ConvertError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {reason})") from None
-    if not isinstance(ckpt, dict):
-        raise ConvertError(f"{path}: not a checkpoint dict (got {type(ckpt).__name__})")
-    if isinstance(ckpt.get("state_dict"), dict):
-        container, sd = "state_dict", ckpt["state_dict"]
-    elif isinstance(ckpt.get("model"), dict):
-        container, sd = "model", ckpt["model"]
-    else:
-        container, sd = "bare", ckpt
-    bad = [k for k, v in sd.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
-    if bad or not sd:
-        what = f"non-tensor entries: {_listing(map(str, bad))}" if bad else "it is empty"
-        raise ConvertError(f"{path}: not a state dict of tensors ({what}); expected a bare state dict or a "
-                           "dict with a 'state_dict' or 'model' entry")
-    state, cast = {}, {}
-    for key, t in sd.items():
-        key = key[len("module."):] if key.startswith("module.") else key  # DataParallel / DDP wrapper
-        if t.is_floating_point() and t.dtype != torch.float32:
-            dtype = str(t.dtype).replace("torch.", "")
-            cast[dtype] = cast.get(dtype, 0) + 1
-            t = t.float()  # the port is float32; fp16/bf16 -> fp32 is exact (and numpy has no bf16)
-        if key in state:
-            raise ConvertError(f"{path}: key {key!r} occurs with and without the 'module.' prefix")
-        state[key] = np.ascontiguousarray(t.detach().cpu().numpy())
-    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
-    dmeta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
-    classes = meta.get("CLASSES", dmeta.get("classes"))
-    if not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
-        classes = None
-    ignored = sorted(str(k) for k in ckpt if k != container) if container != "bare" else []
-    return state, {"container": container, "ignored": ignored, "cast": cast,
-                   "classes": list(classes) if classes else None}
 
 
 def detect_layout(keys: List[str], path: str = "checkpoint") -> str:
@@ -233,7 +123,7 @@ def infer_arch(shapes: Dict[str, Tuple[int, ...]], path: str = "checkpoint") -> 
     dcn = [k for k in shapes if "conv_offset" in k]
     if dcn:
         raise ConvertError(f"{path}: DCN checkpoints are not supported ({len(dcn)} conv_offset keys, "
-                           f"e.g. {_listing(dcn, 2)})")
+                           f"e.g. {listing(dcn, 2)})")
 
     def shape(key):
         if key not in shapes:
@@ -318,42 +208,34 @@ def verify_names_and_shapes(ms_state: Dict[str, np.ndarray], expected: Dict[str,
     unused = [k for k in ms_state if k not in expected]
     wrong = [f"{k} {tuple(ms_state[k].shape)} vs model {expected[k]}" for k in expected
              if k in ms_state and tuple(ms_state[k].shape) != expected[k]]
-    problems = [f"{len(v)} {what}: {_listing(v)}" for what, v in
+    problems = [f"{len(v)} {what}: {listing(v)}" for what, v in
                 (("missing", missing), ("unused", unused), ("shape mismatches", wrong)) if v]
     if problems:
         raise ConvertError(f"{path}: does not fit the model: " + "; ".join(problems))
 
 
 def save_mindspore_checkpoint(ms_state: Dict[str, np.ndarray], dst: str, sidecar: dict, force: bool) -> None:
-    """Write `dst` (.ckpt) and `dst + '.json'` atomically (temp files in the same dir, then os.replace)."""
+    """Write `dst` (.ckpt) and its sidecar `dst + '.json'`, each atomically; the sidecar is written first, so a
+    checkpoint never appears without it. An existing pair is re-checked just before (another run may have
+    written it meanwhile)."""
     import mindspore as ms
 
-    from .runtime import partial_checkpoint_files, save_failure
-    side = dst + ".json"
-    dst_dir = os.path.dirname(os.path.abspath(dst))
-    tmp_ckpt = tmp_json = None
+    from solov2.checkpoint import save_failure, save_to_temporary, sidecar_path
     try:
-        # mindspore appends '.ckpt' to names without it, so the temp name must end in '.ckpt'.
-        fd, tmp_ckpt = tempfile.mkstemp(prefix=".convert-", suffix=".tmp.ckpt", dir=dst_dir)
-        os.close(fd)
-        ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in ms_state.items()], tmp_ckpt)
-        fd, tmp_json = tempfile.mkstemp(prefix=".convert-", suffix=".tmp.json", dir=dst_dir)
-        with os.fdopen(fd, "w") as f:
-            json.dump(sidecar, f, indent=1)
-        os.chmod(tmp_json, 0o644)
-        if not force and (os.path.exists(dst) or os.path.exists(side)):  # re-check just before replacing
-            raise ConvertError(f"{dst}: exists (use --force to overwrite)")
-        os.replace(tmp_json, side)
-        tmp_json = None
-        os.replace(tmp_ckpt, dst)
-        tmp_ckpt = None
+        with atomic_write(dst, mode=None) as tmp_ckpt:
+            save_to_temporary(tmp_ckpt, [{"name": k, "data": ms.Tensor(v)} for k, v in ms_state.items()])
+            if not force:
+                _refuse_existing(dst)
+            write_json_atomic(sidecar_path(dst), sidecar, indent=1)
     except (OSError, RuntimeError, TypeError, ValueError) as exc:
         raise ConvertError(str(save_failure(dst, exc))) from None
-    finally:
-        partial = partial_checkpoint_files(tmp_ckpt) if tmp_ckpt else []
-        for tmp in [*partial, tmp_json]:
-            if tmp and os.path.exists(tmp):
-                os.remove(tmp)
+
+
+def _refuse_existing(dst: str) -> None:
+    """ConvertError if `dst` or its sidecar exists (the caller passes --force to replace them)."""
+    for path in (dst, dst + ".json"):
+        if os.path.exists(path):
+            raise ConvertError(str(already_exists(path)))
 
 
 def _sha256(path: str) -> str:
@@ -373,8 +255,8 @@ def convert_checkpoint(src: str, dst: str, config: Union[None, str, SOLOv2Config
     """
     if not dst.endswith(".ckpt"):
         raise ConvertError(f"{dst}: the output name must end in .ckpt (MindSpore refuses other suffixes)")
-    if not force and (os.path.exists(dst) or os.path.exists(dst + ".json")):
-        raise ConvertError(f"{dst}: exists (use --force to overwrite)")
+    if not force:
+        _refuse_existing(dst)
     if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
         raise ConvertError(f"{dst}: output directory does not exist")
     state, info = load_torch_checkpoint(src)
@@ -398,7 +280,7 @@ def convert_checkpoint(src: str, dst: str, config: Union[None, str, SOLOv2Config
     ms_state = {official_to_mindspore_name(k): v for k, v in official.items()}
     bad_dtype = [k for k, v in ms_state.items() if v.dtype != np.float32]
     if bad_dtype:
-        raise ConvertError(f"{src}: non-float parameters: {_listing(bad_dtype)}")
+        raise ConvertError(f"{src}: non-float parameters: {listing(bad_dtype)}")
     expected = model_parameter_shapes(cfg)
     verify_names_and_shapes(ms_state, expected, src)
     ms_state = {k: ms_state[k] for k in expected}  # model order: identical files for every source layout

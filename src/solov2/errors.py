@@ -1,4 +1,5 @@
-"""The one exception type for problems with the user's input (files, options, data), and a JSON reader using it."""
+"""The one exception type for problems with the user's input (files, options, data), how any failure reads as one
+line, and a JSON reader using it."""
 import json
 import os
 
@@ -26,3 +27,15 @@ def read_json(path, what: str, error=SolovError):
         raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise error(f"{path}: cannot read the {what} ({e})") from None
+
+
+def failure_line(e: BaseException) -> str:
+    """One line for an expected failure: our SolovError as is; an OSError with its file and the system's reason
+    (`<file>: No space left on device`); a library error (MindSpore's ValueError/RuntimeError, cv2.error) by its
+    first line."""
+    if isinstance(e, SolovError):
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:
+        where = e.filename if e.filename is not None else "I/O"
+        return f"{where}: {e.strerror}" + (f" (-> {e.filename2})" if e.filename2 else "")
+    return f"{type(e).__name__}: {first_line(e)}"

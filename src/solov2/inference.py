@@ -5,12 +5,12 @@ from typing import Dict, List, Optional, Tuple
 import mindspore as ms
 import numpy as np
 
-from .config import SOLOv2Config
-from .data.images import read_image  # noqa: F401 (re-exported: the CLIs' image reader)
-from .data.transforms import preprocess_test
-from .models import SOLOv2Eval, build_model
-from .postprocess import get_seg_single
-from .runtime import SolovError, checkpoint_class_names, load_weights
+from solov2.config import SOLOv2Config
+from solov2.data.transforms import preprocess_test
+from solov2.models import SOLOv2Eval, build_model
+from solov2.models.postprocess import get_seg_single
+from solov2.checkpoint import checkpoint_class_names, load_weights
+from solov2.errors import SolovError
 
 NetOutputs = Tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -28,7 +28,7 @@ def resolve_class_names(cfg: SOLOv2Config, checkpoint=None) -> List[str]:
 class Predictor:
     """Holds a model with loaded weights; `predict(img_bgr)` returns the official SOLOv2 result.
 
-    The network runs in whatever mode `solov2.runtime.set_runtime` selected. In GRAPH_MODE it compiles once for
+    The network runs in whatever mode `solov2.engine.runtime.set_runtime` selected. In GRAPH_MODE it compiles once for
     every image size (dynamic H and W); static_shapes=True compiles once per padded input size instead (the
     pre-0.2 behaviour, kept as an option: same results, see the README). The three stages `prepare`, `network`
     and `finish` are also public, so a caller can overlap them across images (`solov2.overlap`).
@@ -43,7 +43,6 @@ class Predictor:
         net.set_train(False)
         self.net = SOLOv2Eval(net, dynamic_shape=not static_shapes)
         self.class_names = resolve_class_names(cfg, checkpoint)
-        self.timings: Dict[str, float] = {}
 
     @property
     def compiled_graphs(self) -> int:
@@ -69,12 +68,17 @@ class Predictor:
 
     def predict(self, img_bgr: np.ndarray) -> Dict[str, np.ndarray]:
         """img_bgr uint8 (H, W, 3) -> masks bool (n, H, W), labels int64 (n,) 0-based, scores float32 (n,)."""
-        t0 = time.perf_counter()
         x, meta = self.prepare(img_bgr)
-        t1 = time.perf_counter()
-        outputs = self.network(x)
-        t2 = time.perf_counter()
-        out = self.finish(outputs, meta)
-        t3 = time.perf_counter()
-        self.timings = dict(preprocess=t1 - t0, network=t2 - t1, postprocess=t3 - t2)
-        return out
+        return self.finish(self.network(x), meta)
+
+
+def predict_timed(predictor: Predictor, img_bgr: np.ndarray) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
+    """`predictor.predict(img_bgr)` and the seconds of its stages: dict(preprocess, network, postprocess)."""
+    t0 = time.perf_counter()
+    x, meta = predictor.prepare(img_bgr)
+    t1 = time.perf_counter()
+    outputs = predictor.network(x)
+    t2 = time.perf_counter()
+    out = predictor.finish(outputs, meta)
+    t3 = time.perf_counter()
+    return out, dict(preprocess=t1 - t0, network=t2 - t1, postprocess=t3 - t2)

@@ -13,8 +13,7 @@ Deviations (documented on purpose):
 * ``filter_empty_gt`` drops images without a *usable* instance (one that survives the rules above). The
   official filter keeps an image that only has crowd/degenerate annotations, and the official target code then
   crashes on it (``gt_labels_raw[0]``); with ``filter_empty_gt=False`` such images are kept and give empty GT.
-* ``class_names``/``cat_ids`` are in ascending category-id order. pycocotools ``getCatIds()`` (official) keeps
-  the file order; the two agree for COCO and TrashCan, whose category lists are sorted.
+* ``class_names``/``cat_ids`` are in ascending category-id order (the channel rule of `solov2.data.coco_file`).
 * Broken input raises `DatasetError` (one line: file + problem) instead of an arbitrary exception.
 
 When broken input is detected:
@@ -30,56 +29,18 @@ official ``_rand_another`` retry but deterministic.
 import math
 import os
 import warnings
-from numbers import Real
 from typing import Dict, List, Optional
 
 import numpy as np
 import pycocotools.mask as mask_utils
-from ..errors import SolovError, read_json
-from .images import read_image
+
+from solov2.data.coco_file import image_entry_problem, is_number, read_coco_file, sorted_categories
+from solov2.data.images import read_image
+from solov2.errors import SolovError
 
 
 class DatasetError(SolovError):
     """Broken dataset input; the message is one line naming the file and the problem."""
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _load_json(ann_file: str) -> dict:
-    data = read_json(ann_file, "annotation file", DatasetError)
-    if not isinstance(data, dict):
-        raise DatasetError(f"{ann_file}: not a COCO annotation file (top level is {type(data).__name__}, not object)")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DatasetError(f"{ann_file}: not a COCO annotation file (missing list '{key}')")
-    return data
-
-
-def _parse_categories(ann_file: str, cats: list):
-    """-> (cat_ids sorted ascending, class_names in that order)."""
-    by_id = {}
-    for i, c in enumerate(cats):
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or isinstance(c.get("id"), bool):
-            raise DatasetError(f"{ann_file}: category #{i} has no integer 'id'")
-        if c["id"] in by_id:
-            raise DatasetError(f"{ann_file}: duplicate category id {c['id']}")
-        by_id[c["id"]] = str(c.get("name", c["id"]))
-    cat_ids = sorted(by_id)
-    return cat_ids, [by_id[k] for k in cat_ids]
-
-
-def _check_image_entry(i: int, info) -> Optional[str]:
-    if not isinstance(info, dict):
-        return f"image entry #{i} is not an object"
-    for key in ("id", "file_name"):
-        if key not in info:
-            return f"image entry #{i} has no '{key}'"
-    for key in ("width", "height"):
-        if not isinstance(info.get(key), int) or isinstance(info.get(key), bool) or info[key] <= 0:
-            return f"image {info['file_name']!r} (id {info['id']}) has no positive integer '{key}'"
-    return None
 
 
 def _check_segmentation(seg, h: int, w: int) -> Optional[str]:
@@ -124,9 +85,9 @@ def _parse_annotations(anns: list, h: int, w: int, cat2label: Dict[int, int], no
         if ann.get("ignore", False):
             continue
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
             return None, None, None, f"annotation {aid}: 'bbox' is not 4 finite numbers"
-        if not _is_number(ann.get("area")):
+        if not is_number(ann.get("area")):
             return None, None, None, f"annotation {aid}: 'area' missing or not a number"
         x1, y1, bw, bh = bbox
         if ann["area"] <= 0 or bw < 1 or bh < 1:
@@ -187,8 +148,8 @@ class CocoDataset:
         self.skip_bad = skip_bad
         self.min_size = min_size
         self.filter_empty_gt = filter_empty_gt
-        data = _load_json(self.ann_file)
-        self.cat_ids, self.class_names = _parse_categories(self.ann_file, data["categories"])
+        data = read_coco_file(self.ann_file, DatasetError)
+        self.cat_ids, self.class_names = sorted_categories(self.ann_file, data["categories"], DatasetError)
         self.cat2label = {cat_id: i + 1 for i, cat_id in enumerate(self.cat_ids)}
 
         anns_by_image: Dict[object, list] = {}
@@ -221,7 +182,7 @@ class CocoDataset:
         warnings.warn(f"skipping bad input: {msg}", stacklevel=3)
 
     def _build_record(self, i: int, info, anns_by_image) -> Optional[dict]:
-        problem = _check_image_entry(i, info)
+        problem = image_entry_problem(i, info)
         if problem:
             self._bad(problem)
             return None

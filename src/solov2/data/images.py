@@ -5,7 +5,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from ..errors import SolovError
+from solov2.errors import SolovError
 
 # In JPEG scan data every 0xFF byte is followed by 0x00 or a restart marker, so the end-of-image marker FF D9 can
 # only be the real end; a file cut short lacks it near its end. Some writers append a little padding or metadata.

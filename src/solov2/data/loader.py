@@ -8,7 +8,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .train_transforms import collate, train_transform
+from solov2.data.train_transforms import collate, train_transform
 
 
 def _rng(*key: int) -> np.random.RandomState:
@@ -82,7 +82,7 @@ class TrainLoader:
     dataset: random access, items as `solov2.data.coco.CocoDataset`; cfg: `SOLOv2Config`.
     """
 
-    def __init__(self, dataset, cfg, seed: int, world: int = 1, rank: int = 0, workers: int = 2,
+    def __init__(self, dataset, cfg, *, seed: int, world: int = 1, rank: int = 0, workers: int = 2,
                  max_pos: int = 512):
         self.dataset, self.cfg, self.seed = dataset, cfg, seed
         self.world, self.rank, self.workers, self.max_pos = world, rank, max(1, workers), max_pos
@@ -101,8 +101,8 @@ class TrainLoader:
         samples = []
         for j, i in enumerate(idxs):
             rng = _rng(self.seed, epoch, self.rank, pos, j)
-            samples.append(train_transform(self.dataset[i], rng, d.train_scales, d.flip_ratio, d.mean, d.std,
-                                           d.to_rgb, d.size_divisor))
+            samples.append(train_transform(self.dataset[i], rng, scales=d.train_scales, flip_ratio=d.flip_ratio,
+                                           mean=d.mean, std=d.std, to_rgb=d.to_rgb, size_divisor=d.size_divisor))
         canvas = None
         if self.buckets:
             canvas = pick_canvas(max(s["img"].shape[0] for s in samples), max(s["img"].shape[1] for s in samples),

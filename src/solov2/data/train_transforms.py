@@ -10,12 +10,8 @@ from typing import Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ..targets import pack_targets, solov2_target_single
-from .transforms import normalize, pad_to_multiple, resize_keep_ratio
-
-IMG_MEAN = (123.675, 116.28, 103.53)   # RGB, official img_norm_cfg
-IMG_STD = (58.395, 57.12, 57.375)
-
+from solov2.data.targets import pack_targets, solov2_target_single
+from solov2.data.transforms import normalize, pad_to_multiple, resize_keep_ratio
 
 def select_scale(scales: Sequence[Tuple[int, int]], rng) -> Tuple[int, int]:
     """multiscale_mode='value': one of `scales` ((long, short) pairs), drawn with ``rng.randint(len(scales))``.
@@ -59,9 +55,10 @@ def flip_sample(sample: dict) -> dict:
                 gt_masks=np.ascontiguousarray(sample["gt_masks"][:, :, ::-1]), flip=True)
 
 
-def normalize_pad_sample(sample: dict, mean=IMG_MEAN, std=IMG_STD, to_rgb: bool = True,
-                         size_divisor: int = 32) -> dict:
+def normalize_pad_sample(sample: dict, *, mean: Sequence[float], std: Sequence[float], to_rgb: bool,
+                         size_divisor: int) -> dict:
     """Normalize (float32, BGR->RGB, (x-mean)/std), then zero-pad image and masks bottom/right to `size_divisor`.
+    (mean, std: RGB, the config's img_norm_cfg; no defaults here, so the config is the one source.)
 
     img becomes float32 (Hp, Wp, 3); gt_masks uint8 (n, Hp, Wp); adds pad_shape (Hp, Wp, 3).
     """
@@ -73,8 +70,8 @@ def normalize_pad_sample(sample: dict, mean=IMG_MEAN, std=IMG_STD, to_rgb: bool 
     return dict(sample, img=img, gt_masks=padded, pad_shape=tuple(img.shape))
 
 
-def train_transform(sample: dict, rng, scales: Sequence[Tuple[int, int]], flip_ratio: float = 0.5,
-                    mean=IMG_MEAN, std=IMG_STD, to_rgb: bool = True, size_divisor: int = 32) -> dict:
+def train_transform(sample: dict, rng, *, scales: Sequence[Tuple[int, int]], flip_ratio: float,
+                    mean: Sequence[float], std: Sequence[float], to_rgb: bool, size_divisor: int) -> dict:
     """Official train pipeline for one sample: Resize('value', keep_ratio) -> RandomFlip -> Normalize -> Pad.
 
     Random draws, in the official order and number: ``rng.randint`` for the scale (only if several scales),
@@ -87,12 +84,11 @@ def train_transform(sample: dict, rng, scales: Sequence[Tuple[int, int]], flip_r
     out["flip"] = False
     if rng.rand() < flip_ratio:
         out = flip_sample(out)
-    return normalize_pad_sample(out, mean, std, to_rgb, size_divisor)
+    return normalize_pad_sample(out, mean=mean, std=std, to_rgb=to_rgb, size_divisor=size_divisor)
 
 
 def collate(samples: Sequence[dict], canvas: Optional[Tuple[int, int]] = None, *,
-            scale_ranges=((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)),
-            num_grids=(40, 36, 24, 16, 12), sigma: float = 0.2, max_pos: int = 256) -> dict:
+            scale_ranges: Sequence[Tuple[int, int]], num_grids: Sequence[int], sigma: float, max_pos: int) -> dict:
     """Batch transformed samples and build static-shape SOLOv2 targets.
 
     Images are zero-padded bottom/right to a common canvas (Hc, Wc): by default the max H, W of the batch
@@ -101,9 +97,9 @@ def collate(samples: Sequence[dict], canvas: Optional[Tuple[int, int]] = None, *
     bigger than the official batch canvas moves the grid assignment (and the network's padded features)
     relative to the official training. The masks are not padded (as official); targets zero-fill them.
 
-    The defaults of scale_ranges/num_grids/sigma are those of the R101/R50 configs; pass the config's values
-    (light-448: ((1,56),(28,112),(56,224),(112,448),(224,896))). `max_pos`: rows of positive targets per image
-    (see `solov2.targets.pack_targets`); at most 9 cells x 2 levels per instance. Size it from the data: the
+    scale_ranges/num_grids/sigma: the config's head settings (R101: ((1,96),(48,192),(96,384),(192,768),
+    (384,2048)), (40,36,24,16,12), 0.2; light-448: ((1,56),(28,112),(56,224),(112,448),(224,896))). `max_pos`: rows of positive targets per image
+    (see `solov2.data.targets.pack_targets`); at most 9 cells x 2 levels per instance. Size it from the data: the
     loss materialises (N, max_pos, Hc/4, Wc/4) float32 mask logits (trashcan_mini train, light-448, largest
     scale (768, 512): max 120 positives per image, 99th percentile 74).
 
@@ -134,7 +130,7 @@ def collate(samples: Sequence[dict], canvas: Optional[Tuple[int, int]] = None, *
     for i, s in enumerate(samples):
         img[i, :, :hs[i], :ws[i]] = s["img"].transpose(2, 0, 1)
         levels = solov2_target_single(s["gt_bboxes"], s["gt_labels"], s["gt_masks"], mask_feat_size,
-                                      scale_ranges, num_grids, sigma)
+                                      scale_ranges=scale_ranges, num_grids=num_grids, sigma=sigma)
         packs.append(pack_targets(*levels, max_pos=max_pos, name=s.get("filename")))
         metas.append({k: s.get(k) for k in ("filename", "image_id", "ori_shape", "img_shape", "pad_shape",
                                             "scale_factor", "flip")})
@@ -146,5 +142,5 @@ def collate(samples: Sequence[dict], canvas: Optional[Tuple[int, int]] = None, *
     return out
 
 
-__all__ = ["IMG_MEAN", "IMG_STD", "select_scale", "resize_sample", "flip_sample", "normalize_pad_sample",
+__all__ = ["select_scale", "resize_sample", "flip_sample", "normalize_pad_sample",
            "train_transform", "collate"]

@@ -10,7 +10,7 @@ import mindspore.ops as ops
 from mindspore import Tensor
 from mindspore.common.initializer import XavierUniform
 
-from .resize import resize_nearest
+from solov2.models.resize import resize_nearest
 
 
 class PlainConv(nn.Cell):

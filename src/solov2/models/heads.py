@@ -12,7 +12,7 @@ import mindspore.ops as ops
 from mindspore import Tensor
 from mindspore.common.initializer import Constant, Normal
 
-from .resize import resize_bilinear
+from solov2.models.resize import resize_bilinear
 
 
 def coord_features(x: Tensor) -> Tensor:

@@ -6,10 +6,10 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Tensor
 
-from ..config import SOLOv2Config
-from .fpn import FPN
-from .heads import MaskFeatHead, SOLOv2Head, points_nms
-from .resnet import ResNet
+from solov2.config import SOLOv2Config
+from solov2.models.fpn import FPN
+from solov2.models.heads import MaskFeatHead, SOLOv2Head, points_nms
+from solov2.models.resnet import ResNet
 
 
 def flatten_levels(maps: List[Tensor]) -> Tensor:
@@ -55,7 +55,7 @@ class SOLOv2Eval(nn.Cell):
 
     img (N, 3, H, W) -> cate_scores (N, cells, C) = points_nms(sigmoid(logits)), kernels (N, cells, E),
     mask_feat (N, E, H/4, W/4). The data-dependent rest (thresholds, Matrix NMS) is
-    `solov2.postprocess.get_seg_single`, outside the graph.
+    `solov2.models.postprocess.get_seg_single`, outside the graph.
 
     dynamic_shape=True declares N, H and W unknown, so GRAPH mode compiles one graph for every input size
     (otherwise each new padded size compiles another, 10-18 s and +1.8 GB resident each on CPU). The outputs are

@@ -1,0 +1,81 @@
+"""What every command line shares: one-line errors with exit code 2, the shared flags, positional forms.
+
+The command bodies (cli/train, cli/predict, cli/evaluate, cli/convert) parse with these helpers, then call one
+function of the package; the root scripts (train.py, test.py, ...) only call their `main`.
+"""
+import argparse
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+from solov2.errors import SolovError, failure_line
+
+DEBUG_VAR = "SOLOV2_DEBUG"
+
+
+def cli_main(fn: Callable[[], Optional[int]]) -> None:
+    """Run a CLI body; expected failures become one line `error: <message>` on stderr and exit code 2.
+
+    Expected: SolovError (bad input we detected), OSError (missing or read-only folders, full disk), MemoryError,
+    and the ValueError / RuntimeError / cv2.error that MindSpore and OpenCV raise for unusable settings (e.g.
+    `--device_target Ascend` on a CPU-only build). SOLOV2_DEBUG=1 re-raises them with the traceback; other
+    exceptions (bugs) always keep theirs.
+    """
+    import cv2
+    expected = (SolovError, OSError, MemoryError, ValueError, RuntimeError, cv2.error)
+    try:
+        rc = fn()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except expected as e:
+        if os.environ.get(DEBUG_VAR) == "1":
+            raise
+        hint = "" if isinstance(e, SolovError) else f" (set {DEBUG_VAR}=1 for the traceback)"
+        print(f"error: {failure_line(e)}{hint}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(rc or 0)
+
+
+def add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    """--device_target and --mode (the names of the official MindSpore model-zoo scripts)."""
+    p.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    p.add_argument("--mode", default="graph", choices=["graph", "pynative"])
+
+
+def add_config_flags(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+    """CONFIG [CHECKPOINT] positionally (as the official tools/test_ins.py) or as --config [--checkpoint], and
+    --cfg-options; `config_and_checkpoint` resolves the two forms (a flag wins over its positional)."""
+    p.add_argument("config_pos", nargs="?", metavar="CONFIG", help="SOLOv2 config file (official SOLO format)")
+    if checkpoint:
+        p.add_argument("checkpoint_pos", nargs="?", metavar="CHECKPOINT", help="MindSpore .ckpt (weight_convert.py)")
+    p.add_argument("--config", default=None, help="the config, as a flag (wins over CONFIG)")
+    if checkpoint:
+        p.add_argument("--checkpoint", default=None, help="the checkpoint, as a flag (wins over CHECKPOINT)")
+    p.add_argument("--cfg-options", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. data.imgs_per_gpu=2 total_epochs=12 test_cfg.score_thr=0.2")
+
+
+def config_and_checkpoint(p: argparse.ArgumentParser, a: argparse.Namespace, need: Sequence[str] = ("config",)):
+    """(config, checkpoint) from the flags, else the positional forms; a usage error for a needed one missing."""
+    config = a.config or a.config_pos
+    checkpoint = getattr(a, "checkpoint", None) or getattr(a, "checkpoint_pos", None)
+    for name, value in (("config", config), ("checkpoint", checkpoint)):
+        if name in need and not value:
+            p.error(f"the {name} is required: {name.upper()} or --{name}")
+    return config, checkpoint
+
+
+def add_static_shapes_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--static-shapes", action="store_true",
+                   help="GRAPH mode: compile one graph per padded input size instead of one for all sizes")
+
+
+def add_force_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--force", action="store_true", help=f"overwrite {what} if it exists")
+
+
+def start_runtime(a: argparse.Namespace, deterministic: bool = False) -> None:
+    """The MindSpore context of the parsed flags (imported here: parsing and --help need no MindSpore)."""
+    from solov2.engine.runtime import set_runtime
+    set_runtime(a.device_target, a.mode, deterministic=deterministic)

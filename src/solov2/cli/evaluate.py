@@ -1,0 +1,104 @@
+"""`valuation.py`: COCO mask (segm) and box (bbox) AP of a checkpoint on a split, or of an existing results file.
+
+    python valuation.py CONFIG CHECKPOINT [--out results.json] [--eval segm bbox] [--max-images N]
+    python valuation.py --config CONFIG --checkpoint CHECKPOINT ...        (the same, as flags)
+    python valuation.py --results results.json --ann data/trashcan/annotations/instances_val_trashcan.json
+"""
+import argparse
+from typing import Dict, Optional, Sequence
+
+from solov2.cli.common import (add_config_flags, add_force_flag, add_runtime_flags, add_static_shapes_flag, cli_main,
+                               config_and_checkpoint, start_runtime)
+from solov2.config import load_config
+from solov2.errors import SolovError
+from solov2.evaluation.coco_eval import (IOU_TYPES, check_class_count, check_results, evaluate_results,
+                                         first_image_ids, format_metrics, load_coco, load_results_file, summary_line)
+from solov2.files import check_writable, write_json_atomic
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0].split(": ", 1)[1])
+    add_config_flags(p)
+    p.add_argument("--ann", help="COCO annotation file to evaluate on (overrides the config's split)")
+    p.add_argument("--img-prefix", help="folder of the --ann images")
+    p.add_argument("--out", help="write the model's COCO results (JSON list) here")
+    p.add_argument("--eval", nargs="+", default=list(IOU_TYPES), choices=list(IOU_TYPES),
+                   help="evaluation types (default: %(default)s); bbox uses the box of each mask")
+    p.add_argument("--max-images", type=int, default=None, help="only the first N images of the annotation file")
+    p.add_argument("--results", help="score this existing COCO results file instead of running the model")
+    add_runtime_flags(p)
+    add_static_shapes_flag(p)
+    add_force_flag(p, "--out")
+    return p
+
+
+def _split(cfg, ann: Optional[str], img_prefix: Optional[str], need_images: bool):
+    """(ann_file, img_prefix): explicit options, else the config's test split, else its val split."""
+    if ann:
+        if need_images and not img_prefix:
+            raise SolovError("--ann needs --img-prefix (the folder of its images) when running the model")
+        return ann, img_prefix
+    if cfg is None:
+        raise SolovError("give --config (its test/val split is evaluated) or --ann")
+    d = cfg.data
+    for split_ann, split_prefix in ((d.test_ann_file, d.test_img_prefix), (d.val_ann_file, d.val_img_prefix)):
+        if split_ann:
+            return split_ann, img_prefix or split_prefix
+    raise SolovError(f"{cfg.source}: no data.test or data.val ann_file; pass --ann and --img-prefix")
+
+
+def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = None, *, ann: Optional[str] = None,
+                   img_prefix: Optional[str] = None, out: Optional[str] = None,
+                   iou_types: Sequence[str] = IOU_TYPES, max_images: Optional[int] = None, force: bool = False,
+                   results_file: Optional[str] = None, overrides=(), static_shapes: bool = False) -> Dict[str, dict]:
+    """`valuation.py`: model (or an existing results file) -> COCO AP printed; returns `evaluate_results`'.
+
+    Without `results_file` the model of `config` + `checkpoint` runs over the split and the results are
+    optionally written to `out` (atomically; an existing file only with `force`). With `results_file` that
+    file is scored instead (config optional: it only selects the split and is checked against it).
+    `max_images` restricts both running and scoring to the first N images of the annotation file.
+    """
+    if max_images is not None and max_images < 1:
+        raise SolovError(f"--max-images must be >= 1, got {max_images}")
+    if results_file is None and (not config or not checkpoint):
+        raise SolovError("--config and --checkpoint are required unless --results scores an existing file")
+    if results_file is not None and out:
+        raise SolovError("--out writes the model's results; it cannot be combined with --results")
+    if out:  # fail before the (long) model run, not after it
+        check_writable(out, force)
+    cfg = load_config(config, overrides) if config else None
+    ann_file, prefix = _split(cfg, ann, img_prefix, need_images=results_file is None)
+    results = load_results_file(results_file) if results_file is not None else None
+    coco = load_coco(ann_file)
+    if cfg is not None:  # cheap check before building the model
+        check_class_count(cfg.head.cate_out_channels, coco, cfg.source or config)
+    img_ids = first_image_ids(coco, max_images)
+    if results is None:
+        from solov2.evaluation.results import predict_dataset  # build the network: only on this path
+        from solov2.inference import Predictor
+        predictor = Predictor(cfg, checkpoint, static_shapes=static_shapes)
+        results = predict_dataset(predictor, coco, prefix, max_images)
+        if predictor.compiled_graphs:
+            print(f"GRAPH mode: {predictor.compiled_graphs} network graph(s) compiled")
+        if out:
+            write_json_atomic(out, results)
+            print(f"{len(results)} results -> {out}")
+    else:
+        check_results(results, coco, iou_types, source=results_file)
+    print(f"evaluating {len(results)} results on {len(img_ids)} image(s) of {ann_file}")
+    metrics = evaluate_results(coco, results, iou_types, img_ids)
+    print(format_metrics(metrics))
+    print(summary_line(metrics))
+    return metrics
+
+
+def main(argv=None) -> None:
+    def body():
+        p = parser()
+        a = p.parse_args(argv)
+        config, checkpoint = config_and_checkpoint(p, a, need=())  # run_evaluation says which it needs
+        start_runtime(a)
+        run_evaluation(config, checkpoint, ann=a.ann, img_prefix=a.img_prefix, out=a.out, iou_types=a.eval,
+                       max_images=a.max_images, force=a.force, results_file=a.results, overrides=a.cfg_options,
+                       static_shapes=a.static_shapes)
+    cli_main(body)

@@ -1,0 +1,228 @@
+"""`test.py` (one image -> picture) and `run.py` (folder / image / video -> pictures + results.json).
+
+    python test.py CONFIG CHECKPOINT --dataroot demo/demo.jpg --out demo_result.jpg
+    python run.py CONFIG CHECKPOINT INPUT --out OUTDIR
+(CONFIG and CHECKPOINT may also be given as --config / --checkpoint, as the older MindSpore port's test.py.)
+"""
+import argparse
+from collections import Counter
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from solov2.cli.common import (add_config_flags, add_force_flag, add_runtime_flags, add_static_shapes_flag, cli_main,
+                               config_and_checkpoint, start_runtime)
+from solov2.config import load_config
+from solov2.data.images import file_problem, read_image
+from solov2.errors import SolovError
+from solov2.evaluation.results import instances_to_records
+from solov2.files import already_exists, check_writable, write_image, write_json_atomic
+from solov2.overlap import overlapped
+from solov2.visualize import draw_instances
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".webm", ".m4v"}
+
+
+def predict_image(config: str, checkpoint: str, image: str, out: Optional[str], *, score_thr: float = 0.3,
+                  force: bool = False, overrides=(), static_shapes: bool = False) -> Path:
+    """One image -> a picture with masks, class names and scores. Returns the picture's path."""
+    from solov2.inference import Predictor, predict_timed  # builds MindSpore cells: after the cheap checks
+    img = read_image(image)
+    out_path = Path(out) if out else Path(f"{Path(image).stem}_result.jpg")
+    if out_path.resolve() == Path(image).resolve():
+        raise SolovError(f"{out_path}: --out is the input image; choose another file name")
+    check_writable(out_path, force)
+    cfg = load_config(config, overrides)
+    pred = Predictor(cfg, checkpoint, static_shapes=static_shapes)
+    res, t = predict_timed(pred, img)
+    write_image(out_path, draw_instances(img, res["masks"], res["labels"], res["scores"], pred.class_names,
+                                         score_thr=score_thr))
+    shown = int((res["scores"] >= score_thr).sum())
+    print(f"{image}: {len(res['scores'])} instances ({shown} with score >= {score_thr} drawn) -> {out_path}  "
+          f"[pre {t['preprocess']:.2f}s, net {t['network']:.2f}s, post {t['postprocess']:.2f}s]")
+    return out_path
+
+
+def picture_names(files: List[Path]) -> Dict[str, str]:
+    """Input file name -> output picture name: `<stem>.jpg`, or `<stem>_<ext>.jpg` where two inputs share a stem
+    (a.jpg and a.png must not both draw into a.jpg)."""
+    stems = Counter(p.stem for p in files)
+    return {p.name: f"{p.stem}.jpg" if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}.jpg"
+            for p in files}
+
+
+def check_pictures(out: Path, files: List[Path], pictures: Dict[str, str], video: Optional[Path],
+                   force: bool) -> None:
+    """Before any work: no output picture may be an input (never, even with --force), and none may exist
+    without --force. Video frames are `<video stem>_NNNNNN.jpg`."""
+    inputs = {p.resolve() for p in files}
+    planned = [out / name for name in pictures.values()]
+    for path in planned:
+        if path.resolve() in inputs:
+            raise SolovError(f"{path}: the output picture would replace the input image; choose another --out")
+    existing = [p for p in planned if p.exists()]
+    if video is not None and out.is_dir():
+        existing = sorted(out.glob(f"{video.stem}_" + "[0-9]" * 6 + ".jpg"))
+    if existing and not force:
+        raise already_exists(existing[0], f" ({len(existing)} output picture(s) would be replaced)")
+
+
+def compile_note(pred) -> str:
+    """'; GRAPH mode: N network graph(s) compiled' (nothing in PYNATIVE mode), for the closing line of a run."""
+    n = pred.compiled_graphs
+    return f"; GRAPH mode: {n} network graph(s) compiled" if n else ""
+
+
+def list_inputs(inp: Path) -> Tuple[str, List[Path]]:
+    """('images', files) for a folder or one image, ('video', [file]) for a video; SolovError otherwise."""
+    if inp.is_dir():
+        files = sorted(p for p in inp.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise SolovError(f"{inp}: folder contains no images ({', '.join(sorted(IMAGE_EXTS))})")
+        return "images", files
+    if not inp.exists():
+        raise SolovError(f"{inp}: no such file or folder")
+    if inp.suffix.lower() in VIDEO_EXTS:
+        return "video", [inp]
+    if inp.suffix.lower() in IMAGE_EXTS:
+        return "images", [inp]
+    raise SolovError(f"{inp}: not an image, a video ({', '.join(sorted(VIDEO_EXTS))}) or a folder")
+
+
+def video_frames(path: Path) -> Iterator[Tuple[str, np.ndarray]]:
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise SolovError(f"{path}: cannot open the video")
+    i = 0
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            yield f"{path.stem}_{i:06d}.jpg", frame
+            i += 1
+    finally:
+        cap.release()
+    if i == 0:
+        raise SolovError(f"{path}: the video has no readable frames")
+
+
+def predict_many(config: str, checkpoint: str, inp: str, outdir: str, *, score_thr: float = 0.3,
+                 force: bool = False, skip_bad: bool = False, overrides=(), static_shapes: bool = False) -> Path:
+    """Folder / image / video -> OUTDIR/<name>.jpg per image or frame and OUTDIR/results.json.
+
+    results.json: a list of instances {file_name, label, category_name, score, bbox [x, y, w, h],
+    segmentation (COCO RLE)}, written atomically at the end.
+    """
+    from solov2.inference import Predictor  # builds MindSpore cells: after the cheap checks
+    kind, files = list_inputs(Path(inp))
+    out = Path(outdir)
+    results_path = out / "results.json"
+    if out.exists() and not out.is_dir():
+        raise SolovError(f"{out}: --out exists and is not a folder")
+    if results_path.exists() and not force:
+        raise already_exists(results_path)
+    if kind == "images" and not skip_bad:  # a bad file found now costs nothing; found at image 900 it costs hours
+        for p in files:
+            problem = file_problem(p)
+            if problem:
+                raise SolovError(f"{p}: {problem} (use --skip-bad to skip unreadable images)")
+    pictures = picture_names(files) if kind == "images" else {}
+    check_pictures(out, files, pictures, video=files[0] if kind == "video" else None, force=force)
+    cfg = load_config(config, overrides)
+    pred = Predictor(cfg, checkpoint, static_shapes=static_shapes)
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == "video":
+        cap = cv2.VideoCapture(str(files[0]))
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        cap.release()
+        items = video_frames(files[0])
+    else:
+        total = len(files)
+        items = ((p.name, p) for p in files)
+    records, skipped = [], []
+
+    def prepare(item):
+        name, src = item
+        try:
+            img = read_image(src) if isinstance(src, Path) else src
+        except SolovError as e:
+            if not skip_bad:
+                raise SolovError(f"{e} (use --skip-bad to skip unreadable images)") from None
+            return e
+        return img, *pred.prepare(img)
+
+    def run(prepared):
+        return None if isinstance(prepared, SolovError) else pred.network(prepared[1])
+
+    def finish(item, prepared, outputs):
+        if isinstance(prepared, SolovError):
+            return prepared
+        name, (img, _, meta) = item[0], prepared
+        res = pred.finish(outputs, meta)
+        write_image(out / pictures.get(name, name),  # video frames are named as their pictures
+                    draw_instances(img, res["masks"], res["labels"], res["scores"], pred.class_names,
+                                   score_thr=score_thr))
+        return instances_to_records(name, res["masks"], res["labels"], res["scores"], pred.class_names)
+
+    n = 0
+    bar = tqdm(total=total, unit="img", desc="SOLOv2", dynamic_ncols=True)
+    for done in overlapped(items, prepare, run, finish):
+        bar.update(1)
+        if isinstance(done, SolovError):
+            tqdm.write(f"warning: skipped {done}")
+            skipped.append(done)
+            continue
+        records += done
+        n += 1
+    bar.close()
+    write_json_atomic(results_path, records)
+    print(f"{n} image(s), {len(records)} instances -> {out}/ (pictures) and {results_path}"
+          + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else "") + compile_note(pred))
+    return results_path
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--score_thr", type=float, default=0.3, help="draw instances with at least this score")
+    add_runtime_flags(p)
+    add_static_shapes_flag(p)
+
+
+def test_main(argv=None) -> None:
+    """test.py: CONFIG CHECKPOINT --dataroot IMAGE [--out PICTURE]."""
+    def body():
+        p = argparse.ArgumentParser(description="One image -> a picture of the SOLOv2 instances.")
+        add_config_flags(p)
+        p.add_argument("--dataroot", default="demo/demo.jpg", help="input image (default: %(default)s)")
+        p.add_argument("--out", default=None, help="output picture (default: <image name>_result.jpg)")
+        _common(p)
+        add_force_flag(p, "--out")
+        a = p.parse_args(argv)
+        config, checkpoint = config_and_checkpoint(p, a, need=("config", "checkpoint"))
+        start_runtime(a)
+        predict_image(config, checkpoint, a.dataroot, a.out, score_thr=a.score_thr, force=a.force,
+                      overrides=a.cfg_options, static_shapes=a.static_shapes)
+    cli_main(body)
+
+
+def run_main(argv=None) -> None:
+    """run.py: CONFIG CHECKPOINT INPUT --out OUTDIR."""
+    def body():
+        p = argparse.ArgumentParser(description="A folder of images, one image or a video -> pictures + COCO-style "
+                                                "results.json.")
+        add_config_flags(p)
+        p.add_argument("input", help="folder of images, an image, or a video file")
+        p.add_argument("--out", required=True, help="output folder (pictures + results.json)")
+        _common(p)
+        add_force_flag(p, "OUTDIR/results.json and the pictures")
+        p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
+        a = p.parse_args(argv)
+        config, checkpoint = config_and_checkpoint(p, a, need=("config", "checkpoint"))
+        start_runtime(a)
+        predict_many(config, checkpoint, a.input, a.out, score_thr=a.score_thr, force=a.force, skip_bad=a.skip_bad,
+                     overrides=a.cfg_options, static_shapes=a.static_shapes)
+    cli_main(body)

@@ -1,0 +1,49 @@
+"""`train.py` (one device) and `train_multi.py` (data parallel under msrun): flags -> a loaded config -> train.
+
+    python train.py CONFIG [--load-from SOLOv2_LIGHT_448_R18_3x.ckpt] [--work-dir work_dirs/trashcan_r18]
+    bash msrun_launcher.sh "train_multi.py --config CONFIG --load-from SOLOv2_R101_3x.ckpt --device_target Ascend" 8
+"""
+import argparse
+from pathlib import Path
+from typing import Optional, Sequence
+
+from solov2.cli.common import add_config_flags, add_runtime_flags, cli_main, config_and_checkpoint, start_runtime
+
+DESCRIPTIONS = {False: "Fine-tune SOLOv2 on a COCO-format dataset on one device.",
+                True: "Data-parallel SOLOv2 fine-tuning, started by msrun (see msrun_launcher.sh); resumes from the "
+                      "newest snapshot."}
+
+
+def parser(distributed: bool) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=DESCRIPTIONS[distributed])
+    add_config_flags(p, checkpoint=False)
+    p.add_argument("--work-dir", default=None, help="snapshots and logs (default: config work_dir or work_dirs/<config>)")
+    # The "resume after a crash" use of train_multi.py: relaunching the same command continues the run.
+    p.add_argument("--resume", default="auto" if distributed else None, metavar="auto|PATH",
+                   help="continue from the newest (auto) or a given snapshot" + (" (default: auto)" if distributed
+                                                                                   else ""))
+    p.add_argument("--load-from", default=None, help="initial weights (.ckpt), e.g. a converted COCO checkpoint")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random, logged)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bitwise-reproducible runs)")
+    p.add_argument("--keep-last", type=int, default=3, help="keep the newest K snapshots (0: all)")
+    add_runtime_flags(p)
+    return p
+
+
+def work_dir_of(cfg, config_path: str, work_dir: Optional[str]) -> Path:
+    """--work-dir, else the config's work_dir, else work_dirs/<config file stem>."""
+    return Path(work_dir or cfg.work_dir or Path("work_dirs") / Path(config_path).stem)
+
+
+def main(argv: Optional[Sequence[str]] = None, distributed: bool = False) -> None:
+    def body():
+        p = parser(distributed)
+        a = p.parse_args(argv)
+        config, _ = config_and_checkpoint(p, a)
+        start_runtime(a, deterministic=a.deterministic)
+        from solov2.config import load_config  # after the context: training builds cells right away
+        from solov2.engine.train import train
+        cfg = load_config(config, a.cfg_options)
+        train(cfg, work_dir_of(cfg, config, a.work_dir), resume=a.resume, load_from=a.load_from, seed=a.seed,
+              mode=a.mode, distributed=distributed, keep_last=a.keep_last)
+    cli_main(body)

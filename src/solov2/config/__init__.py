@@ -1,0 +1,12 @@
+"""SOLOv2 configuration: official SOLO (mmdetection-1.x style) config files -> frozen, validated settings.
+
+  reader.py   the file's names evaluated safely (no exec) and `a.b.c=value` overrides
+  keys.py     every key the official files use or this port reads (unknown keys are errors)
+  schema.py   the frozen dataclasses the package consumes and `load_config`, which validates
+"""
+from solov2.config.reader import ConfigError, apply_overrides, load_config_dict
+from solov2.config.schema import (BackboneConfig, DataConfig, HeadConfig, MaskFeatConfig, NeckConfig, OptimConfig,
+                                  SOLOv2Config, TestConfig, load_config)
+
+__all__ = ["ConfigError", "apply_overrides", "load_config_dict", "BackboneConfig", "DataConfig", "HeadConfig",
+           "MaskFeatConfig", "NeckConfig", "OptimConfig", "SOLOv2Config", "TestConfig", "load_config"]

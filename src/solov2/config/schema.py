@@ -1,0 +1,404 @@
+"""SOLOv2 configuration schema: frozen, typed settings built from official SOLO (mmdetection-1.x style) config files.
+
+The dataclasses below are what the rest of the package consumes (frozen: a setting is changed by an override when
+the config is loaded, or by `dataclasses.replace`, never in place). `load_config(path, overrides=())` reads an
+official config file (``configs/solov2/*.py``, through `config.reader`, never executed) and returns a validated
+`SOLOv2Config`; every ConfigError message starts with the config file path.
+"""
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, List, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """model.backbone: a torchvision-style ResNet (style='pytorch')."""
+    depth: int = 101                      # 18, 34, 50 or 101
+    frozen_stages: int = 1                # stem + layer1 frozen
+    norm_eval: bool = True                # BN running stats frozen in training
+    out_indices: Tuple[int, ...] = (0, 1, 2, 3)
+
+
+@dataclass(frozen=True)
+class NeckConfig:
+    """model.neck: FPN, P2..P6 (num_outs=5; P6 = max-pool of P5)."""
+    in_channels: Tuple[int, ...] = (256, 512, 1024, 2048)
+    out_channels: int = 256
+    num_outs: int = 5
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """model.bbox_head (SOLOv2Head) and its losses (loss_ins: Dice, loss_cate: sigmoid focal)."""
+    num_classes: int = 81                 # official convention: foreground classes + 1 (background)
+    in_channels: int = 256
+    stacked_convs: int = 4
+    seg_feat_channels: int = 512
+    ins_out_channels: int = 256           # E: dynamic-kernel size = mask-feature channels
+    strides: Tuple[int, ...] = (8, 8, 16, 32, 32)
+    scale_ranges: Tuple[Tuple[int, int], ...] = ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048))
+    sigma: float = 0.2
+    num_grids: Tuple[int, ...] = (40, 36, 24, 16, 12)
+    ins_loss_weight: float = 3.0
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    cate_loss_weight: float = 1.0
+
+    @property
+    def cate_out_channels(self) -> int:
+        return self.num_classes - 1
+
+
+@dataclass(frozen=True)
+class MaskFeatConfig:
+    """model.mask_feat_head: fuses FPN levels start_level..end_level (P2..P5) at 1/4 scale into E mask-feature
+    channels; E is called num_classes in the official config."""
+    in_channels: int = 256
+    out_channels: int = 128
+    start_level: int = 0
+    end_level: int = 3
+    num_classes: int = 256                # official name; = output channels E (ins_out_channels)
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    """test_cfg: candidate selection and Matrix NMS."""
+    nms_pre: int = 500
+    score_thr: float = 0.1
+    mask_thr: float = 0.5
+    update_thr: float = 0.05
+    kernel: str = "gaussian"              # 'gaussian' or 'linear'
+    sigma: float = 2.0
+    max_per_img: int = 100
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """data.* and the pipelines' settings (img_norm_cfg, Resize scales, RandomFlip, Pad)."""
+    mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)   # RGB
+    std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
+    to_rgb: bool = True
+    test_scale: Tuple[int, int] = (1333, 800)                      # (long, short)
+    train_scales: Tuple[Tuple[int, int], ...] = ((1333, 800),)
+    flip_ratio: float = 0.5
+    size_divisor: int = 32
+    imgs_per_gpu: int = 2
+    workers_per_gpu: int = 2
+    train_ann_file: str = ""
+    train_img_prefix: str = ""
+    val_ann_file: str = ""
+    val_img_prefix: str = ""
+    test_ann_file: str = ""
+    test_img_prefix: str = ""
+    train_max_images: Optional[int] = None                         # data.train.max_images: first N images only
+    skip_bad: bool = False                                         # data.skip_bad: skip broken images with a warning
+    canvas_buckets: bool = True                                    # data.canvas_buckets: fixed per-scale batch canvases
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """optimizer, optimizer_config.grad_clip, lr_config and total_epochs."""
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: Optional[float] = 35.0
+    warmup: Optional[str] = "linear"
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.01
+    lr_steps: Tuple[int, ...] = (27, 33)
+    lr_gamma: float = 0.1
+    total_epochs: int = 36
+
+
+@dataclass(frozen=True)
+class SOLOv2Config:
+    """Everything the package reads from one config file; built by `load_config`, never changed afterwards."""
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    mask_feat: MaskFeatConfig = field(default_factory=MaskFeatConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    class_names: Optional[Tuple[str, ...]] = None  # the config's `classes=`/`CLASSES=`, else the dataset's
+    load_from: Optional[str] = None
+    work_dir: Optional[str] = None
+    resume_from: Optional[str] = None
+    pretrained: Optional[str] = None          # model.pretrained, e.g. 'torchvision://resnet101'
+    checkpoint_interval: int = 1              # checkpoint_config.interval (epochs)
+    log_interval: int = 50                    # log_config.interval (iterations)
+    source: str = ""                          # the file this was read from
+
+
+
+from solov2.config.keys import SCHEMA_KEYS, SECTIONS
+from solov2.config.reader import ConfigError, _is_int, _is_num, apply_overrides, load_config_dict  # noqa: F401 (API)
+
+
+# ------------------------------------------------------------------------ typed, validated config
+_MISSING = object()
+_NO_DCN = "deformable convolution (DCN) is not supported by this port"
+_STEPS = ("LoadImageFromFile", "LoadAnnotations", "Resize", "RandomFlip", "Normalize", "Pad",
+          "DefaultFormatBundle", "ImageToTensor", "Collect", "MultiScaleFlipAug")
+_SEQ = (list, tuple)
+_KINDS = {  # kind -> (test, convert, description)
+    "any": (lambda v: True, lambda v: v, ""), "int": (_is_int, int, "an integer"),
+    "num": (_is_num, float, "a number"), "bool": (lambda v: isinstance(v, (bool, int)), bool, "a boolean"),
+    "str": (lambda v: isinstance(v, str), str, "a string"), "dict": (lambda v: isinstance(v, dict), dict, "a dict"),
+    "str?": (lambda v: v is None or isinstance(v, str), lambda v: v, "a string or None"),
+    "int?": (lambda v: v is None or _is_int(v), lambda v: v if v is None else int(v), "an integer or None"),
+    "names": (lambda v: isinstance(v, _SEQ) and all(isinstance(x, str) for x in v), tuple, "a list of strings"),
+    "ints": (lambda v: isinstance(v, _SEQ) and all(map(_is_int, v)), tuple, "a list of integers"),
+    "rgb": (lambda v: isinstance(v, _SEQ) and len(v) == 3 and all(map(_is_num, v)), lambda v: tuple(map(float, v)),
+            "a list of 3 numbers"),
+    "scale": (lambda v: isinstance(v, tuple) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v), tuple,
+              "a (long, short) tuple of positive integers"),
+    # ranges: a value outside them is a typo or a silent no-op (total_epochs=0 trains nothing), never a setting
+    "int>=1": (lambda v: _is_int(v) and v >= 1, int, "an integer >= 1"),
+    "int>=0": (lambda v: _is_int(v) and v >= 0, int, "an integer >= 0"),
+    "num>0": (lambda v: _is_num(v) and v > 0, float, "a number > 0"),
+    "num>=0": (lambda v: _is_num(v) and v >= 0, float, "a number >= 0"),
+    "0..1": (lambda v: _is_num(v) and 0 <= v <= 1, float, "a number in [0, 1]"),
+    "ints>=1": (lambda v: isinstance(v, _SEQ) and all(_is_int(x) and x >= 1 for x in v), tuple,
+                "a list of integers >= 1"),
+    "ranges": (lambda v: isinstance(v, _SEQ) and all(isinstance(p, _SEQ) and len(p) == 2 and all(map(_is_int, p))
+                                                     for p in v), lambda v: tuple(map(tuple, v)), "(low, high) pairs"),
+}
+
+
+class _Sec:
+    """One config dict and its dotted location; checked access whose errors name the file and the key."""
+
+    def __init__(self, path: str, d: dict, where: str = ""):
+        self.path, self.d, self.where = path, d, where
+
+    def fail(self, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {self.where + '.' if self.where else ''}{key}: {msg}")
+
+    def check(self, key: str, value: Any, kind: str) -> Any:
+        """value (found at `key`) checked and converted as `kind`, a _KINDS key."""
+        test, convert, desc = _KINDS[kind]
+        if not test(value):
+            raise self.fail(key, f"must be {desc}, got {value!r}")
+        return convert(value)
+
+    def get(self, key: str, kind: str = "any", default: Any = _MISSING) -> Any:
+        """d[key] checked as `kind`; `default` if absent, else required."""
+        if key not in self.d and default is _MISSING:
+            close = difflib.get_close_matches(key, [str(k) for k in self.d], n=1)
+            raise self.fail(key, "missing (required)" + (f"; the file has {close[0]!r}: a typo?" if close else ""))
+        return self.check(key, self.d[key], kind) if key in self.d else default
+
+    def one_of(self, key: str, allowed: tuple, default: Any = _MISSING) -> Any:
+        """d[key] (a list compares as a tuple), which must be one of `allowed`."""
+        v = self.get(key, "any", default)
+        v = tuple(v) if isinstance(v, list) else v
+        if v not in allowed or isinstance(v, bool) != isinstance(allowed[0], bool):
+            raise self.fail(key, f"{v!r} is not supported by this port (supported: {', '.join(map(repr, allowed))})")
+        return v
+
+    def sub(self, key: str, default: Any = _MISSING) -> "_Sec":
+        return _Sec(self.path, self.get(key, "dict", default), f"{self.where + '.' if self.where else ''}{key}")
+
+    def forbid(self, *keys: str, msg: str = "") -> None:
+        """Settings that must be absent, falsy or a list/tuple of falsy values (e.g. stage_with_dcn)."""
+        for key in keys:
+            if self.d.get(key) and not (isinstance(self.d[key], (list, tuple)) and not any(self.d[key])):
+                raise self.fail(key, msg or f"{self.d[key]!r} is not supported by this port")
+
+
+def _model(top: _Sec) -> tuple:
+    """model.* -> (BackboneConfig, NeckConfig, HeadConfig, MaskFeatConfig, model.pretrained)."""
+    model = top.sub("model")
+    model.one_of("type", ("SOLOv2",))
+    b = model.sub("backbone")
+    b.forbid("dcn", "stage_with_dcn", msg=_NO_DCN)
+    b.one_of("type", ("ResNet",)), b.one_of("num_stages", (4,), 4), b.one_of("style", ("pytorch",), "pytorch")
+    b.sub("norm_cfg", {}).one_of("type", ("BN",), "BN")
+    backbone = BackboneConfig(depth=b.one_of("depth", (18, 34, 50, 101)),
+                              frozen_stages=b.one_of("frozen_stages", (-1, 0, 1, 2, 3, 4), -1),
+                              norm_eval=b.get("norm_eval", "bool", True),
+                              out_indices=b.one_of("out_indices", ((0, 1, 2, 3),), (0, 1, 2, 3)))
+    n = model.sub("neck")
+    n.one_of("type", ("FPN",)), n.one_of("start_level", (0,), 0), n.one_of("end_level", (-1, 4), -1)
+    n.forbid("add_extra_convs", "conv_cfg", "norm_cfg", "activation")
+    base = 64 if backbone.depth < 50 else 256
+    neck = NeckConfig(in_channels=n.one_of("in_channels", (tuple(base << i for i in range(4)),)),
+                      out_channels=n.get("out_channels", "int"), num_outs=n.one_of("num_outs", (5,)))
+    h = model.sub("bbox_head")
+    if h.get("type", "str") != "SOLOv2Head":
+        raise h.fail("type", f"{h.d['type']!r} is not supported by this port (only 'SOLOv2Head'; "
+                             "SOLOv2LightHead, SOLOHead and DecoupledSOLOHead are not)")
+    h.forbid("use_dcn_in_tower", "type_dcn", msg=_NO_DCN)
+    h.forbid("conv_cfg")
+    li, lc = h.sub("loss_ins"), h.sub("loss_cate")
+    li.one_of("type", ("DiceLoss",)), lc.one_of("type", ("FocalLoss",)), lc.one_of("use_sigmoid", (True,), True)
+    head = HeadConfig(  # defaults: those of the official SOLOv2Head signature / FocalLoss
+        num_classes=h.get("num_classes", "int"), in_channels=h.get("in_channels", "int>=1"),
+        stacked_convs=h.get("stacked_convs", "int>=1", 4), seg_feat_channels=h.get("seg_feat_channels", "int>=1", 256),
+        ins_out_channels=h.get("ins_out_channels", "int>=1", 64), strides=h.get("strides", "ints>=1", (4, 8, 16, 32, 64)),
+        scale_ranges=h.get("scale_ranges", "ranges", ((8, 32), (16, 64), (32, 128), (64, 256), (128, 512))),
+        sigma=h.get("sigma", "num>0", 0.2), num_grids=h.get("num_grids", "ints>=1"),
+        ins_loss_weight=li.get("loss_weight", "num>=0"), focal_gamma=lc.get("gamma", "num>=0", 2.0),
+        focal_alpha=lc.get("alpha", "0..1", 0.25), cate_loss_weight=lc.get("loss_weight", "num>=0", 1.0))
+    if head.num_classes < 2:
+        raise h.fail("num_classes", "must be >= 2 (number of classes + 1 for background)")
+    for key in ("strides", "scale_ranges", "num_grids"):
+        if len(getattr(head, key)) != neck.num_outs:
+            raise h.fail(key, f"needs {neck.num_outs} entries, one per FPN level")
+    m = model.sub("mask_feat_head")
+    m.one_of("type", ("MaskFeatHead",))
+    if m.d.get("conv_cfg") is not None:
+        raise m.fail("conv_cfg", _NO_DCN if "DCN" in repr(m.d["conv_cfg"]) else "only conv_cfg=None is supported")
+    m.sub("norm_cfg").one_of("type", ("GN",)), m.sub("norm_cfg").one_of("num_groups", (32,))
+    mask_feat = MaskFeatConfig(in_channels=m.get("in_channels", "int"), out_channels=m.get("out_channels", "int"),
+                               start_level=m.one_of("start_level", (0,)), end_level=m.one_of("end_level", (3,)),
+                               num_classes=m.get("num_classes", "int"))
+    for sec, key, got, want, what in (
+            (m, "num_classes", mask_feat.num_classes, head.ins_out_channels, "model.bbox_head.ins_out_channels"),
+            (m, "in_channels", mask_feat.in_channels, neck.out_channels, "model.neck.out_channels"),
+            (h, "in_channels", head.in_channels, neck.out_channels, "model.neck.out_channels")):
+        if got != want:
+            raise sec.fail(key, f"{got} must equal {what} ({want})")
+    return backbone, neck, head, mask_feat, model.get("pretrained", "str?", None)
+
+
+def _steps(top: _Sec, data: _Sec, split: str) -> List[_Sec]:
+    """Pipeline steps of data.<split> (else top-level <split>_pipeline), MultiScaleFlipAug transforms inlined."""
+    ds = data.d.get(split)
+    todo = [(f"data.{split}.pipeline", ds["pipeline"]) if isinstance(ds, dict) and "pipeline" in ds
+            else (f"{split}_pipeline", top.d.get(f"{split}_pipeline"))]
+    out = []
+    for where, steps in todo:                                      # grows while iterating
+        if not isinstance(steps, (list, tuple)):
+            raise top.fail(where, "missing or not a list of dict(type=...) steps")
+        for i, s in enumerate(steps):
+            if not isinstance(s, dict) or s.get("type") not in _STEPS:
+                raise top.fail(f"{where}[{i}]", f"pipeline step {s.get('type') if isinstance(s, dict) else s!r} "
+                                                "is not supported by this port")
+            out.append(_Sec(top.path, s, f"{where}[{i}]"))
+            if s["type"] == "MultiScaleFlipAug":
+                todo.append((f"{where}[{i}].transforms", s.get("transforms")))
+    return out
+
+
+def _data(top: _Sec) -> DataConfig:
+    data = top.sub("data")
+    train, test = _steps(top, data, "train"), _steps(top, data, "test")
+
+    def find(steps: List[_Sec], kind: str) -> List[_Sec]:
+        return [s for s in steps if s.d["type"] == kind]
+    norm = (find(test, "Normalize") or [top.sub("img_norm_cfg")])[0]
+    for s in find(train + test, "Resize"):
+        s.one_of("keep_ratio", (True,), True), s.forbid("ratio_range")
+    ts = (find(test, "MultiScaleFlipAug") or [s for s in find(test, "Resize") if "img_scale" in s.d]
+          or [_Sec(top.path, {}, "data.test.pipeline")])[0]
+    ts.forbid("flip", msg="flip test-time augmentation is not supported by this port")
+    scales = ts.get("img_scale")
+    if isinstance(scales, list) and len(scales) != 1:
+        raise ts.fail("img_scale", "multi-scale testing is not supported by this port")
+    test_scale = ts.check("img_scale", scales[0] if isinstance(scales, list) else scales, "scale")
+    resize = find(train, "Resize")
+    if len(resize) != 1:
+        raise data.fail("train.pipeline", "needs exactly one Resize step")
+    scales = resize[0].get("img_scale")
+    scales = scales if isinstance(scales, list) else [scales]
+    train_scales = tuple(resize[0].check("img_scale", s, "scale") for s in scales)
+    if len(train_scales) > 1 and resize[0].one_of("multiscale_mode", ("value", "range"), "range") != "value":
+        raise resize[0].fail("multiscale_mode", "'range' (random size between two scales) is not supported by this "
+                                                "port; use multiscale_mode='value' with a list of scales")
+    flip = (find(train, "RandomFlip") or [_Sec(top.path, {}, "")])[0]
+    flip.one_of("direction", ("horizontal",), "horizontal")
+    pad = (find(train, "Pad") or find(test, "Pad") or [_Sec(top.path, {}, "data.train.pipeline")])[0]
+    if pad.get("size_divisor", "int") % 32:
+        raise pad.fail("size_divisor", "must be a multiple of 32")
+    files = {}
+    for split in ("train", "val", "test"):
+        ds = data.sub(split, None if split != "train" else _MISSING)
+        if ds.d is not None:
+            ds.one_of("type", ("CocoDataset",))
+        for key in ("ann_file", "img_prefix"):
+            files[f"{split}_{key}"] = ds.get(key, "str", "") if ds.d is not None else ""
+    max_images = data.sub("train").get("max_images", "int?", None)
+    if max_images is not None and max_images < 1:
+        raise data.fail("train.max_images", "must be >= 1")
+    return DataConfig(mean=norm.get("mean", "rgb"), std=norm.get("std", "rgb"), to_rgb=norm.get("to_rgb", "bool", True),
+                      test_scale=test_scale, train_scales=train_scales,
+                      flip_ratio=flip.check("flip_ratio", flip.d.get("flip_ratio") or 0.0, "num"),
+                      size_divisor=pad.get("size_divisor", "int"), imgs_per_gpu=data.get("imgs_per_gpu", "int>=1"),
+                      workers_per_gpu=data.get("workers_per_gpu", "int>=0"), **files, train_max_images=max_images,
+                      skip_bad=data.get("skip_bad", "bool", False),
+                      canvas_buckets=data.get("canvas_buckets", "bool", True))
+
+
+def _optim(top: _Sec) -> OptimConfig:
+    o, lc = top.sub("optimizer"), top.sub("lr_config")
+    o.one_of("type", ("SGD",)), o.forbid("paramwise_options", "nesterov")
+    oc = top.sub("optimizer_config", {})
+    clip = oc.sub("grad_clip") if oc.d.get("grad_clip") is not None else None
+    if clip:
+        clip.one_of("norm_type", (2,), 2)
+    lc.one_of("policy", ("step",)), lc.one_of("by_epoch", (True,), True)
+    warmup, total = lc.one_of("warmup", (None, "linear"), None), top.get("total_epochs", "int>=1")
+    if warmup and lc.get("warmup_iters", "int") <= 0:
+        raise lc.fail("warmup_iters", "must be > 0 when warmup is set")
+    step = lc.get("step")                                   # an int k means "every k epochs"
+    return OptimConfig(lr=o.get("lr", "num>0"), momentum=o.get("momentum", "0..1", 0.0),
+                       weight_decay=o.get("weight_decay", "num>=0", 0.0),
+                       grad_clip=clip and clip.get("max_norm", "num>0"), warmup=warmup,
+                       warmup_iters=lc.get("warmup_iters", "int>=0", 0), warmup_ratio=lc.get("warmup_ratio", "0..1", 0.1),
+                       lr_steps=tuple(range(step, total, step)) if _is_int(step) and step > 0 else lc.get("step", "ints"),
+                       lr_gamma=lc.get("gamma", "num>0", 0.1), total_epochs=total)
+
+
+
+
+def _check_known_keys(top: _Sec) -> None:
+    """Every key of a checked section is one the official files use or this port reads (config_keys.SECTIONS);
+    any other is a typo or a setting this port would silently ignore: an error naming the closest key."""
+    for where, allowed in SECTIONS.items():
+        d = top.d
+        for part in where.split("."):
+            d = d.get(part) if isinstance(d, dict) else None
+        for key in (d if isinstance(d, dict) else ()):
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                raise ConfigError(f"{top.path}: {where}.{key}: unknown setting"
+                                  + (f" (did you mean {close[0]!r}?)" if close else "")
+                                  + f"; {where} takes: {', '.join(sorted(allowed))}")
+
+
+def load_config(path, overrides: Iterable[str] = ()) -> SOLOv2Config:
+    """Read an official-style SOLOv2 config (str or os.PathLike), apply "a.b=value" overrides, validate.
+
+    Returns SOLOv2Config. Raises ConfigError "<path>: <dotted.key>: <reason>" for missing or malformed
+    settings and for settings this port does not support (DCN, other heads, 'range' multi-scale, ...).
+    """
+    path = os.fspath(path)
+    top = _Sec(path, apply_overrides(load_config_dict(path), overrides, source=path, known_keys=SCHEMA_KEYS))
+    backbone, neck, head, mask_feat, pretrained = _model(top)
+    t = top.sub("test_cfg")
+    test = TestConfig(nms_pre=t.get("nms_pre", "int>=1"), score_thr=t.get("score_thr", "0..1"),
+                      mask_thr=t.get("mask_thr", "0..1"), update_thr=t.get("update_thr", "0..1"),
+                      kernel=t.one_of("kernel", ("gaussian", "linear")), sigma=t.get("sigma", "num>0"),
+                      max_per_img=t.get("max_per_img", "int>=1"))
+    data, optim = _data(top), _optim(top)
+    _check_known_keys(top)
+    sec, key = next(((s, k) for s, k in ((top.sub("data").sub("train"), "classes"), (top, "classes"), (top, "CLASSES"))
+                     if k in s.d), (top, "classes"))
+    names = sec.get(key, "names", None)
+    if names is not None and len(names) != head.num_classes - 1:
+        raise sec.fail(key, f"{len(names)} class names, but model.bbox_head.num_classes={head.num_classes} "
+                            "(must be the number of classes + 1 for background)")
+    intervals = {}
+    for name, field_name, default in (("checkpoint_config", "checkpoint_interval", 1),
+                                      ("log_config", "log_interval", 50)):
+        sec = top.sub(name, {})
+        intervals[field_name] = sec.get("interval", "int", default)
+        if intervals[field_name] < 1:
+            raise sec.fail("interval", f"must be >= 1, got {intervals[field_name]}")
+    return SOLOv2Config(backbone=backbone, neck=neck, head=head, mask_feat=mask_feat, test=test, data=data,
+                        optim=optim, class_names=names, load_from=top.get("load_from", "str?", None),
+                        work_dir=top.get("work_dir", "str?", None), resume_from=top.get("resume_from", "str?", None),
+                        pretrained=pretrained, **intervals, source=path)

@@ -1,0 +1,101 @@
+"""Process-level MindSpore setup: the CPU convolution cap, device and mode, distributed initialisation."""
+import os
+import platform
+import sys
+from typing import Optional, Tuple
+
+import mindspore as ms
+
+from solov2.errors import SolovError, first_line
+
+MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
+
+
+ONEDNN_ISA_VAR = "ONEDNN_MAX_CPU_ISA"
+ONEDNN_ISA_CAP = "AVX2"
+
+
+def cpu_kind() -> str:
+    """'x86_64 AVX-512' / 'x86_64 AVX2' / the machine name: what decides MindSpore's CPU convolution speed."""
+    machine = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if machine in ("x86_64", "AMD64"):
+        return f"{machine} {'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'}"
+    return machine
+
+
+def cap_cpu_isa() -> Optional[str]:
+    """Cap oneDNN at AVX2 on x86 CPUs, unless the user set ONEDNN_MAX_CPU_ISA; returns the cap set (or None).
+
+    Why: on CPUs with AVX-512 (Intel Xeon, AMD Zen 4), MindSpore 2.10's oneDNN runs NCHW float32 convolutions
+    as `jit_uni_ncsp:conv+ref:any`, a reference loop at 0.5-0.9 GFLOP/s (measured here); capped at AVX2 it picks
+    `gemm:jit` at 65-170 GFLOP/s, with the same results to float32 rounding. oneDNN reads the variable when it
+    first dispatches, so this must run before the first MindSpore kernel; the environment is inherited by msrun
+    workers and subprocesses. Set ONEDNN_MAX_CPU_ISA=ALL to keep oneDNN's own choice.
+    """
+    if platform.machine() not in ("x86_64", "AMD64") or ONEDNN_ISA_VAR in os.environ:
+        return None
+    os.environ[ONEDNN_ISA_VAR] = ONEDNN_ISA_CAP
+    kind = cpu_kind()
+    if "AVX-512" in kind:
+        print(f"solov2: {kind} CPU: capping oneDNN at {ONEDNN_ISA_CAP} ({ONEDNN_ISA_VAR}={ONEDNN_ISA_CAP}), "
+              f"its AVX-512 convolution path is 100x slower; set {ONEDNN_ISA_VAR}=ALL to turn this off",
+              file=sys.stderr)
+    return ONEDNN_ISA_CAP
+
+
+def set_mode(mode: str) -> None:
+    """'graph' = GRAPH_MODE, 'pynative' = PYNATIVE_MODE (the benchmark switches between them in one process)."""
+    if mode not in MODES:
+        raise SolovError(f"--mode must be 'graph' or 'pynative', got {mode!r}")
+    ms.set_context(mode=MODES[mode])
+
+
+def set_runtime(device_target: str = "CPU", mode: str = "graph", device_id: Optional[int] = None,
+                deterministic: bool = False) -> None:
+    """Select the device and execution mode, once per process, before any cell is built.
+
+    The only place where the package sets MindSpore's context. On CPU, oneDNN is first capped at AVX2 (see
+    `cap_cpu_isa`). On Ascend, operators are kept in float32 ('must_keep_origin_dtype'); the default would let
+    convolutions run in float16, which breaks the 1e-4 parity with the official model. deterministic: kernels
+    with a fixed reduction order (bitwise-reproducible training runs, slower).
+    """
+    if device_target not in ("CPU", "GPU", "Ascend"):
+        raise SolovError(f"--device_target must be CPU, GPU or Ascend, got {device_target!r}")
+    if device_target == "CPU":
+        cap_cpu_isa()
+    set_mode(mode)
+    if deterministic:
+        ms.set_context(deterministic="ON")
+    if device_id is None:
+        device_id = int(os.environ.get("DEVICE_ID", 0))
+    try:
+        ms.set_device(device_target, device_id)
+    except (RuntimeError, ValueError) as e:  # e.g. GPU or Ascend asked of a CPU-only MindSpore build
+        raise SolovError(f"--device_target {device_target}: not usable with this MindSpore ({first_line(e)})") \
+            from None
+    if device_target == "Ascend":
+        try:
+            from mindspore.device_context.ascend.op_precision import precision_mode
+            precision_mode("must_keep_origin_dtype")
+        except (ImportError, AttributeError, RuntimeError):  # older MindSpore: the ascend_config context key
+            ms.set_context(ascend_config={"precision_mode": "must_keep_origin_dtype"})
+
+
+def init_distributed(distributed: bool) -> Tuple[int, int]:
+    """(rank, world). Under msrun/rank tables (or distributed=True) initialise HCCL/MCCL and data parallelism."""
+    launched = "MS_ROLE" in os.environ or "RANK_TABLE_FILE" in os.environ
+    if not (distributed or launched):
+        return 0, 1
+    if not launched:
+        raise SolovError("distributed training needs a launcher: use msrun_launcher.sh (see README)")
+    from mindspore.communication import get_group_size, get_rank, init
+    init()
+    world = get_group_size()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=world)
+    return get_rank(), world

@@ -1,0 +1,154 @@
+"""The fine-tuning loop, shared by train.py (one device) and train_multi.py (data parallel under msrun).
+
+One plain loop over a built model: deterministic batches -> the train step (forward, loss, grads, all-reduce,
+clip, SGD; jit-compiled in GRAPH mode) -> logs -> a snapshot after every epoch. A resume restarts at an epoch
+boundary with exactly the state of the run that wrote the snapshot (weights, optimizer, counters, data order).
+"""
+import time
+from pathlib import Path
+from typing import Optional
+
+import mindspore as ms
+import numpy as np
+from tqdm import tqdm
+
+from solov2.checkpoint import load_weights
+from solov2.config import SOLOv2Config
+from solov2.data.coco import CocoDataset
+from solov2.data.loader import TrainLoader
+from solov2.engine.logger import Logger
+from solov2.engine.optim import lr_schedule, make_optimizer
+from solov2.engine.run_record import changes_since_last_run, record_run
+from solov2.engine.runtime import init_distributed
+from solov2.engine.snapshot import (latest_valid_snapshot, load_snapshot, params_digest, prune_snapshots,
+                                    read_counters, save_snapshot)
+from solov2.engine.train_step import make_train_step, to_tensors
+from solov2.errors import SolovError
+from solov2.models import build_model
+
+
+def find_snapshot(work: Path, resume: Optional[str]) -> Optional[Path]:
+    """resume 'auto' -> the newest readable epoch_N.ckpt of `work` (None if there is none); a path -> that file."""
+    if resume == "auto":
+        return latest_valid_snapshot(work)
+    if resume:
+        snapshot = Path(resume)
+        if not snapshot.is_file():
+            raise SolovError(f"{snapshot}: no such snapshot to resume from")
+        return snapshot
+    return None
+
+
+def training_set(cfg: SOLOv2Config) -> CocoDataset:
+    """data.train as a CocoDataset whose category count equals the model's classes."""
+    d = cfg.data
+    dataset = CocoDataset(d.train_ann_file, d.train_img_prefix, skip_bad=d.skip_bad, max_images=d.train_max_images)
+    if len(dataset) == 0:
+        raise SolovError(f"{d.train_ann_file}: no usable training image")
+    if len(dataset.class_names) != cfg.head.cate_out_channels:
+        raise SolovError(f"{d.train_ann_file}: {len(dataset.class_names)} categories, but the config's model has "
+                         f"{cfg.head.cate_out_channels} classes (set model.bbox_head.num_classes="
+                         f"{len(dataset.class_names) + 1}: classes + background)")
+    return dataset
+
+
+def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_from: Optional[str] = None,
+          seed: Optional[int] = None, mode: str = "graph", distributed: bool = False, keep_last: int = 3) -> Path:
+    """Fine-tune SOLOv2 as `cfg` says; returns the work dir. See README "Fine-tuning" for the recipe.
+
+    resume: 'auto' (newest snapshot of work_dir, else a new run) or a snapshot path; its seed then wins over
+    `seed`. load_from: initial weights (default cfg.load_from; parameters whose shape differs, e.g. the class
+    channels of a COCO checkpoint, keep their fresh initialisation). mode: 'graph' jit-compiles the step.
+    keep_last: snapshots kept (0: all). MindSpore's context must be set already (`set_runtime`).
+    """
+    rank, world = init_distributed(distributed)
+    d, o = cfg.data, cfg.optim
+    work = Path(work_dir)
+    if work.exists() and not work.is_dir():
+        raise SolovError(f"{work}: --work-dir exists and is not a folder")
+    snapshot = find_snapshot(work, resume)
+    counters = read_counters(snapshot) if snapshot is not None else None
+    dataset = training_set(cfg)
+    given_seed = seed
+    if counters is not None:
+        seed = counters["seed"]   # the data order belongs to the snapshot's run
+    elif seed is None:
+        seed = int(np.random.SeedSequence().entropy % 2 ** 31)
+    ms.set_seed(seed)   # same initial weights on every rank
+    net = build_model(cfg)
+    net.set_train(True)
+    loader = TrainLoader(dataset, cfg, seed=seed, world=world, rank=rank, workers=d.workers_per_gpu)
+    iters, total = len(loader), o.total_epochs
+    optimizer = make_optimizer(net, o, iters, total)
+    log = Logger(work, rank == 0)
+    if rank == 0:
+        work.mkdir(parents=True, exist_ok=True)
+    start_epoch, global_step = 0, 0
+    if snapshot is not None:
+        changed = changes_since_last_run(work, cfg)
+        try:
+            load_snapshot(snapshot, net, optimizer)
+        except SolovError as e:
+            raise SolovError(f"{e}" + (f"; changed since that run: {'; '.join(changed[:6])}" if changed else "")) \
+                from None
+        if changed:
+            log.line(f"warning: resuming with {len(changed)} setting(s) changed since the run that wrote "
+                     f"{snapshot.name}: {'; '.join(changed)}")
+        if given_seed is not None and given_seed != seed:
+            log.line(f"warning: --seed {given_seed} ignored: the resumed run continues with its own seed {seed}")
+        start_epoch, global_step = counters["epoch"], counters["global_step"]
+        log.line(f"resumed from {snapshot} at epoch {start_epoch} (global step {global_step}, seed {seed})")
+    elif resume == "auto":
+        log.line(f"no snapshot in {work}; starting a new run")
+    load_from = load_from or (cfg.load_from if snapshot is None else None)
+    if load_from and snapshot is None:
+        reinit = load_weights(net, load_from, skip_mismatched=True)
+        log.line(f"loaded weights from {load_from}" + (f"; re-initialised {len(reinit)} parameter(s) whose shape "
+                                                       f"differs: {', '.join(reinit)}" if reinit else ""))
+    if rank == 0:
+        record_run(work, cfg)
+    step = make_train_step(net, optimizer, head=cfg.head, grad_clip=o.grad_clip, world=world, jit=mode == "graph")
+    log.line(f"SOLOv2 fine-tuning: {len(dataset)} images, {len(dataset.class_names)} classes, {world} device(s) x "
+             f"{d.imgs_per_gpu} images, {iters} iterations/epoch, epochs {start_epoch + 1}..{total}, seed {seed}, "
+             f"mode {mode}, work dir {work}")
+    lrs = lr_schedule(o, iters, total)
+    t_start, done_iters = time.time(), 0
+    for epoch in range(start_epoch, total):
+        bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{total}", disable=rank != 0, dynamic_ncols=True,
+                   leave=False)
+        acc, t_data, t_epoch = np.zeros(3), 0.0, time.time()
+        n_acc = 0
+        t0 = t_interval = time.time()
+        for i, batch in enumerate(loader.epoch(epoch)):
+            t_data += time.time() - t0
+            loss, li, lc = step(*to_tensors(batch))
+            acc += [float(loss.asnumpy()), float(li.asnumpy()), float(lc.asnumpy())]
+            n_acc += 1
+            global_step += 1
+            done_iters += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{acc[0] / n_acc:.3f}")
+            if not np.isfinite(acc).all():
+                raise SolovError(f"loss is not finite at epoch {epoch + 1} iteration {i + 1}; lower the lr "
+                                 f"(optimizer.lr) or check the data")
+            if (i + 1) % cfg.log_interval == 0 or i + 1 == iters:
+                sec = (time.time() - t_interval) / n_acc          # this interval (includes graph compiles)
+                eta = (time.time() - t_start) / done_iters * ((total - epoch) * iters - i - 1)
+                row = dict(epoch=epoch + 1, iter=global_step, lr=lrs[global_step - 1], loss=acc[0] / n_acc,
+                           loss_ins=acc[1] / n_acc, loss_cate=acc[2] / n_acc, time=sec, data_time=t_data / n_acc)
+                log.record(row)
+                log.line(f"epoch [{epoch + 1}][{i + 1}/{iters}] lr {row['lr']:.2e} loss {row['loss']:.4f} "
+                         f"(ins {row['loss_ins']:.4f}, cate {row['loss_cate']:.4f}) {sec:.2f} s/it "
+                         f"(data {row['data_time']:.2f} s) eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+                acc[:], n_acc, t_data, t_interval = 0, 0, 0.0, time.time()
+            t0 = time.time()
+        bar.close()
+        # checkpoint_config.interval (default 1: every epoch); the last epoch is always saved
+        if rank == 0 and ((epoch + 1) % cfg.checkpoint_interval == 0 or epoch + 1 == total):
+            path = work / f"epoch_{epoch + 1}.ckpt"
+            save_snapshot(path, net, optimizer, epoch + 1, seed)
+            prune_snapshots(work, keep_last)
+            log.plot()
+            log.line(f"epoch {epoch + 1} done in {time.time() - t_epoch:.0f} s: saved {path} "
+                     f"(weights {params_digest(net)})")
+    return work

@@ -1,0 +1,81 @@
+"""Writing the user's files safely: refuse to replace one without --force, and never leave a half-written one.
+
+Every output of the package (pictures, results.json, metrics, checkpoints, snapshots, rank tables, run records)
+goes through `check_writable` before the long work and through `atomic_write` when it is written.
+"""
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from solov2.errors import SolovError
+
+
+def already_exists(path, detail: str = "") -> SolovError:
+    """The one message for an output that exists: '<path>: already exists[ detail]; pass --force to overwrite it'."""
+    return SolovError(f"{path}: already exists{detail}; pass --force to overwrite it")
+
+
+def check_writable(path, force: bool) -> None:
+    """Before any long work: `path` may be written (absent, or --force), and its folder exists and is writable."""
+    path = Path(path).absolute()
+    if path.exists() and not force:
+        raise already_exists(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise SolovError(f"{folder}: output folder does not exist")
+    if not os.access(folder, os.W_OK):
+        raise SolovError(f"{folder}: output folder is not writable")
+
+
+@contextmanager
+def atomic_write(path, mode: Optional[int] = 0o644) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block ends normally it replaces `path` in one step.
+
+    The temporary file is in the same folder (same file system, so os.replace is atomic) and ends in the same
+    suffix (cv2 picks the image encoder and MindSpore the checkpoint format by it). If the block raises, the
+    temporary file is removed and `path` is untouched. mode: permissions of the result (mkstemp creates 0600;
+    outputs are meant to be shared); None keeps what the writer set.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent.absolute())
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _json_default(o):
+    """NumPy scalars and arrays (e.g. category ids and AP values from pycocotools) as plain JSON values."""
+    import numpy as np  # imported here: hccl_tools.py writes JSON on bare hosts
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+def write_json_atomic(path, obj, indent: Optional[int] = None) -> None:
+    """`obj` as JSON in `path`; readers never see a partial file (fsync before the rename)."""
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, default=_json_default, indent=indent)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_image(path, img, params=()) -> None:
+    """A picture (img: BGR uint8 (H, W, 3)) in `path`, encoded by its extension; an interrupted run leaves no half file."""
+    import cv2  # not needed by the tools that only write JSON (hccl_tools.py runs on bare hosts)
+    with atomic_write(path) as tmp:
+        if not cv2.imwrite(str(tmp), img, list(params)):
+            raise SolovError(f"{path}: cannot write an image with this extension")

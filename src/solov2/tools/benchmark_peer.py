@@ -1,0 +1,175 @@
+"""Speed against the peer, mmdetection 3.3 SOLOv2 on the same CPU, timed alternately in one run.
+
+    python -m solov2.tools.benchmark peer --image IMG --ann ANN.json --img-prefix DIR [--peer-python ../mmpeer/bin/python \\
+        --peer-script ../shared/peers/mmdet_speed.py] [--rounds 2] [--json out.json]
+
+Rows: R50 and R101 predict at the official test scale (IMG, keep-ratio into 1333x800) and on an 800x800 copy of
+IMG; the light-R18 train step on real batches of 2 x 448 x 768 (ANN / DIR). Every measurement is a fresh
+process (ours: GRAPH mode; the peer: its own venv), ours and the peer's in turn, `--rounds` times; the table shows
+medians over all timed runs and ratio = ours / peer. Weights are random on both sides (mmdet's init and ours), so
+post-processing sees few candidates: compare `network` first. Run nothing else at the same time.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[3]
+CONFIGS = {"r50": "configs/solov2/solov2_r50_fpn_8gpu_3x.py", "r101": "configs/solov2/solov2_r101_fpn_8gpu_3x.py",
+           "light_r18": "configs/solov2/solov2_light_448_r18_fpn_8gpu_3x_trashcan.py"}
+
+
+def predict_once(arch: str, image: str, runs: int) -> dict:
+    """This process: our predict (GRAPH mode, random weights) on one image; medians of network / whole predict."""
+    import cv2
+    import numpy as np
+    from solov2.config import load_config
+    from solov2.inference import Predictor, predict_timed
+    from solov2.engine.runtime import set_runtime
+    set_runtime("CPU", "graph")
+    pred = Predictor(load_config(str(REPO / CONFIGS[arch])))
+    img = cv2.imread(image)
+    net_s, predict_s = [], []
+    t = time.perf_counter()
+    out = pred.predict(img)  # warm-up: includes the one graph compile
+    first = time.perf_counter() - t
+    for _ in range(runs):
+        t = time.perf_counter()
+        out, stages = predict_timed(pred, img)
+        predict_s.append(time.perf_counter() - t)
+        net_s.append(stages["network"])
+    x, _ = pred.prepare(img)
+    return dict(arch=arch, input=list(x.shape), instances=int(len(out["scores"])), first_s=round(first, 2),
+                net_runs=[round(v, 4) for v in net_s], predict_runs=[round(v, 4) for v in predict_s],
+                net_median_s=float(np.median(net_s)), predict_median_s=float(np.median(predict_s)))
+
+
+def _json_line(cmd: List[str], what: str) -> dict:
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if r.returncode != 0:
+        raise SystemExit(f"{what} failed (exit {r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def ours_predict(arch: str, image: str, runs: int) -> dict:
+    return _json_line([sys.executable, "-m", "solov2.tools.benchmark", "_predict", "--arch", arch, "--image", image,
+                       "--runs", str(runs)], f"our {arch} predict")
+
+
+def ours_train(a) -> dict:
+    cmd = [sys.executable, "-m", "solov2.tools.benchmark_train", "_one", "--mode", "graph", "--config",
+           str(REPO / CONFIGS["light_r18"]), "--ann", a.ann, "--img-prefix", a.img_prefix, "--iters", str(a.iters),
+           "--scale", "(768,448)"]
+    return _json_line(cmd, "our train step")
+
+
+def peer_predict(a, arch: str, image: str) -> dict:
+    return _json_line([a.peer_python, a.peer_script, "predict", "--arch", arch, "--image", image,
+                       "--runs", str(a.runs)], f"peer {arch} predict")
+
+
+def peer_train(a) -> dict:
+    return _json_line([a.peer_python, a.peer_script, "train", "--arch", "light_r18", "--ann", a.ann,
+                       "--img-prefix", a.img_prefix, "--scale", "768", "448", "--iters", str(a.iters)],
+                      "peer train step")
+
+
+def square_copy(image: str, side: int, folder: str) -> str:
+    import cv2
+    path = os.path.join(folder, f"square_{side}.jpg")
+    cv2.imwrite(path, cv2.resize(cv2.imread(image), (side, side), interpolation=cv2.INTER_LINEAR))
+    return path
+
+
+def _median(rows: List[dict], key: str) -> float:
+    return statistics.median(v for r in rows for v in r[key])
+
+
+def compare(a) -> Dict[str, dict]:
+    """Alternate ours and the peer's for every row; returns {row: {ours: [...], peer: [...]}}."""
+    rows: Dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        images = {"test scale": a.image, "800x800": square_copy(a.image, 800, tmp)}
+        for arch in a.archs:
+            for label, img in images.items():
+                row = rows.setdefault(f"{arch} predict, {label}", dict(ours=[], peer=[]))
+                for k in range(a.rounds):
+                    row["ours"].append(ours_predict(arch, img, a.runs))
+                    if a.peer_python:
+                        row["peer"].append(peer_predict(a, arch, img))
+                    print(f"  {arch} {label} round {k + 1}: ours net {row['ours'][-1]['net_median_s']:.2f} s"
+                          + (f", peer net {row['peer'][-1]['net_median_s']:.2f} s" if a.peer_python else ""),
+                          flush=True)
+        if a.ann:
+            row = rows.setdefault("light_r18 train step, 2x448x768", dict(ours=[], peer=[]))
+            for k in range(a.rounds):
+                row["ours"].append(ours_train(a))
+                if a.peer_python:
+                    row["peer"].append(peer_train(a))
+                print(f"  train round {k + 1}: ours {row['ours'][-1]['median_step_s']:.2f} s"
+                      + (f", peer {row['peer'][-1]['median_step_s']:.2f} s" if a.peer_python else ""), flush=True)
+    return rows
+
+
+def table(rows: Dict[str, dict]) -> str:
+    """Markdown table: per row the medians of ours and the peer's, and the ratio ours / peer."""
+    out = ["| row | figure | ours | peer | ours / peer |", "|---|---|---|---|---|"]
+
+    def line(name, figure, ours: float, peer: Optional[float], unit: str):
+        ratio = f"{ours / peer:.2f}x" if peer else "-"
+        peer_s = f"{peer:.2f} {unit}" if peer else "-"
+        out.append(f"| {name} | {figure} | {ours:.2f} {unit} | {peer_s} | {ratio} |")
+
+    for name, r in rows.items():
+        o, p = r["ours"], r["peer"]
+        if "train" in name:
+            line(name, "median step", statistics.median(x["median_step_s"] for x in o),
+                 statistics.median(x["median_step_s"] for x in p) if p else None, "s")
+            line(name, "peak RSS", max(x["peak_rss_mb"] for x in o) / 1024,
+                 max(x["peak_rss_gb"] for x in p) if p else None, "GB")
+        else:
+            line(name, "network", _median(o, "net_runs"), _median(p, "net_runs") if p else None, "s")
+            line(name, "whole predict", _median(o, "predict_runs"), _median(p, "predict_runs") if p else None, "s")
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["_predict"]:
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--arch", required=True, choices=sorted(CONFIGS))
+        ap.add_argument("--image", required=True)
+        ap.add_argument("--runs", type=int, default=5)
+        a = ap.parse_args(argv[1:])
+        print(json.dumps(predict_once(a.arch, a.image, a.runs)))
+        return
+    ap = argparse.ArgumentParser(prog="python -m solov2.tools.benchmark peer", description=__doc__.splitlines()[0])
+    ap.add_argument("--image", required=True, help="a photo; the test-scale rows resize it into 1333x800")
+    ap.add_argument("--ann", help="COCO annotations for the train-step row (e.g. trashcan_mini train)")
+    ap.add_argument("--img-prefix", help="image folder of --ann")
+    ap.add_argument("--peer-python", help="python of the mmdetection venv (without it: our times only)")
+    ap.add_argument("--peer-script", default=str(REPO.parent / "shared" / "peers" / "mmdet_speed.py"))
+    ap.add_argument("--archs", nargs="+", default=["r50", "r101"], choices=["r50", "r101"])
+    ap.add_argument("--rounds", type=int, default=1, help="ours/peer alternations per row")
+    ap.add_argument("--runs", type=int, default=5, help="timed predicts per process, after one warm-up")
+    ap.add_argument("--iters", type=int, default=8, help="train steps per process (the first two are not timed)")
+    ap.add_argument("--json", help="also write every measurement here")
+    a = ap.parse_args(argv[1:])
+    if bool(a.ann) != bool(a.img_prefix):
+        raise SystemExit("error: --ann and --img-prefix go together")
+    from solov2.engine.runtime import cpu_kind
+    print(f"CPU: {cpu_kind()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}", flush=True)
+    rows = compare(a)
+    print(table(rows))
+    if a.json:
+        Path(a.json).write_text(json.dumps(dict(cpu=cpu_kind(), rows=rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()

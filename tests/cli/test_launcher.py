@@ -1,0 +1,181 @@
+"""msrun_launcher.sh: argument checks, the exact msrun argv (fake msrun), and real 2-worker CPU jobs."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+LAUNCHER = REPO / "msrun_launcher.sh"
+VENV_BIN = str(Path(sys.executable).parent)  # msrun and the `python` it starts must come from this venv
+
+
+def run_launcher(args, cwd, path_first=(), timeout=60):
+    """Run the launcher in its own session; on timeout interrupt msrun (it then kills its workers) and fail."""
+    env = dict(os.environ, PATH=os.pathsep.join([*map(str, path_first), VENV_BIN, os.environ.get("PATH", "")]))
+    env.pop("PYTHONPATH", None)  # the workers find solov2 as the user's would: installed in the venv
+    p = subprocess.Popen(["bash", str(LAUNCHER), *args], cwd=cwd, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGINT)
+        try:
+            p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+        pytest.fail(f"launcher did not finish within {timeout}s: {args}")
+    return subprocess.CompletedProcess(args, p.returncode, out, err)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def script(tmp_path):
+    (tmp_path / "train.py").write_text("print('never run by these tests')\n")
+    return "train.py"
+
+
+def test_help_exits_0():
+    r = subprocess.run(["bash", str(LAUNCHER), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    assert "Usage" in r.stdout and "JOIN=True" in r.stdout and "activate the venv" in r.stdout
+
+
+@pytest.mark.parametrize("nargs", [0, 3, 4, 5, 7, 8, 10])
+def test_wrong_argument_count_prints_usage(tmp_path, script, nargs):
+    r = run_launcher([script, *["2"] * (nargs - 1)] if nargs else [], tmp_path)
+    assert r.returncode == 2
+    assert f"got {nargs}" in r.stderr and "Usage" in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["2x"], "WORKER_NUM must be an integer >= 1, got '2x'"),
+    (["0"], "WORKER_NUM must be an integer >= 1"),
+    (["2", "3", "127.0.0.1", "8118", "0", "log", "True", "60"], "LOCAL_WORKER_NUM (3) must not exceed WORKER_NUM (2)"),
+    (["2", "8118", "log", "yes", "60"], "JOIN must be True or False, got 'yes'"),
+    (["2", "70000", "log", "True", "60"], "MASTER_PORT must be an integer in 1..65535"),
+    (["2", "8118", "log", "True", "1m"], "CLUSTER_TIME_OUT must be an integer"),
+    (["4", "2", "10.0.0.1", "8118", "2", "log", "True", "60"], "NODE_RANK 2 is too large"),
+])
+def test_bad_values(tmp_path, script, args, message):
+    r = run_launcher([script, *args], tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr, r.stderr
+    assert r.stdout == ""  # nothing was launched
+
+
+@pytest.mark.parametrize("command", ["missing.py --config x", "python missing.py", "python"])
+def test_missing_script(tmp_path, command):
+    r = run_launcher([command, "2"], tmp_path)
+    assert r.returncode == 2
+    assert "script not found: 'missing.py'" in r.stderr or "no script in the command" in r.stderr
+
+
+def test_port_in_use_is_one_line_before_launching(tmp_path, script):
+    import socket
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = run_launcher([script, "2", str(port), "log", "True", "60"], tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"MASTER_PORT {port} is already in use" in r.stderr and r.stdout == ""  # msrun was never started
+
+
+def test_msrun_not_on_path(tmp_path, script):
+    env = dict(os.environ, PATH="/usr/bin:/bin")
+    r = subprocess.run(["bash", str(LAUNCHER), script, "2"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "msrun is not on PATH" in r.stderr and "activate" in r.stderr
+
+
+@pytest.fixture
+def fake_msrun(tmp_path):
+    """An `msrun` that records its argv and PYTHONPATH (None: unset) as JSON and exits 3."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "msrun"
+    exe.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                   "json.dump({'argv': sys.argv[1:], 'pythonpath': os.environ.get('PYTHONPATH')}, open('argv.json', 'w'))\n"
+                   "sys.exit(3)\n")
+    exe.chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], ["--worker_num=8", "--local_worker_num=8", "--master_port=8118", "--log_dir=output/msrun_log",
+          "--join=True", "--cluster_time_out=600"]),
+    (["4"], ["--worker_num=4", "--local_worker_num=4", "--master_port=8118", "--log_dir=output/msrun_log",
+             "--join=True", "--cluster_time_out=600"]),
+    (["2", "9000", "my logs", "False", "-1"], ["--worker_num=2", "--local_worker_num=2", "--master_port=9000",
+                                               "--log_dir=my logs", "--join=False", "--cluster_time_out=-1"]),
+    # single node in the 9-argument form: mindformers leaves out --master_addr/--node_rank
+    (["2", "2", "10.0.0.1", "9000", "0", "L", "True", "60"],
+     ["--worker_num=2", "--local_worker_num=2", "--master_port=9000", "--log_dir=L", "--join=True",
+      "--cluster_time_out=60"]),
+    (["16", "8", "10.0.0.1", "9000", "1", "L", "True", "60"],
+     ["--worker_num=16", "--local_worker_num=8", "--master_addr=10.0.0.1", "--node_rank=1", "--master_port=9000",
+      "--log_dir=L", "--join=True", "--cluster_time_out=60"]),
+])
+def test_msrun_argv_and_exit_code(tmp_path, script, fake_msrun, args, expected):
+    # Shell syntax in the command must reach msrun as plain words, never be evaluated.
+    command = f"python {script} --config 'a b' $(touch pwned) *"
+    r = run_launcher([command, *args], tmp_path, path_first=[fake_msrun])
+    assert r.returncode == 3, r.stderr  # msrun's status is the launcher's status
+    got = json.loads((tmp_path / "argv.json").read_text())
+    assert got["argv"] == expected + ["python", script, "--config", "'a", "b'", "$(touch", "pwned)", "*"]
+    assert got["pythonpath"] is None  # no path trick: train_multi.py imports the installed package
+    assert not (tmp_path / "pwned").exists()
+    assert "Running command: msrun --worker_num=" in r.stdout
+    assert "scheduler.log" in r.stdout and "worker_*.log" in r.stdout
+
+
+# --- real msrun jobs: 2 CPU workers (about 15 s each on this 2-core box) ---
+TINY_JOB = textwrap.dedent("""
+    import json, os, sys
+    import mindspore as ms
+    import solov2
+    from mindspore import Tensor, ops
+    from mindspore.communication import get_group_size, get_rank, init
+
+    ms.set_device("CPU")
+    init()  # msrun's scheduler (MS_ROLE=MS_SCHED) also runs this file: side effects only below this line
+    rank, size = get_rank(), get_group_size()
+    if rank == 1 and "--fail" in sys.argv:
+        raise RuntimeError("rank 1 fails on purpose")
+    total = ops.AllReduce()(Tensor([float(rank + 1)], ms.float32)).asnumpy().tolist()
+    with open(f"rank_{rank}.json", "w") as f:
+        json.dump({"size": size, "sum": total, "solov2": solov2.__file__}, f)
+""")
+
+
+def test_two_workers_all_reduce(tmp_path):
+    (tmp_path / "job.py").write_text(TINY_JOB)
+    r = run_launcher(["job.py", "2", str(free_port()), "logs", "True", "60"], tmp_path, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("rank_*.json")) == ["rank_0.json", "rank_1.json"]
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank_{rank}.json").read_text())
+        assert got["size"] == 2 and got["sum"] == [3.0]  # 1 + 2 on both ranks
+        assert got["solov2"] == str(REPO / "src" / "solov2" / "__init__.py")  # the venv's install, from any cwd
+    assert {p.name for p in (tmp_path / "logs").iterdir()} >= {"scheduler.log", "worker_0.log", "worker_1.log"}
+    assert "Logs: logs/scheduler.log, logs/worker_*.log" in r.stdout
+
+
+def test_failing_rank_makes_launcher_fail(tmp_path):
+    (tmp_path / "job.py").write_text(TINY_JOB)
+    r = run_launcher(["job.py --fail", "2", str(free_port()), "logs", "True", "60"], tmp_path, timeout=240)
+    assert r.returncode != 0
+    assert not (tmp_path / "rank_1.json").exists()
+    assert "rank 1 fails on purpose" in (tmp_path / "logs" / "worker_1.log").read_text()
+    assert "Logs: logs/scheduler.log" in r.stdout
