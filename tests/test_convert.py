@@ -356,7 +356,7 @@ def test_missing_torch_gives_install_hint(tmp_path, monkeypatch):
 def test_bad_destination(tmp_path):
     with pytest.raises(ConvertError, match="must end in .ckpt"):
         convert_checkpoint("a.pth", str(tmp_path / "out.bin"), log=None)
-    with pytest.raises(ConvertError, match="output directory does not exist"):
+    with pytest.raises(ConvertError, match="output folder does not exist"):
         convert_checkpoint("a.pth", str(tmp_path / "no" / "out.ckpt"), log=None)
 
 

@@ -25,7 +25,8 @@ from typing import Dict, List, Tuple, Union
 import numpy as np
 
 from solov2.config import BackboneConfig, HeadConfig, MaskFeatConfig, NeckConfig, SOLOv2Config
-from solov2.files import already_exists, atomic_write, write_json_atomic
+from solov2.errors import SolovError
+from solov2.files import atomic_write, check_writable, write_json_atomic
 from solov2.torch_checkpoint import ConvertError, listing, load_torch_checkpoint
 
 LAYOUTS = ("official", "mmdet3", "pytorch_solov2")
@@ -224,18 +225,20 @@ def save_mindspore_checkpoint(ms_state: Dict[str, np.ndarray], dst: str, sidecar
     try:
         with atomic_write(dst, mode=None) as tmp_ckpt:
             save_to_temporary(tmp_ckpt, [{"name": k, "data": ms.Tensor(v)} for k, v in ms_state.items()])
-            if not force:
-                _refuse_existing(dst)
+            _check_outputs(dst, force)  # again: another run may have written them meanwhile
             write_json_atomic(sidecar_path(dst), sidecar, indent=1)
     except (OSError, RuntimeError, TypeError, ValueError) as exc:
         raise ConvertError(str(save_failure(dst, exc))) from None
 
 
-def _refuse_existing(dst: str) -> None:
-    """ConvertError if `dst` or its sidecar exists (the caller passes --force to replace them)."""
-    for path in (dst, dst + ".json"):
-        if os.path.exists(path):
-            raise ConvertError(str(already_exists(path)))
+def _check_outputs(dst: str, force: bool) -> None:
+    """ConvertError unless `dst` and its sidecar may be written (absent or --force; folder exists, writable)."""
+    from solov2.checkpoint import sidecar_path
+    for path in (dst, sidecar_path(dst)):
+        try:
+            check_writable(path, force)
+        except SolovError as e:
+            raise ConvertError(str(e)) from None
 
 
 def _sha256(path: str) -> str:
@@ -255,10 +258,7 @@ def convert_checkpoint(src: str, dst: str, config: Union[None, str, SOLOv2Config
     """
     if not dst.endswith(".ckpt"):
         raise ConvertError(f"{dst}: the output name must end in .ckpt (MindSpore refuses other suffixes)")
-    if not force:
-        _refuse_existing(dst)
-    if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
-        raise ConvertError(f"{dst}: output directory does not exist")
+    _check_outputs(dst, force)
     state, info = load_torch_checkpoint(src)
     layout = detect_layout(list(state), src)
     official, n_nbt = to_official(state, layout, src)

@@ -1,7 +1,8 @@
 """Writing the user's files safely: refuse to replace one without --force, and never leave a half-written one.
 
-Every output of the package (pictures, results.json, metrics, checkpoints, snapshots, rank tables, run records)
-goes through `check_writable` before the long work and through `atomic_write` when it is written.
+The outputs a user names (pictures, results.json, converted checkpoints, rank tables) are checked with
+`check_writable` before the long work; those and the work-dir files that are replaced whole (snapshots, run.json,
+metrics.json) are written through `atomic_write`. Append-only logs (train.log, log.json) are not.
 """
 import json
 import os
@@ -30,14 +31,23 @@ def check_writable(path, force: bool) -> None:
         raise SolovError(f"{folder}: output folder is not writable")
 
 
+UMASK = "umask"  # atomic_write mode: what a plain open() would have created (0666 less the process umask)
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
-def atomic_write(path, mode: Optional[int] = 0o644) -> Iterator[Path]:
+def atomic_write(path, mode=UMASK) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block ends normally it replaces `path` in one step.
 
     The temporary file is in the same folder (same file system, so os.replace is atomic) and ends in the same
     suffix (cv2 picks the image encoder and MindSpore the checkpoint format by it). If the block raises, the
-    temporary file is removed and `path` is untouched. mode: permissions of the result (mkstemp creates 0600;
-    outputs are meant to be shared); None keeps what the writer set.
+    temporary file is removed and `path` is untouched. mode: permissions of the result (mkstemp creates 0600):
+    UMASK (those of a plain open()), an int, or None to keep what the writer set.
     """
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent.absolute())
@@ -46,7 +56,7 @@ def atomic_write(path, mode: Optional[int] = 0o644) -> Iterator[Path]:
     try:
         yield tmp
         if mode is not None:
-            os.chmod(tmp, mode)
+            os.chmod(tmp, _umask_mode() if mode == UMASK else mode)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -63,9 +73,10 @@ def _json_default(o):
     raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
 
 
-def write_json_atomic(path, obj, indent: Optional[int] = None) -> None:
-    """`obj` as JSON in `path`; readers never see a partial file (fsync before the rename)."""
-    with atomic_write(path) as tmp:
+def write_json_atomic(path, obj, indent: Optional[int] = None, mode=0o644) -> None:
+    """`obj` as JSON in `path`; readers never see a partial file (fsync before the rename). Mode 0644 by default:
+    results and metrics are meant to be shared (as before the atomic writer existed, for results.json)."""
+    with atomic_write(path, mode) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, default=_json_default, indent=indent)
             f.write("\n")
@@ -77,5 +88,9 @@ def write_image(path, img, params=()) -> None:
     """A picture (img: BGR uint8 (H, W, 3)) in `path`, encoded by its extension; an interrupted run leaves no half file."""
     import cv2  # not needed by the tools that only write JSON (hccl_tools.py runs on bare hosts)
     with atomic_write(path) as tmp:
-        if not cv2.imwrite(str(tmp), img, list(params)):
+        try:
+            written = cv2.imwrite(str(tmp), img, list(params))
+        except cv2.error:  # OpenCV 4.10 raises for an extension it has no encoder for
+            written = False
+        if not written:
             raise SolovError(f"{path}: cannot write an image with this extension")

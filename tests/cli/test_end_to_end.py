@@ -57,14 +57,28 @@ def test_test_py_writes_a_picture_and_never_overwrites(ckpt, tmp_path):
     assert r.returncode == 2 and "already exists" in r.stderr and out.read_bytes() == before
 
 
-@pytest.mark.parametrize("script", ["test.py", "valuation.py"])
+@pytest.mark.parametrize("script", ["test.py", "run.py", "valuation.py"])
 def test_config_flag_wins_over_the_positional_config(script, tmp_path):
     """Both forms given: --config / --checkpoint win (the error names the flag's config, read before any model)."""
-    extra = ["--dataroot", VAL_IMG, "--out", tmp_path / "o.jpg"] if script == "test.py" else []
-    r = cli(script, tmp_path / "not_this.py", tmp_path / "not_this.ckpt", "--config", CFG, "--checkpoint",
-            tmp_path / "x.ckpt", *extra, "--cfg-options", "test_cfg.score_thr=7")
+    extra = {"test.py": ["--dataroot", VAL_IMG, "--out", tmp_path / "o.jpg"], "valuation.py": [],
+             "run.py": [VAL_IMG, "--out", tmp_path / "o"]}[script]
+    r = cli(script, tmp_path / "not_this.py", tmp_path / "not_this.ckpt", *extra, "--config", CFG, "--checkpoint",
+            tmp_path / "x.ckpt", "--cfg-options", "test_cfg.score_thr=7")
     assert r.returncode == 2 and r.stderr.startswith(f"error: {CFG}: test_cfg.score_thr: must be"), r.stderr
     assert "not_this" not in r.stderr
+
+
+@pytest.mark.parametrize("script, args", [
+    ("run.py", ["--out", "o", VAL_IMG]),                                       # positionals after a flag
+    ("run.py", ["--mode", "pynative", VAL_IMG, "--out", "o"]),
+    ("test.py", ["--dataroot", VAL_IMG, "--out", "o.jpg"]),
+    ("valuation.py", ["--eval", "segm"]),
+])
+def test_positional_forms_between_flags(script, args, tmp_path):
+    """CONFIG CHECKPOINT first, the rest in any order: parsing succeeds (the run stops at the bad override)."""
+    args = [tmp_path / a if a in ("o", "o.jpg") else a for a in args]
+    r = cli(script, CFG, tmp_path / "x.ckpt", *args, "--cfg-options", "test_cfg.score_thr=7")
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {CFG}: test_cfg.score_thr: must be"), r.stderr
 
 
 def test_positional_config_needs_a_checkpoint(tmp_path):

@@ -363,7 +363,7 @@ def test_class_names_must_match_num_classes():
 
 
 def test_schema_keys_cover_every_key_the_readers_look_up():
-    """An override may add only SCHEMA_KEYS; a key read by config.py but missing there would be refused."""
+    """An override may add only SCHEMA_KEYS; a key read by config/schema.py but missing there would be refused."""
     import re
 
     import solov2.config.schema as config_module

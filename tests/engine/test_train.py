@@ -132,7 +132,8 @@ def test_resume_gives_identical_weights(tmp_path):
 def test_bad_training_inputs_fail_cleanly(tmp_path):
     r = run_train(tmp_path / "w", "--resume", str(tmp_path / "nope.ckpt"), check=False)
     assert r.returncode == 2 and "nope.ckpt: no such snapshot" in r.stderr and "Traceback" not in r.stderr
-    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs/solov2/solov2_light_448_r18_fpn_8gpu_3x.py"),
+    # the official form: CONFIG positionally
+    cmd = [sys.executable, str(REPO / "train.py"), str(REPO / "configs/solov2/solov2_light_448_r18_fpn_8gpu_3x.py"),
            "--work-dir", str(tmp_path / "w2"), "--cfg-options",
            f"data.train.ann_file={DATA}/annotations/instances_train_trashcan.json", f"data.train.img_prefix={DATA}/train/"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

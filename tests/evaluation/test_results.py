@@ -1,16 +1,13 @@
-"""Results export (RLE, boxes, records, atomic JSON) and visualisation."""
+"""Results export: RLE masks, boxes, COCO records."""
 import json
-import os
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from solov2.evaluation.results import instances_to_records, mask_to_bbox, mask_to_rle
-
-from solov2.files import write_json_atomic
-from solov2.visualize import draw_instances, label_color
 from conftest import SHARED
+
+from solov2.evaluation.results import instances_to_records, mask_to_bbox, mask_to_rle
 
 REF = SHARED / "fixtures" / "reference"
 
@@ -83,62 +80,3 @@ def test_records_without_coco_ids():
 def test_records_length_mismatch_rejected():
     with pytest.raises(ValueError):
         instances_to_records("x.png", _random_mask()[None], [1, 2], [0.3], ["a", "b", "c"])
-
-
-def test_write_json_atomic(tmp_path):
-    path = tmp_path / "out.json"
-    write_json_atomic(path, {"a": 1})
-    write_json_atomic(str(path), [1, 2, 3])        # replaces the old content
-    assert json.loads(path.read_text()) == [1, 2, 3]
-    assert os.listdir(tmp_path) == ["out.json"]    # no temporary left behind
-
-
-def test_write_json_atomic_failure_keeps_old_file(tmp_path):
-    path = tmp_path / "out.json"
-    write_json_atomic(path, {"ok": True})
-    with pytest.raises(TypeError):
-        write_json_atomic(path, {"bad": object()})
-    assert json.loads(path.read_text()) == {"ok": True}
-    assert os.listdir(tmp_path) == ["out.json"]
-
-
-def _scene():
-    img = np.full((120, 160, 3), 90, np.uint8)
-    masks = np.zeros((3, 120, 160), bool)
-    masks[0, 60:100, 20:70] = True
-    masks[1, 70:110, 100:150] = True
-    masks[2, 5:15, 5:15] = True                    # below score_thr: must not be drawn
-    return img, masks, np.array([0, 1, 2]), np.array([0.9, 0.6, 0.1])
-
-
-def test_draw_instances_changes_pixels_under_masks():
-    img, masks, labels, scores = _scene()
-    before = img.copy()
-    out = draw_instances(img, masks, labels, scores, ["cat", "dog", "eel"], score_thr=0.3)
-    assert out.dtype == np.uint8 and out.shape == img.shape
-    np.testing.assert_array_equal(img, before)                          # input untouched
-    for m in masks[:2]:
-        assert (np.abs(out[m].astype(int) - img[m].astype(int)).sum(axis=1) > 0).mean() > 0.99
-    np.testing.assert_array_equal(out[masks[2]], img[masks[2]])         # filtered by score_thr
-    assert (out[115:, :] == img[115:, :]).all()                         # far from masks and captions
-    # inside the first mask (away from its outline and caption) the colour is a blend towards its label colour
-    inner = out[85, 45].astype(int) - img[85, 45].astype(int)
-    direction = np.array(label_color(0)) - img[85, 45].astype(int)
-    assert np.all(np.sign(inner) == np.sign(direction))
-
-
-def test_draw_instances_palette_is_per_label():
-    assert label_color(3) == label_color(3)
-    assert len({label_color(c) for c in range(22)}) == 22
-
-
-def test_draw_instances_rejects_size_mismatch():
-    img, masks, labels, scores = _scene()
-    with pytest.raises(ValueError):
-        draw_instances(img[:100], masks, labels, scores, ["a", "b", "c"])
-
-
-def test_write_json_atomic_accepts_numpy_values(tmp_path):
-    from solov2.files import write_json_atomic
-    write_json_atomic(tmp_path / "m.json", {"id": np.int64(3), "ap": np.float32(0.5), "s": np.arange(2)})
-    assert json.loads((tmp_path / "m.json").read_text()) == {"id": 3, "ap": 0.5, "s": [0, 1]}

@@ -1,4 +1,4 @@
-"""Parity of the MindSpore port with an independent PyTorch SOLOv2 (tests/torch_solov2.py) on a real photo,
+"""Parity of the MindSpore port with an independent PyTorch SOLOv2 (tests/models/torch_solov2.py) on a real photo,
 for the Bottleneck-ResNet configs users actually convert (R101 3x, light-448 R50).
 
 Per case: random but well-scaled weights with the official key names/shapes (shared/fixtures/*_official_keys.json)

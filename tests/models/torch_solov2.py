@@ -3,7 +3,7 @@
 Module and parameter names equal the official WXinlong/SOLO state dict (torchvision ResNet names, FPN
 ``.conv.`` wrappers, ``cate_convs/kernel_convs/solo_cate/solo_kernel``, ``convs_all_levels.L.convJ.{conv,gn}``,
 ``conv_pred.0.{conv,gn}``), so ``SOLOv2(...).load_state_dict(official_state_dict, strict=True)`` works,
-``num_batches_tracked`` included. Used by tests/test_parity_torch.py as the reference for the MindSpore port.
+``num_batches_tracked`` included. Used by tests/models/test_parity_torch.py as the reference for the MindSpore port.
 
 `align_corners` (default False, the official behaviour) exists only so tests can show that a wrong
 variant is detected.

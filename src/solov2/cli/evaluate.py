@@ -61,7 +61,8 @@ def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = Non
     if max_images is not None and max_images < 1:
         raise SolovError(f"--max-images must be >= 1, got {max_images}")
     if results_file is None and (not config or not checkpoint):
-        raise SolovError("--config and --checkpoint are required unless --results scores an existing file")
+        raise SolovError("CONFIG and CHECKPOINT (or --config and --checkpoint) are required unless --results scores "
+                         "an existing file")
     if results_file is not None and out:
         raise SolovError("--out writes the model's results; it cannot be combined with --results")
     if out:  # fail before the (long) model run, not after it
@@ -95,7 +96,7 @@ def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = Non
 def main(argv=None) -> None:
     def body():
         p = parser()
-        a = p.parse_args(argv)
+        a = p.parse_intermixed_args(argv)   # positionals may stand between flags
         config, checkpoint = config_and_checkpoint(p, a, need=())  # run_evaluation says which it needs
         start_runtime(a)
         run_evaluation(config, checkpoint, ann=a.ann, img_prefix=a.img_prefix, out=a.out, iou_types=a.eval,

@@ -30,7 +30,7 @@ VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".webm", ".m4v"}
 def predict_image(config: str, checkpoint: str, image: str, out: Optional[str], *, score_thr: float = 0.3,
                   force: bool = False, overrides=(), static_shapes: bool = False) -> Path:
     """One image -> a picture with masks, class names and scores. Returns the picture's path."""
-    from solov2.inference import Predictor, predict_timed  # builds MindSpore cells: after the cheap checks
+    from solov2.inference import Predictor, predict_timed  # MindSpore cells are built only after the cheap checks
     img = read_image(image)
     out_path = Path(out) if out else Path(f"{Path(image).stem}_result.jpg")
     if out_path.resolve() == Path(image).resolve():
@@ -118,7 +118,7 @@ def predict_many(config: str, checkpoint: str, inp: str, outdir: str, *, score_t
     results.json: a list of instances {file_name, label, category_name, score, bbox [x, y, w, h],
     segmentation (COCO RLE)}, written atomically at the end.
     """
-    from solov2.inference import Predictor  # builds MindSpore cells: after the cheap checks
+    from solov2.inference import Predictor  # MindSpore cells are built only after the cheap checks
     kind, files = list_inputs(Path(inp))
     out = Path(outdir)
     results_path = out / "results.json"
@@ -201,7 +201,7 @@ def test_main(argv=None) -> None:
         p.add_argument("--out", default=None, help="output picture (default: <image name>_result.jpg)")
         _common(p)
         add_force_flag(p, "--out")
-        a = p.parse_args(argv)
+        a = p.parse_intermixed_args(argv)   # positionals may stand between flags
         config, checkpoint = config_and_checkpoint(p, a, need=("config", "checkpoint"))
         start_runtime(a)
         predict_image(config, checkpoint, a.dataroot, a.out, score_thr=a.score_thr, force=a.force,
@@ -220,7 +220,7 @@ def run_main(argv=None) -> None:
         _common(p)
         add_force_flag(p, "OUTDIR/results.json and the pictures")
         p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
-        a = p.parse_args(argv)
+        a = p.parse_intermixed_args(argv)   # e.g. run.py CONFIG CHECKPOINT --out OUT INPUT
         config, checkpoint = config_and_checkpoint(p, a, need=("config", "checkpoint"))
         start_runtime(a)
         predict_many(config, checkpoint, a.input, a.out, score_thr=a.score_thr, force=a.force, skip_bad=a.skip_bad,

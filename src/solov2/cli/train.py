@@ -38,7 +38,7 @@ def work_dir_of(cfg, config_path: str, work_dir: Optional[str]) -> Path:
 def main(argv: Optional[Sequence[str]] = None, distributed: bool = False) -> None:
     def body():
         p = parser(distributed)
-        a = p.parse_args(argv)
+        a = p.parse_intermixed_args(argv)
         config, _ = config_and_checkpoint(p, a)
         start_runtime(a, deterministic=a.deterministic)
         from solov2.config import load_config  # after the context: training builds cells right away

@@ -33,6 +33,14 @@ def read_coco_file(ann_file: str, error=SolovError) -> dict:
     return data
 
 
+def check_class_count(ann_file: str, n_categories: int, num_classes: int, source: str = "the config") -> None:
+    """SolovError unless the file's category count equals the model's class count (num_classes excludes the
+    background; the official config's num_classes includes it)."""
+    if n_categories != num_classes:
+        raise SolovError(f"{ann_file}: {n_categories} categories, but the model has {num_classes} classes ({source}: "
+                         f"set model.bbox_head.num_classes={n_categories + 1}: classes + background)")
+
+
 def sorted_categories(ann_file: str, cats: list, error=SolovError) -> Tuple[List[int], List[str]]:
     """-> (category ids ascending, their names): channel c is category ids[c]. Ids must be distinct integers."""
     by_id = {}
@@ -47,14 +55,13 @@ def sorted_categories(ann_file: str, cats: list, error=SolovError) -> Tuple[List
 
 
 def image_entry_problem(i: int, info) -> Optional[str]:
-    """Why images[i] is unusable (no integer id, no file_name, no positive integer width/height), or None."""
+    """Why images[i] is unusable (no id, no file_name, no positive integer width/height), or None. (COCOeval also
+    needs integer ids: `evaluation.coco_eval.load_coco` checks that on top.)"""
     if not isinstance(info, dict):
         return f"image entry #{i} is not an object"
     for key in ("id", "file_name"):
         if key not in info:
             return f"image entry #{i} has no '{key}'"
-    if not is_id(info["id"]):
-        return f"image entry #{i} has no integer 'id'"
     for key in ("width", "height"):
         if not is_id(info.get(key)) or info[key] <= 0:
             return f"image {info['file_name']!r} (id {info['id']}) has no positive integer '{key}'"

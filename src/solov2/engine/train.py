@@ -15,6 +15,7 @@ from tqdm import tqdm
 from solov2.checkpoint import load_weights
 from solov2.config import SOLOv2Config
 from solov2.data.coco import CocoDataset
+from solov2.data.coco_file import check_class_count
 from solov2.data.loader import TrainLoader
 from solov2.engine.logger import Logger
 from solov2.engine.optim import lr_schedule, make_optimizer
@@ -45,10 +46,8 @@ def training_set(cfg: SOLOv2Config) -> CocoDataset:
     dataset = CocoDataset(d.train_ann_file, d.train_img_prefix, skip_bad=d.skip_bad, max_images=d.train_max_images)
     if len(dataset) == 0:
         raise SolovError(f"{d.train_ann_file}: no usable training image")
-    if len(dataset.class_names) != cfg.head.cate_out_channels:
-        raise SolovError(f"{d.train_ann_file}: {len(dataset.class_names)} categories, but the config's model has "
-                         f"{cfg.head.cate_out_channels} classes (set model.bbox_head.num_classes="
-                         f"{len(dataset.class_names) + 1}: classes + background)")
+    check_class_count(d.train_ann_file, len(dataset.class_names), cfg.head.cate_out_channels,
+                      cfg.source or "the config")
     return dataset
 
 

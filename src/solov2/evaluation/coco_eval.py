@@ -20,6 +20,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from solov2.data import coco_file
 from solov2.data.coco_file import image_entry_problem, is_id, is_number, read_coco_file, sorted_categories
 from solov2.errors import SolovError, read_json
 
@@ -47,6 +48,8 @@ def load_coco(ann_file) -> COCO:
     data = read_coco_file(ann_file)
     for i, img in enumerate(data["images"]):
         problem = image_entry_problem(i, img)
+        if problem is None and not is_id(img["id"]):
+            problem = f"image entry #{i} has no integer 'id'"
         if problem:
             raise SolovError(f"{ann_file}: {problem}")
     sorted_categories(ann_file, data["categories"])
@@ -69,10 +72,7 @@ def categories(coco: COCO):
 
 def check_class_count(num_classes: int, coco: COCO, source: str = "the config") -> None:
     """SolovError unless the model's class count equals the annotation file's category count."""
-    n_cats = len(coco.getCatIds())
-    if n_cats != num_classes:
-        raise SolovError(f"{ann_name(coco)}: {n_cats} categories, but the model has {num_classes} classes "
-                         f"({source}: num_classes={num_classes + 1} includes background)")
+    coco_file.check_class_count(ann_name(coco), len(coco.getCatIds()), num_classes, source)
 
 
 def first_image_ids(coco: COCO, max_images: Optional[int] = None) -> List[int]:

@@ -31,7 +31,7 @@ class FPN(nn.Cell):
     P6 is the official ``max_pool2d(P5, kernel_size=1, stride=2)``, i.e. a subsample of P5 (size ceil(H5/2)).
     """
 
-    def __init__(self, in_channels: Sequence[int], out_channels: int = 256, num_outs: int = 5):
+    def __init__(self, *, in_channels: Sequence[int], out_channels: int, num_outs: int):
         super().__init__()
         if num_outs != len(in_channels) + 1:
             raise ValueError(f"FPN: num_outs={num_outs} unsupported (expected {len(in_channels) + 1})")

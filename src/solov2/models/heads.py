@@ -56,9 +56,8 @@ class SOLOv2Head(nn.Cell):
     cate logits (N, C, S_l, S_l) and kernels (N, E, S_l, S_l); C = num_classes - 1, E = ins_out_channels.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 256, stacked_convs: int = 4,
-                 seg_feat_channels: int = 512, ins_out_channels: int = 256,
-                 num_grids: Sequence[int] = (40, 36, 24, 16, 12)):
+    def __init__(self, *, num_classes: int, in_channels: int, stacked_convs: int, seg_feat_channels: int,
+                 ins_out_channels: int, num_grids: Sequence[int]):
         super().__init__()
         self.num_grids = tuple(num_grids)
         self.cate_out_channels = num_classes - 1
@@ -115,8 +114,7 @@ class MaskFeatHead(nn.Cell):
     coordinate channels before its first conv; the four maps are summed and projected by conv_pred (1x1).
     """
 
-    def __init__(self, in_channels: int = 256, out_channels: int = 128, start_level: int = 0,
-                 end_level: int = 3, num_classes: int = 256):
+    def __init__(self, *, in_channels: int, out_channels: int, start_level: int, end_level: int, num_classes: int):
         super().__init__()
         if (start_level, end_level) != (0, 3):
             raise ValueError("MaskFeatHead: only start_level=0, end_level=3 (P2..P5) is supported")

@@ -78,7 +78,7 @@ class ResNet(nn.Cell):
     Channels of C2..C5: 64/128/256/512 (depth 18, 34) or 256/512/1024/2048 (50, 101).
     """
 
-    def __init__(self, depth: int = 101, frozen_stages: int = 1, norm_eval: bool = True):
+    def __init__(self, *, depth: int, frozen_stages: int, norm_eval: bool):
         super().__init__()
         if depth not in ARCH:
             raise ValueError(f"ResNet depth must be one of {sorted(ARCH)}, got {depth}")

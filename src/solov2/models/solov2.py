@@ -29,14 +29,16 @@ class SOLOv2(nn.Cell):
     def __init__(self, cfg: SOLOv2Config):
         super().__init__()
         b, n, h, m = cfg.backbone, cfg.neck, cfg.head, cfg.mask_feat
-        self.backbone = ResNet(b.depth, b.frozen_stages, b.norm_eval)
+        self.backbone = ResNet(depth=b.depth, frozen_stages=b.frozen_stages, norm_eval=b.norm_eval)
         if tuple(self.backbone.out_channels) != tuple(n.in_channels):
             raise ValueError(f"neck.in_channels {tuple(n.in_channels)} do not match ResNet-{b.depth} "
                              f"outputs {tuple(self.backbone.out_channels)}")
-        self.neck = FPN(n.in_channels, n.out_channels, n.num_outs)
-        self.mask_feat_head = MaskFeatHead(m.in_channels, m.out_channels, m.start_level, m.end_level, m.num_classes)
-        self.bbox_head = SOLOv2Head(h.num_classes, h.in_channels, h.stacked_convs, h.seg_feat_channels,
-                                    h.ins_out_channels, h.num_grids)
+        self.neck = FPN(in_channels=n.in_channels, out_channels=n.out_channels, num_outs=n.num_outs)
+        self.mask_feat_head = MaskFeatHead(in_channels=m.in_channels, out_channels=m.out_channels,
+                                           start_level=m.start_level, end_level=m.end_level, num_classes=m.num_classes)
+        self.bbox_head = SOLOv2Head(num_classes=h.num_classes, in_channels=h.in_channels,
+                                    stacked_convs=h.stacked_convs, seg_feat_channels=h.seg_feat_channels,
+                                    ins_out_channels=h.ins_out_channels, num_grids=h.num_grids)
 
     def features(self, img: Tensor) -> Tuple[List[Tensor], List[Tensor], Tensor]:
         """img -> (per-level cate logits (N, C, S, S), per-level kernels (N, E, S, S), mask_feat)."""

@@ -83,7 +83,7 @@ def with_epochs(optim, epochs: Optional[int]):
         return optim
     total = optim.total_epochs
     # an lr step at epoch 0 would decay from the start, one at or past the end never: keep 1 <= step < epochs
-    steps = sorted({max(1, round(s * epochs / total)) for s in optim.lr_steps} - set(range(epochs, 10 ** 6)))
+    steps = sorted({s for s in (max(1, round(s * epochs / total)) for s in optim.lr_steps) if s < epochs})
     return dataclasses.replace(optim, total_epochs=epochs, lr_steps=tuple(steps))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from solov2.errors import SolovError
-from solov2.files import check_writable, write_json_atomic
+from solov2.files import UMASK, check_writable, write_json_atomic
 
 DEFAULT_HCCN_CONF = "/etc/hccn.conf"
 
@@ -145,7 +145,7 @@ def write_table(table: dict, path: Path, force: bool) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         check_writable(path, force)
-        write_json_atomic(path, table, indent=4)
+        write_json_atomic(path, table, indent=4, mode=UMASK)  # as the path.write_text it replaces
     except OSError as e:
         raise HcclError(f"cannot write {path}: {e.strerror}") from None
     print(f"Completed: hccl file was saved in {path.resolve()}")
