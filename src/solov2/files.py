@@ -6,7 +6,7 @@ metrics.json) are written through `atomic_write`. Append-only logs (train.log, l
 """
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -34,10 +34,20 @@ def check_writable(path, force: bool) -> None:
 UMASK = "umask"  # atomic_write mode: what a plain open() would have created (0666 less the process umask)
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+def _create_temporary(path: Path) -> Path:
+    """A new empty file beside `path` (same suffix), created with 0666 so that the OS applies the umask.
+
+    Not mkstemp (always 0600) plus reading the umask: os.umask can only be read by setting it, which would briefly
+    change it for every thread of the process (MindSpore's own threads create files too).
+    """
+    for _ in range(100):
+        tmp = path.parent.absolute() / f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
 
 
 @contextmanager
@@ -46,17 +56,15 @@ def atomic_write(path, mode=UMASK) -> Iterator[Path]:
 
     The temporary file is in the same folder (same file system, so os.replace is atomic) and ends in the same
     suffix (cv2 picks the image encoder and MindSpore the checkpoint format by it). If the block raises, the
-    temporary file is removed and `path` is untouched. mode: permissions of the result (mkstemp creates 0600):
-    UMASK (those of a plain open()), an int, or None to keep what the writer set.
+    temporary file is removed and `path` is untouched. mode: permissions of the result: UMASK (those of a plain
+    open()), an int, or None to keep what the writer set.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent.absolute())
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _create_temporary(path)
     try:
         yield tmp
-        if mode is not None:
-            os.chmod(tmp, _umask_mode() if mode == UMASK else mode)
+        if mode is not None and mode != UMASK:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
