@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 import mindspore as ms  # noqa: E402
 
 from solov2.config import BackboneConfig, HeadConfig, MaskFeatConfig, NeckConfig, SOLOv2Config  # noqa: E402
-from solov2.convert import (ConvertError, config_from_arch, convert_checkpoint, detect_layout,  # noqa: E402
+from solov2.convert import (ConvertError, check_config, config_from_arch, convert_checkpoint, detect_layout,  # noqa: E402
                             infer_arch, model_parameter_shapes, official_to_mindspore_name, to_official,
                             verify_names_and_shapes)
 from solov2.models import build_model  # noqa: E402
@@ -196,11 +196,58 @@ def test_renaming_covers_every_official_key(fixture, depth, e, stacked, width):
     verify_names_and_shapes({official_to_mindspore_name(k): np.empty(shapes[k]) for k in official}, expected)
 
 
-@pytest.mark.parametrize("fixture", ["solov2_r101_dcn_official_keys.json", "solov2_light_512_dcn_r50_official_keys.json"])
-def test_dcn_key_fixtures_are_refused(fixture):
-    shapes = {k: tuple(s) for k, s, _ in json.loads((SHARED / "fixtures" / fixture).read_text())["keys"]}
-    with pytest.raises(ConvertError, match="DCN checkpoints are not supported"):
-        infer_arch(shapes, "dcn.pth")
+DCN3 = [False, True, True, True]
+
+
+def x101_dcn_keys():
+    """ResNeXt-101 64x4d DCN keys (no fixture exists): from the independent torch model of tests/models."""
+    sys.path.insert(0, str(Path(__file__).parent / "models"))
+    import torch_solov2
+    net = torch_solov2.SOLOv2(depth=101, groups=64, base_width=4, backbone_dcn="DCNv2", stage_with_dcn=DCN3,
+                              head_dcn="DCNv2", mask_dcn="DCNv2")
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("name, dcn", [
+    ("solov2_r101_dcn_official_keys.json", dict(groups=1, backbone_dcn="DCNv2", head_dcn="DCNv2",
+                                                head_dcn_all_convs=True, mask_feat_dcn="DCNv2")),
+    ("solov2_light_512_dcn_r50_official_keys.json", dict(groups=1, backbone_dcn="DCN", head_dcn="DCN",
+                                                         head_dcn_all_convs=False, mask_feat_dcn=None)),
+    ("x101_dcn", dict(groups=64, base_width=4, backbone_dcn="DCNv2", head_dcn="DCNv2", head_dcn_all_convs=True,
+                      mask_feat_dcn="DCNv2")),
+])
+def test_dcn_keys_convert_by_name(name, dcn):
+    """Every DCN key (conv_offset of backbone conv2, tower convs, mask-feature convs incl. the 1x1 conv_pred) is
+    renamed from the official and mmdetection layouts and fits the model built from the inferred architecture."""
+    shapes = x101_dcn_keys() if name == "x101_dcn" else \
+        {k: tuple(s) for k, s, _ in json.loads((SHARED / "fixtures" / name).read_text())["keys"]}
+    assert any(".conv_pred.0.conv.conv_offset." in k for k in shapes) == (dcn["mask_feat_dcn"] is not None)
+    for layout, rekey in (("official", str), ("mmdet3", to_mmdet3_key)):
+        back, _ = to_official({rekey(k): np.empty(0) for k in shapes}, layout)
+        assert set(back) == {k for k in shapes if not k.endswith("num_batches_tracked")}, layout
+    official = {k: v for k, v in shapes.items() if not k.endswith("num_batches_tracked")}
+    arch = infer_arch(official)
+    assert {k: arch[k] for k in dcn} == dcn and arch["stage_with_dcn"] == DCN3
+    expected = model_parameter_shapes(config_from_arch(arch))
+    verify_names_and_shapes({official_to_mindspore_name(k): np.empty(v) for k, v in official.items()}, expected)
+    assert sum("conv_offset" in k for k in expected) == sum("conv_offset" in k for k in official)
+
+
+def test_unsupported_dcn_placements_are_named():
+    shapes = {k: tuple(s) for k, s, _ in
+              json.loads((SHARED / "fixtures" / "solov2_r101_dcn_official_keys.json").read_text())["keys"]}
+    some = {k: v for k, v in shapes.items() if not k.startswith("backbone.layer3.1.conv2.conv_offset")}
+    with pytest.raises(ConvertError, match="backbone.layer3: only some blocks have a deformable conv2"):
+        infer_arch(some, "d.pth")
+    tower = {k: v for k, v in shapes.items() if not k.startswith("bbox_head.cate_convs.1.conv.conv_offset")}
+    with pytest.raises(ConvertError, match="d.pth: unsupported placement of deformable convs in bbox_head"):
+        infer_arch(tower, "d.pth")
+    mixed = dict(shapes, **{"bbox_head.cate_convs.0.conv.conv_offset.weight": (18, 256, 3, 3)})
+    with pytest.raises(ConvertError, match=r"deformable convolutions in bbox_head: types \['DCN', 'DCNv2'\] mixed"):
+        infer_arch(mixed, "d.pth")
+    odd = dict(shapes, **{"mask_feat_head.conv_pred.0.conv.conv_offset.weight": (5, 128, 1, 1)})
+    with pytest.raises(ConvertError, match="mask_feat_head.conv_pred.0.conv: 5 offset channels"):
+        infer_arch(odd, "d.pth")
 
 
 # -------------------------------------------------------------------------------------------------- errors
@@ -315,12 +362,32 @@ def test_config_mismatch_is_named(reference, tmp_path):
                    config=light_r18_cfg(depth=101))
 
 
-def test_dcn_key_is_refused(reference, tmp_path):
+def test_dcn_key_on_a_basic_block_is_refused(reference, tmp_path):
     sd, _, meta = reference
     dcn = collections.OrderedDict(sd, **{"backbone.layer3.0.conv2.conv_offset.weight": torch.zeros(27, 256, 3, 3)})
     msg = assert_refused(official_pth(tmp_path / "d.pth", dcn, meta), tmp_path / "x.ckpt",
-                         "DCN checkpoints are not supported")
-    assert "d.pth" in msg and "conv_offset" in msg
+                         "backbone.layer3: only some blocks have a deformable conv2")
+    assert msg.startswith(str(tmp_path / "d.pth"))
+
+
+def test_dcn_checkpoint_against_a_plain_config_is_named():
+    from solov2.config import load_config
+    shapes = {k: tuple(s) for k, s, _ in
+              json.loads((SHARED / "fixtures" / "solov2_r101_dcn_official_keys.json").read_text())["keys"]}
+    arch = infer_arch({k: v for k, v in shapes.items() if not k.endswith("num_batches_tracked")})
+    with pytest.raises(ConvertError) as err:
+        check_config(arch, load_config(REPO / "configs" / "solov2" / "solov2_r101_fpn_8gpu_3x.py"), "d.pth")
+    msg = str(err.value)
+    assert "checkpoint backbone deformable conv2 (type, stages) is ('DCNv2', (False, True, True, True)), config " \
+           "expects (None, (False, False, False, False))" in msg
+    assert "bbox_head deformable tower convs (type, which) are ('DCNv2', 'all'), config expects (None, None)" in msg
+    light = load_config(REPO / "configs" / "solov2" / "solov2_light_512_dcn_r50_fpn_8gpu_3x.py")
+    check_config(infer_arch({k: v for k, v in json_shapes("solov2_light_512_dcn_r50_official_keys.json").items()
+                             if not k.endswith("num_batches_tracked")}), light)   # the matching pair passes
+
+
+def json_shapes(name):
+    return {k: tuple(s) for k, s, _ in json.loads((SHARED / "fixtures" / name).read_text())["keys"]}
 
 
 def test_existing_dst_needs_force(reference, tmp_path):

@@ -24,7 +24,9 @@ from typing import Dict, List, Tuple, Union
 
 import numpy as np
 
-from solov2.config import BackboneConfig, HeadConfig, MaskFeatConfig, NeckConfig, SOLOv2Config
+from solov2.checkpoint_arch import (check_config, config_from_arch, describe_arch,  # noqa: F401 (API)
+                                    infer_arch)
+from solov2.config import SOLOv2Config
 from solov2.errors import SolovError
 from solov2.files import atomic_write, check_writable, write_json_atomic
 from solov2.torch_checkpoint import ConvertError, listing, load_torch_checkpoint
@@ -66,11 +68,6 @@ MINDSPORE_RULES = [
     (rf"^({_GN})\.weight$", r"\1.gamma"),
     (rf"^({_GN})\.bias$", r"\1.beta"),
 ]
-
-# (bottleneck?, blocks per stage) -> ResNet depth, as in mmdet ResNet.arch_settings.
-RESNET_DEPTHS = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34,
-                 (True, (3, 4, 6, 3)): 50, (True, (3, 4, 23, 3)): 101}
-
 
 def detect_layout(keys: List[str], path: str = "checkpoint") -> str:
     """'official' | 'mmdet3' | 'pytorch_solov2' from distinctive top-level prefixes."""
@@ -114,85 +111,6 @@ def to_official(state: Dict[str, np.ndarray], layout: str, path: str = "checkpoi
 def official_to_mindspore_name(key: str) -> str:
     """Official key -> MindSpore parameter name (BN/GN renames; all other names are unchanged)."""
     return _apply_rules(key, MINDSPORE_RULES)
-
-
-def infer_arch(shapes: Dict[str, Tuple[int, ...]], path: str = "checkpoint") -> dict:
-    """Architecture from official keys/shapes: depth, channels, stacked convs, E, classes.
-
-    shapes: official key -> shape. num_classes follows the official convention (cate channels + 1).
-    """
-    dcn = [k for k in shapes if "conv_offset" in k]
-    if dcn:
-        raise ConvertError(f"{path}: DCN checkpoints are not supported ({len(dcn)} conv_offset keys, "
-                           f"e.g. {listing(dcn, 2)})")
-
-    def shape(key):
-        if key not in shapes:
-            raise ConvertError(f"{path}: missing key {key!r} (needed to infer the architecture)")
-        return shapes[key]
-
-    def count(prefix):
-        return len({int(m.group(1)) for k in shapes for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m})
-
-    bottleneck = "backbone.layer1.0.conv3.weight" in shapes
-    blocks = tuple(count(f"backbone.layer{i}.") for i in range(1, 5))
-    depth = RESNET_DEPTHS.get((bottleneck, blocks))
-    if depth is None:
-        raise ConvertError(f"{path}: unsupported backbone: {'Bottleneck' if bottleneck else 'BasicBlock'} "
-                           f"ResNet with {blocks} blocks per stage (supported depths 18/34/50/101)")
-    stacked = count("bbox_head.cate_convs.")
-    arch = {
-        "depth": depth,
-        "fpn_in_channels": [shape(f"neck.lateral_convs.{i}.conv.weight")[1] for i in range(4)],
-        "fpn_out_channels": shape("neck.lateral_convs.0.conv.weight")[0],
-        "head_in_channels": shape("bbox_head.cate_convs.0.conv.weight")[1],
-        "stacked_convs": stacked,
-        "seg_feat_channels": shape("bbox_head.solo_cate.weight")[1],
-        "ins_out_channels": shape("bbox_head.solo_kernel.weight")[0],
-        "mask_feat_in_channels": shape("mask_feat_head.convs_all_levels.0.conv0.conv.weight")[1],
-        "mask_feat_channels": shape("mask_feat_head.convs_all_levels.0.conv0.conv.weight")[0],
-        "mask_feat_out_channels": shape("mask_feat_head.conv_pred.0.conv.weight")[0],
-        "num_classes": shape("bbox_head.solo_cate.weight")[0] + 1,
-    }
-    if arch["mask_feat_out_channels"] != arch["ins_out_channels"]:
-        raise ConvertError(f"{path}: inconsistent checkpoint: solo_kernel predicts {arch['ins_out_channels']}-d "
-                           f"kernels but the mask features have {arch['mask_feat_out_channels']} channels")
-    return arch
-
-
-def config_from_arch(arch: dict) -> SOLOv2Config:
-    """A SOLOv2Config whose weight shapes follow `arch`; non-weight settings keep their defaults."""
-    return SOLOv2Config(
-        backbone=BackboneConfig(depth=arch["depth"]),
-        neck=NeckConfig(in_channels=tuple(arch["fpn_in_channels"]), out_channels=arch["fpn_out_channels"]),
-        head=HeadConfig(num_classes=arch["num_classes"], in_channels=arch["head_in_channels"],
-                        stacked_convs=arch["stacked_convs"], seg_feat_channels=arch["seg_feat_channels"],
-                        ins_out_channels=arch["ins_out_channels"]),
-        mask_feat=MaskFeatConfig(in_channels=arch["mask_feat_in_channels"], out_channels=arch["mask_feat_channels"],
-                                 num_classes=arch["mask_feat_out_channels"]),
-        source="inferred from checkpoint keys")
-
-
-def check_config(arch: dict, cfg: SOLOv2Config, path: str = "checkpoint") -> None:
-    """Raise ConvertError naming every architecture field where checkpoint and config disagree."""
-    b, n, h, m = cfg.backbone, cfg.neck, cfg.head, cfg.mask_feat
-    checks = [
-        (arch["depth"], b.depth, "ResNet-{a} checkpoint, config is ResNet-{c}"),
-        (arch["num_classes"] - 1, h.num_classes - 1, "checkpoint has {a} classes, config expects {c}"),
-        (arch["stacked_convs"], h.stacked_convs, "checkpoint has {a} stacked head convs, config expects {c}"),
-        (arch["seg_feat_channels"], h.seg_feat_channels, "checkpoint head width is {a}, config expects {c}"),
-        (arch["ins_out_channels"], h.ins_out_channels, "checkpoint kernel size E is {a}, config expects {c}"),
-        (arch["head_in_channels"], h.in_channels, "checkpoint head input is {a} channels, config expects {c}"),
-        (tuple(arch["fpn_in_channels"]), tuple(n.in_channels), "checkpoint FPN inputs are {a}, config expects {c}"),
-        (arch["fpn_out_channels"], n.out_channels, "checkpoint FPN width is {a}, config expects {c}"),
-        (arch["mask_feat_in_channels"], m.in_channels, "checkpoint mask-feature input is {a}, config expects {c}"),
-        (arch["mask_feat_channels"], m.out_channels, "checkpoint mask-feature width is {a}, config expects {c}"),
-        (arch["mask_feat_out_channels"], m.num_classes, "checkpoint mask features are {a}-d, config expects {c}"),
-    ]
-    bad = [msg.format(a=a, c=c) for a, c, msg in checks if a != c]
-    if bad:
-        where = f" ({cfg.source})" if cfg.source else ""
-        raise ConvertError(f"{path}: checkpoint does not match the config{where}: " + "; ".join(bad))
 
 
 def model_parameter_shapes(cfg: SOLOv2Config) -> Dict[str, Tuple[int, ...]]:
@@ -311,8 +229,7 @@ def format_summary(s: dict) -> str:
                if s["classes"] else f"{a['num_classes'] - 1} (no class names in the checkpoint)")
     lines = [
         f"source:      {s['source']} (layout: {s['layout']}, weights from '{s['container']}')",
-        f"arch:        ResNet-{a['depth']}, FPN {a['fpn_out_channels']}, {a['stacked_convs']} stacked convs x "
-        f"{a['seg_feat_channels']}, E={a['ins_out_channels']}, mask features {a['mask_feat_channels']}",
+        f"arch:        {describe_arch(a)}",
         f"config:      {s['config']}",
         f"classes:     {classes}",
         f"converted:   {s['num_tensors']} tensors, {s['num_parameters']:,} parameters (float32)",

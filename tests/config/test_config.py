@@ -25,7 +25,20 @@ LIGHT = dict(stacked_convs=2, seg_feat_channels=256, ins_out_channels=128, scale
              train_scales=LIGHT_TRAIN, test_scale=(768, 448))
 COCO = dict(num_classes=81, data_root="data/coco/")
 TRASHCAN = dict(num_classes=23, data_root="data/trashcan/")
+# Deformable variants (§0, §1, §3, §9): backbone (type, groups, base_width, dcn, stage_with_dcn), head, mask_feat_head
+PLAIN = dict(backbone=(1, 4, None, (False,) * 4), head=("SOLOv2Head", None, True), mask_dcn=None)
+DCN_STAGES = (False, True, True, True)
+R101_DCN = dict(BIG, backbone=(1, 4, "DCNv2", DCN_STAGES), head=("SOLOv2Head", "DCNv2", True), mask_dcn="DCNv2",
+                depth=101, fpn_in=C_BIG)
+X101_DCN = dict(R101_DCN, backbone=(64, 4, "DCNv2", DCN_STAGES), pretrained="open-mmlab://resnext101_64x4d")
+LIGHT512_DCN = dict(stacked_convs=3, seg_feat_channels=256, ins_out_channels=128,
+                    scale_ranges=((1, 64), (32, 128), (64, 256), (128, 512), (256, 2048)),
+                    train_scales=tuple((852, s) for s in (512, 480, 448, 416, 384, 352)), test_scale=(852, 512),
+                    backbone=(1, 4, "DCN", DCN_STAGES), head=("SOLOv2LightHead", "DCN", False), mask_dcn=None,
+                    depth=50, fpn_in=C_BIG)
 EXPECTED = {
+    "solov2_r50_fpn_8gpu_1x.py": dict(BIG, **COCO, depth=50, fpn_in=C_BIG, train_scales=((1333, 800),),
+                                      lr_steps=(9, 11), total_epochs=12),
     "solov2_r50_fpn_8gpu_3x.py": dict(BIG, **COCO, depth=50, fpn_in=C_BIG),
     "solov2_r101_fpn_8gpu_3x.py": dict(BIG, **COCO, depth=101, fpn_in=C_BIG),
     "solov2_light_448_r18_fpn_8gpu_3x.py": dict(LIGHT, **COCO, depth=18, fpn_in=C_SMALL),
@@ -33,6 +46,12 @@ EXPECTED = {
     "solov2_light_448_r50_fpn_8gpu_3x.py": dict(LIGHT, **COCO, depth=50, fpn_in=C_BIG),
     "solov2_r101_fpn_8gpu_3x_trashcan.py": dict(BIG, **TRASHCAN, depth=101, fpn_in=C_BIG),
     "solov2_light_448_r18_fpn_8gpu_3x_trashcan.py": dict(LIGHT, **TRASHCAN, depth=18, fpn_in=C_SMALL),
+    "solov2_r101_dcn_fpn_8gpu_3x.py": dict(R101_DCN, **COCO),
+    "solov2_x101_dcn_fpn_8gpu_3x.py": dict(X101_DCN, **COCO),
+    "solov2_light_512_dcn_r50_fpn_8gpu_3x.py": dict(LIGHT512_DCN, **COCO),
+    "solov2_r101_dcn_fpn_8gpu_3x_trashcan.py": dict(R101_DCN, **TRASHCAN),
+    "solov2_x101_dcn_fpn_8gpu_3x_trashcan.py": dict(X101_DCN, **TRASHCAN),
+    "solov2_light_512_dcn_r50_fpn_8gpu_3x_trashcan.py": dict(LIGHT512_DCN, **TRASHCAN),
 }
 R101 = CONFIGS / "solov2_r101_fpn_8gpu_3x.py"
 
@@ -72,11 +91,13 @@ def test_demo_config_trains_from_scratch_at_one_scale():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_shipped_config_values(name):
-    exp = EXPECTED[name]
+    exp = dict(PLAIN, **EXPECTED[name])
     cfg = load_config(CONFIGS / name)
     assert isinstance(cfg, SOLOv2Config) and cfg.source == str(CONFIGS / name)
     b, n, h, m, d, o, t = cfg.backbone, cfg.neck, cfg.head, cfg.mask_feat, cfg.data, cfg.optim, cfg.test
     assert (b.depth, b.frozen_stages, b.norm_eval, b.out_indices) == (exp["depth"], 1, True, (0, 1, 2, 3))
+    assert (b.groups, b.base_width, b.dcn, b.stage_with_dcn) == exp["backbone"]
+    assert (h.type, h.dcn, h.dcn_all_convs) == exp["head"] and m.dcn == exp["mask_dcn"]
     assert (n.in_channels, n.out_channels, n.num_outs) == (exp["fpn_in"], 256, 5)
     assert (h.num_classes, h.in_channels, h.stacked_convs, h.seg_feat_channels, h.ins_out_channels) == (
         exp["num_classes"], 256, exp["stacked_convs"], exp["seg_feat_channels"], exp["ins_out_channels"])
@@ -95,8 +116,9 @@ def test_shipped_config_values(name):
     assert d.val_img_prefix.startswith(exp["data_root"]) and d.test_ann_file == d.val_ann_file
     assert (o.lr, o.momentum, o.weight_decay, o.grad_clip) == (0.01, 0.9, 1e-4, 35.0)
     assert (o.warmup, o.warmup_iters, o.warmup_ratio, o.lr_steps, o.lr_gamma, o.total_epochs) == (
-        "linear", 500, 0.01, (27, 33), 0.1, 36)
-    assert cfg.load_from is None and cfg.pretrained == f"torchvision://resnet{exp['depth']}"
+        "linear", 500, 0.01, exp.get("lr_steps", (27, 33)), 0.1, exp.get("total_epochs", 36))
+    assert cfg.load_from is None
+    assert cfg.pretrained == exp.get("pretrained", f"torchvision://resnet{exp['depth']}")
     assert (cfg.class_names is None) == (exp["num_classes"] == 81)
 
 
@@ -203,23 +225,50 @@ DCN_BACKBONE = """style='pytorch',
         stage_with_dcn=(False, True, True, True)),"""
 
 
-def test_dcn_backbone_file_is_refused(tmp_path):
+def test_dcn_backbone_in_a_plain_file_loads(tmp_path):
+    """The official DCN block pasted into the R101 file: a deformable backbone, head and mask features untouched."""
     text = R101.read_text()
     assert text.count("style='pytorch'),") == 1
-    path = write(tmp_path, text.replace("style='pytorch'),", DCN_BACKBONE))
-    msg = raises(load_config, path, match="model.backbone.dcn: deformable convolution")
-    assert msg == f"{path}: model.backbone.dcn: deformable convolution (DCN) is not supported by this port"
+    cfg = load_config(write(tmp_path, text.replace("style='pytorch'),", DCN_BACKBONE)))
+    assert (cfg.backbone.dcn, cfg.backbone.stage_with_dcn) == ("DCNv2", (False, True, True, True))
+    assert cfg.head.dcn is None and cfg.mask_feat.dcn is None
+    typo = write(tmp_path, text.replace("style='pytorch'),", DCN_BACKBONE.replace("deformable_groups", "deform_groups")))
+    raises(load_config, typo, match=r"model\.backbone\.dcn\.deform_groups: unknown deformable-convolution setting")
 
 
 @pytest.mark.parametrize("override, match", [
-    ("model.backbone.stage_with_dcn=(False, True, True, True)", r"model\.backbone\.stage_with_dcn: deformable"),
-    ("model.bbox_head.use_dcn_in_tower=True", r"model\.bbox_head\.use_dcn_in_tower: deformable"),
-    ("model.bbox_head.type_dcn=DCNv2", r"model\.bbox_head\.type_dcn: deformable"),
-    ("model.mask_feat_head.conv_cfg={'type': 'DCNv2'}", r"model\.mask_feat_head\.conv_cfg: deformable"),
-    ("model.bbox_head.type=SOLOv2LightHead", r"model\.bbox_head\.type: 'SOLOv2LightHead' is not supported"),
+    ("model.backbone.dcn={'type': 'DCNv3'}", r"model\.backbone\.dcn\.type: 'DCNv3' is not supported"),
+    ("model.backbone.dcn.deformable_groups=4", r"model\.backbone\.dcn\.deformable_groups: 4 is not supported"),
+    ("model.backbone.dcn.fallback_on_stride=True", r"dcn\.fallback_on_stride: True is not supported"),
+    ("model.backbone.dcn.modulated=True", r"model\.backbone\.dcn has no key 'modulated'"),
+    ("model.backbone.stage_with_dcn=(True, True)", r"stage_with_dcn: must be 4 booleans"),
+    ("model.backbone.dcn=None", r"model\.backbone\.stage_with_dcn: is set but dcn is None"),
+    ("model.bbox_head.type_dcn=DCNv3", r"model\.bbox_head\.type_dcn: 'DCNv3' is not supported"),
+    ("model.bbox_head.type_dcn=None", r"model\.bbox_head\.type_dcn: must be 'DCN' or 'DCNv2' when use_dcn_in_tower"),
+    ("model.mask_feat_head.conv_cfg={'type': 'ConvWS'}", r"mask_feat_head\.conv_cfg\.type: 'ConvWS' is not supp"),
+    ("model.backbone.depth=34", r"model\.backbone\.depth: ResNeXt needs a Bottleneck depth"),
+    ("model.backbone.groups=two", r"model\.backbone\.groups: must be an integer >= 1"),
+])
+def test_bad_deformable_and_resnext_settings(override, match):
+    x101 = CONFIGS / "solov2_x101_dcn_fpn_8gpu_3x.py"
+    msg = raises(load_config, x101, [override], match=match)
+    assert msg.startswith(f"{x101}: "), msg
+
+
+def test_dcn_on_basic_blocks_and_groups_on_resnet_are_refused():
+    r18 = CONFIGS / "solov2_light_448_r18_fpn_8gpu_3x.py"
+    raises(load_config, r18, ["model.backbone.dcn={'type': 'DCN'}", "model.backbone.stage_with_dcn=(False, True, True, True)"],
+           match=r"model\.backbone\.dcn: BasicBlock backbones")
+    raises(load_config, R101, ["model.backbone.groups=32"], match=r"model\.backbone\.groups: needs type='ResNeXt'")
+
+
+@pytest.mark.parametrize("override, match", [
+    ("model.backbone.stage_with_dcn=(False, True, True, True)", r"model\.backbone\.stage_with_dcn: is set but dcn"),
+    ("model.bbox_head.use_dcn_in_tower=True", r"model\.bbox_head\.type_dcn: must be 'DCN' or 'DCNv2'"),
     ("model.bbox_head.type=DecoupledSOLOHead", r"model\.bbox_head\.type: 'DecoupledSOLOHead' is not supported"),
+    ("model.bbox_head.type=SOLOHead", r"model\.bbox_head\.type: 'SOLOHead' is not supported"),
     ("model.type=SOLO", r"model\.type: 'SOLO' is not supported"),
-    ("model.backbone.type=ResNeXt", r"model\.backbone\.type: 'ResNeXt' is not supported"),
+    ("model.backbone.type=HRNet", r"model\.backbone\.type: 'HRNet' is not supported"),
     ("model.backbone.depth=152", r"model\.backbone\.depth: 152 is not supported"),
     ("model.neck.add_extra_convs=True", r"model\.neck\.add_extra_convs: True is not supported"),
     ("model.bbox_head.loss_cate={'type': 'CrossEntropyLoss'}", r"loss_cate\.type: 'CrossEntropyLoss' is not supp"),

@@ -89,8 +89,8 @@ def test_lr_schedule_warmup_and_steps():
     assert lrs[2700] == pytest.approx(0.001) and lrs[3300] == pytest.approx(0.0001)
 
 
-def run_train(work, *extra, epochs=2, images=4, scale="(256,160)", check=True, more=()):
-    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(TRASHCAN_R18), "--work-dir", str(work),
+def run_train(work, *extra, epochs=2, images=4, scale="(256,160)", check=True, more=(), config=TRASHCAN_R18):
+    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(config), "--work-dir", str(work),
            *extra, "--cfg-options", f"data.train.ann_file={DATA}/annotations/instances_train_trashcan.json",
            f"data.train.img_prefix={DATA}/train/", f"data.train.max_images={images}", "data.imgs_per_gpu=2",
            f"total_epochs={epochs}", f"data.train.pipeline.2.img_scale=[{scale}]", "log_config.interval=1", *more]
@@ -169,3 +169,19 @@ def test_load_from_coco_checkpoint_reinitialises_the_class_layer(tmp_path):
     assert got["bbox_head.solo_cate.weight"].shape == (22, 256, 3, 3)
     for frozen in ("backbone.conv1.weight", "backbone.layer1.0.conv1.weight", "backbone.layer3.1.bn2.moving_mean"):
         np.testing.assert_array_equal(got[frozen].asnumpy(), src[frozen])   # loaded, and frozen in training
+
+
+def test_short_deformable_training_run(tmp_path):
+    """Fine-tuning the light-512 DCN R50 TrashCan config (DCNv1 in res3-res5 and in the last tower convs): the
+    offsets start at zero (mmcv) and must learn, i.e. the gradients reach conv_offset through the sampling."""
+    cfg = REPO / "configs" / "solov2" / "solov2_light_512_dcn_r50_fpn_8gpu_3x_trashcan.py"
+    run_train(tmp_path / "w", "--seed", "3", epochs=2, images=2, config=cfg,
+                  more=["optimizer.lr=0.002", "lr_config.warmup_iters=1"])
+    rows = [json.loads(s) for s in (tmp_path / "w" / "log.json").read_text().splitlines()]
+    assert len(rows) == 2 and all(np.isfinite(row["loss"]) for row in rows), rows
+    got = ms.load_checkpoint(str(tmp_path / "w" / "epoch_2.ckpt"))
+    offsets = [k for k in got if k.endswith("conv_offset.weight") and k.startswith(("backbone.", "bbox_head."))]
+    assert len(offsets) == (4 + 6 + 3) + 2, offsets                    # backbone res3-res5 blocks + 2 tower convs
+    for k in ("backbone.layer3.0.conv2.conv_offset.weight", "bbox_head.kernel_convs.2.conv.conv_offset.weight"):
+        assert np.abs(got[k].asnumpy()).max() > 0, k                   # moved away from its zero init
+    assert "bbox_head.kernel_convs.1.conv.conv_offset.weight" not in got  # SOLOv2LightHead: the last conv only

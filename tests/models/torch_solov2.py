@@ -5,15 +5,18 @@ Module and parameter names equal the official WXinlong/SOLO state dict (torchvis
 ``conv_pred.0.{conv,gn}``), so ``SOLOv2(...).load_state_dict(official_state_dict, strict=True)`` works,
 ``num_batches_tracked`` included. Used by tests/models/test_parity_torch.py as the reference for the MindSpore port.
 
-`align_corners` (default False, the official behaviour) exists only so tests can show that a wrong
-variant is detected.
+Deformable convolutions (torch_dcn.DeformConvPack), ResNeXt and the light head's DCN placement follow §1, §3 and §9.
+`align_corners` (default False, the official behaviour) and `swap_xy` (read DCN offsets as (dx, dy)) exist only so
+tests can show that a wrong variant is detected.
 """
+import math
 from collections.abc import Sequence
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch_dcn import DeformConvPack
 
 RESNET = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
           50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
@@ -37,16 +40,25 @@ class BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + idt)
 
 
+def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1, dcn: Optional[str] = None, swap_xy=False):
+    """A bias-free 3x3 conv, pad 1; dcn 'DCN' / 'DCNv2' makes it mmcv's DeformConvPack / ModulatedDeformConvPack."""
+    if dcn is None:
+        return nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False)
+    return DeformConvPack(cin, cout, 3, stride, 1, groups, modulated=dcn == "DCNv2", swap_xy=swap_xy)
+
+
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int, downsample):
+    def __init__(self, cin: int, planes: int, stride: int, downsample, groups: int = 1, base_width: int = 4,
+                 dcn: Optional[str] = None, swap_xy: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)   # style='pytorch': stride on 3x3
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        width = planes if groups == 1 else math.floor(planes * base_width / 64) * groups   # ResNeXt
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride, groups, dcn, swap_xy)   # style='pytorch': stride on 3x3
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * 4)
         self.downsample = downsample
 
@@ -60,7 +72,8 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """x (N, 3, H, W) -> (C2, C3, C4, C5), strides 4..32; BN eps 1e-5 (use in eval mode)."""
 
-    def __init__(self, depth: int):
+    def __init__(self, depth: int, groups: int = 1, base_width: int = 4, dcn: Optional[str] = None,
+                 stage_with_dcn=(False, False, False, False), swap_xy: bool = False):
         super().__init__()
         kind, blocks = RESNET[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
@@ -73,7 +86,10 @@ class ResNet(nn.Module):
             down = None
             if stride != 1 or cin != cout:
                 down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            layers = [block(cin, planes, stride, down)] + [block(cout, planes, 1, None) for _ in range(n - 1)]
+            opt = {} if kind == "basic" else dict(groups=groups, base_width=base_width,
+                                                  dcn=dcn if stage_with_dcn[i] else None, swap_xy=swap_xy)
+            layers = [block(cin, planes, stride, down, **opt)] + [block(cout, planes, 1, None, **opt)
+                                                                  for _ in range(n - 1)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
             cin = cout
 
@@ -118,9 +134,10 @@ class FPN(nn.Module):
 class ConvGN(nn.Module):
     """ConvModule(norm_cfg=GN(32)): conv (no bias) -> ``gn`` GroupNorm(32, eps 1e-5) -> ReLU."""
 
-    def __init__(self, cin: int, cout: int, k: int = 3):
+    def __init__(self, cin: int, cout: int, k: int = 3, dcn: Optional[str] = None, swap_xy: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)
+        self.conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=False) if dcn is None else \
+            DeformConvPack(cin, cout, k, 1, k // 2, modulated=dcn == "DCNv2", swap_xy=swap_xy)
         self.gn = nn.GroupNorm(32, cout)
 
     def forward(self, x):
@@ -144,11 +161,15 @@ class SOLOv2Head(nn.Module):
     """Shared grid head. forward(P2..P6) -> per level (cate logits (N, C, S, S), kernels (N, E, S, S))."""
 
     def __init__(self, num_cate: int, in_ch: int = 256, stacked: int = 4, feat_ch: int = 512, e: int = 256,
-                 grids=(40, 36, 24, 16, 12), align_corners: bool = False):
+                 grids=(40, 36, 24, 16, 12), align_corners: bool = False, dcn: Optional[str] = None,
+                 dcn_last_only: bool = False, swap_xy: bool = False):
         super().__init__()
         self.grids, self.ac = tuple(grids), align_corners
-        self.cate_convs = nn.ModuleList(ConvGN(in_ch if i == 0 else feat_ch, feat_ch) for i in range(stacked))
-        self.kernel_convs = nn.ModuleList(ConvGN(in_ch + 2 if i == 0 else feat_ch, feat_ch) for i in range(stacked))
+        d = [dcn if not dcn_last_only or i == stacked - 1 else None for i in range(stacked)]   # Light head: last
+        self.cate_convs = nn.ModuleList(ConvGN(in_ch if i == 0 else feat_ch, feat_ch, 3, d[i], swap_xy)
+                                        for i in range(stacked))
+        self.kernel_convs = nn.ModuleList(ConvGN(in_ch + 2 if i == 0 else feat_ch, feat_ch, 3, d[i], swap_xy)
+                                          for i in range(stacked))
         self.solo_cate = nn.Conv2d(feat_ch, num_cate, 3, padding=1)
         self.solo_kernel = nn.Conv2d(feat_ch, e, 3, padding=1)
 
@@ -174,20 +195,21 @@ class SOLOv2Head(nn.Module):
 class MaskFeatHead(nn.Module):
     """(P2..P5) -> mask features (N, E, H/4, W/4) >= 0. Level L: L x (ConvGN, bilinear x2); coord on P5."""
 
-    def __init__(self, in_ch: int = 256, mid: int = 128, e: int = 256, align_corners: bool = False):
+    def __init__(self, in_ch: int = 256, mid: int = 128, e: int = 256, align_corners: bool = False,
+                 dcn: Optional[str] = None, swap_xy: bool = False):
         super().__init__()
         levels = []
         for lvl in range(4):
             seq = nn.Sequential()
             for j in range(max(lvl, 1)):
                 cin = (in_ch + (2 if lvl == 3 else 0)) if j == 0 else mid
-                seq.add_module(f"conv{j}", ConvGN(cin, mid))
+                seq.add_module(f"conv{j}", ConvGN(cin, mid, 3, dcn, swap_xy))
                 if lvl > 0:
                     seq.add_module(f"upsample{j}", nn.Upsample(scale_factor=2, mode="bilinear",
                                                                align_corners=align_corners))
             levels.append(seq)
         self.convs_all_levels = nn.ModuleList(levels)
-        self.conv_pred = nn.Sequential(ConvGN(mid, e, 1))
+        self.conv_pred = nn.Sequential(ConvGN(mid, e, 1, dcn, swap_xy))
 
     def forward(self, p):
         f = self.convs_all_levels[0](p[0])
@@ -206,13 +228,17 @@ class SOLOv2(nn.Module):
     """
 
     def __init__(self, depth: int = 101, num_cate: int = 80, stacked: int = 4, feat_ch: int = 512, e: int = 256,
-                 grids=(40, 36, 24, 16, 12), align_corners: bool = False):
+                 grids=(40, 36, 24, 16, 12), align_corners: bool = False, groups: int = 1, base_width: int = 4,
+                 backbone_dcn: Optional[str] = None, stage_with_dcn=(False, False, False, False),
+                 head_dcn: Optional[str] = None, head_dcn_last_only: bool = False, mask_dcn: Optional[str] = None,
+                 swap_xy: bool = False):
         super().__init__()
         c = 64 if depth < 50 else 256
-        self.backbone = ResNet(depth)
+        self.backbone = ResNet(depth, groups, base_width, backbone_dcn, stage_with_dcn, swap_xy)
         self.neck = FPN([c, 2 * c, 4 * c, 8 * c])
-        self.mask_feat_head = MaskFeatHead(256, 128, e, align_corners)
-        self.bbox_head = SOLOv2Head(num_cate, 256, stacked, feat_ch, e, grids, align_corners)
+        self.mask_feat_head = MaskFeatHead(256, 128, e, align_corners, mask_dcn, swap_xy)
+        self.bbox_head = SOLOv2Head(num_cate, 256, stacked, feat_ch, e, grids, align_corners, head_dcn,
+                                    head_dcn_last_only, swap_xy)
 
     @torch.no_grad()
     def forward(self, img: torch.Tensor) -> Dict[str, list]:
@@ -250,7 +276,7 @@ def get_seg_single(cate: torch.Tensor, kernels: torch.Tensor, mask_feat: torch.T
 
     cate (cells, C) scores after sigmoid + points_nms; kernels (cells, E); mask_feat (E, h, w).
     cfg: object with score_thr, mask_thr, nms_pre, update_thr, kernel, sigma, max_per_img.
-    Returns dict(masks bool (n, H0, W0), labels int64 (n,), scores float32 (n,), cells int64 (n,), counts).
+    Returns dict(masks bool (n, H0, W0), soft (n, H0, W0) the probabilities they threshold, labels int64 (n,), scores float32 (n,), cells int64 (n,), counts).
     """
     h, w = int(img_shape[0]), int(img_shape[1])
     fh, fw = mask_feat.shape[-2:]
@@ -285,9 +311,9 @@ def get_seg_single(cate: torch.Tensor, kernels: torch.Tensor, mask_feat: torch.T
     order = torch.argsort(scores, descending=True, stable=True)[:cfg.max_per_img]
     seg, scores, labels, cells = seg[order], scores[order], labels[order], cells[order]
     seg = F.interpolate(seg[None], size=(4 * fh, 4 * fw), mode="bilinear", align_corners=align_corners)[:, :, :h, :w]
-    masks = F.interpolate(seg, size=(int(ori_shape[0]), int(ori_shape[1])), mode="bilinear",
-                          align_corners=align_corners)[0] > cfg.mask_thr
-    return dict(masks=masks, labels=labels, scores=scores, cells=cells, counts=counts)
+    soft = F.interpolate(seg, size=(int(ori_shape[0]), int(ori_shape[1])), mode="bilinear",
+                         align_corners=align_corners)[0]
+    return dict(masks=soft > cfg.mask_thr, soft=soft, labels=labels, scores=scores, cells=cells, counts=counts)
 
 
 def flatten_outputs(out: Dict[str, list], i: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

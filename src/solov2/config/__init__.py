@@ -2,7 +2,8 @@
 
   reader.py   the file's names evaluated safely (no exec) and `a.b.c=value` overrides
   keys.py     every key the official files use or this port reads (unknown keys are errors)
-  schema.py   the frozen dataclasses the package consumes and `load_config`, which validates
+  settings.py the frozen dataclasses the package consumes
+  schema.py   `load_config`, which reads and validates a file into them
 """
 from solov2.config.reader import ConfigError, apply_overrides, load_config_dict
 from solov2.config.schema import (BackboneConfig, DataConfig, HeadConfig, MaskFeatConfig, NeckConfig, OptimConfig,

@@ -1,135 +1,16 @@
 """SOLOv2 configuration schema: frozen, typed settings built from official SOLO (mmdetection-1.x style) config files.
 
-The dataclasses below are what the rest of the package consumes (frozen: a setting is changed by an override when
-the config is loaded, or by `dataclasses.replace`, never in place). `load_config(path, overrides=())` reads an
+The dataclasses of `config.settings` are what the rest of the package consumes (frozen: a setting is changed by an
+override when the config is loaded, or by `dataclasses.replace`, never in place). `load_config(path, overrides=())` reads an
 official config file (``configs/solov2/*.py``, through `config.reader`, never executed) and returns a validated
 `SOLOv2Config`; every ConfigError message starts with the config file path.
 """
 import difflib
 import os
-from dataclasses import dataclass, field
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional
 
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """model.backbone: a torchvision-style ResNet (style='pytorch')."""
-    depth: int = 101                      # 18, 34, 50 or 101
-    frozen_stages: int = 1                # stem + layer1 frozen
-    norm_eval: bool = True                # BN running stats frozen in training
-    out_indices: Tuple[int, ...] = (0, 1, 2, 3)
-
-
-@dataclass(frozen=True)
-class NeckConfig:
-    """model.neck: FPN, P2..P6 (num_outs=5; P6 = max-pool of P5)."""
-    in_channels: Tuple[int, ...] = (256, 512, 1024, 2048)
-    out_channels: int = 256
-    num_outs: int = 5
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """model.bbox_head (SOLOv2Head) and its losses (loss_ins: Dice, loss_cate: sigmoid focal)."""
-    num_classes: int = 81                 # official convention: foreground classes + 1 (background)
-    in_channels: int = 256
-    stacked_convs: int = 4
-    seg_feat_channels: int = 512
-    ins_out_channels: int = 256           # E: dynamic-kernel size = mask-feature channels
-    strides: Tuple[int, ...] = (8, 8, 16, 32, 32)
-    scale_ranges: Tuple[Tuple[int, int], ...] = ((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048))
-    sigma: float = 0.2
-    num_grids: Tuple[int, ...] = (40, 36, 24, 16, 12)
-    ins_loss_weight: float = 3.0
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.25
-    cate_loss_weight: float = 1.0
-
-    @property
-    def cate_out_channels(self) -> int:
-        return self.num_classes - 1
-
-
-@dataclass(frozen=True)
-class MaskFeatConfig:
-    """model.mask_feat_head: fuses FPN levels start_level..end_level (P2..P5) at 1/4 scale into E mask-feature
-    channels; E is called num_classes in the official config."""
-    in_channels: int = 256
-    out_channels: int = 128
-    start_level: int = 0
-    end_level: int = 3
-    num_classes: int = 256                # official name; = output channels E (ins_out_channels)
-
-
-@dataclass(frozen=True)
-class TestConfig:
-    """test_cfg: candidate selection and Matrix NMS."""
-    nms_pre: int = 500
-    score_thr: float = 0.1
-    mask_thr: float = 0.5
-    update_thr: float = 0.05
-    kernel: str = "gaussian"              # 'gaussian' or 'linear'
-    sigma: float = 2.0
-    max_per_img: int = 100
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """data.* and the pipelines' settings (img_norm_cfg, Resize scales, RandomFlip, Pad)."""
-    mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)   # RGB
-    std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
-    to_rgb: bool = True
-    test_scale: Tuple[int, int] = (1333, 800)                      # (long, short)
-    train_scales: Tuple[Tuple[int, int], ...] = ((1333, 800),)
-    flip_ratio: float = 0.5
-    size_divisor: int = 32
-    imgs_per_gpu: int = 2
-    workers_per_gpu: int = 2
-    train_ann_file: str = ""
-    train_img_prefix: str = ""
-    val_ann_file: str = ""
-    val_img_prefix: str = ""
-    test_ann_file: str = ""
-    test_img_prefix: str = ""
-    train_max_images: Optional[int] = None                         # data.train.max_images: first N images only
-    skip_bad: bool = False                                         # data.skip_bad: skip broken images with a warning
-    canvas_buckets: bool = True                                    # data.canvas_buckets: fixed per-scale batch canvases
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """optimizer, optimizer_config.grad_clip, lr_config and total_epochs."""
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    grad_clip: Optional[float] = 35.0
-    warmup: Optional[str] = "linear"
-    warmup_iters: int = 500
-    warmup_ratio: float = 0.01
-    lr_steps: Tuple[int, ...] = (27, 33)
-    lr_gamma: float = 0.1
-    total_epochs: int = 36
-
-
-@dataclass(frozen=True)
-class SOLOv2Config:
-    """Everything the package reads from one config file; built by `load_config`, never changed afterwards."""
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    neck: NeckConfig = field(default_factory=NeckConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    mask_feat: MaskFeatConfig = field(default_factory=MaskFeatConfig)
-    test: TestConfig = field(default_factory=TestConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    class_names: Optional[Tuple[str, ...]] = None  # the config's `classes=`/`CLASSES=`, else the dataset's
-    load_from: Optional[str] = None
-    work_dir: Optional[str] = None
-    resume_from: Optional[str] = None
-    pretrained: Optional[str] = None          # model.pretrained, e.g. 'torchvision://resnet101'
-    checkpoint_interval: int = 1              # checkpoint_config.interval (epochs)
-    log_interval: int = 50                    # log_config.interval (iterations)
-    source: str = ""                          # the file this was read from
-
+from solov2.config.settings import (BackboneConfig, DataConfig, HeadConfig, MaskFeatConfig, NeckConfig,  # noqa: F401
+                                    OptimConfig, SOLOv2Config, TestConfig)
 
 
 from solov2.config.keys import SCHEMA_KEYS, SECTIONS
@@ -138,7 +19,7 @@ from solov2.config.reader import ConfigError, _is_int, _is_num, apply_overrides,
 
 # ------------------------------------------------------------------------ typed, validated config
 _MISSING = object()
-_NO_DCN = "deformable convolution (DCN) is not supported by this port"
+_DCN_TYPES = ("DCN", "DCNv2")
 _STEPS = ("LoadImageFromFile", "LoadAnnotations", "Resize", "RandomFlip", "Normalize", "Pad",
           "DefaultFormatBundle", "ImageToTensor", "Collect", "MultiScaleFlipAug")
 _SEQ = (list, tuple)
@@ -208,18 +89,55 @@ class _Sec:
                 raise self.fail(key, msg or f"{self.d[key]!r} is not supported by this port")
 
 
+def _dcn(sec: _Sec, key: str, allow_cfg: bool) -> Optional[str]:
+    """A deformable-conv setting -> 'DCN' | 'DCNv2' | None. allow_cfg: a dict(type=..., deformable_groups=1,
+    fallback_on_stride=False) (backbone dcn, mask_feat_head conv_cfg); else a plain type string (type_dcn)."""
+    v = sec.d.get(key)
+    if v is None:
+        return None
+    if not allow_cfg:
+        return sec.one_of(key, _DCN_TYPES)
+    d = sec.sub(key)
+    kind = d.get("type", "str")
+    if kind not in _DCN_TYPES:
+        raise d.fail("type", f"{kind!r} is not supported by this port (supported: 'DCN', 'DCNv2'"
+                             f"{'' if key == 'dcn' else ' or conv_cfg=None'})")
+    d.one_of("deformable_groups", (1,), 1)
+    d.one_of("fallback_on_stride", (False,), False)
+    for k in d.d:
+        if k not in ("type", "deformable_groups", "fallback_on_stride"):
+            raise d.fail(k, "unknown deformable-convolution setting (this port reads type, deformable_groups=1, "
+                            "fallback_on_stride=False)")
+    return kind
+
+
 def _model(top: _Sec) -> tuple:
     """model.* -> (BackboneConfig, NeckConfig, HeadConfig, MaskFeatConfig, model.pretrained)."""
     model = top.sub("model")
     model.one_of("type", ("SOLOv2",))
     b = model.sub("backbone")
-    b.forbid("dcn", "stage_with_dcn", msg=_NO_DCN)
-    b.one_of("type", ("ResNet",)), b.one_of("num_stages", (4,), 4), b.one_of("style", ("pytorch",), "pytorch")
+    kind = b.one_of("type", ("ResNet", "ResNeXt"))
+    b.one_of("num_stages", (4,), 4), b.one_of("style", ("pytorch",), "pytorch")
     b.sub("norm_cfg", {}).one_of("type", ("BN",), "BN")
-    backbone = BackboneConfig(depth=b.one_of("depth", (18, 34, 50, 101)),
-                              frozen_stages=b.one_of("frozen_stages", (-1, 0, 1, 2, 3, 4), -1),
+    depth = b.one_of("depth", (18, 34, 50, 101))
+    groups, base_width = (b.get("groups", "int>=1", 1), b.get("base_width", "int>=1", 4)) if kind == "ResNeXt" \
+        else (1, 4)
+    if kind == "ResNet":
+        b.forbid("groups", "base_width", msg="needs type='ResNeXt'")
+    elif depth < 50:
+        raise b.fail("depth", f"ResNeXt needs a Bottleneck depth (50 or 101), got {depth}")
+    dcn, stages = _dcn(b, "dcn", allow_cfg=True), b.get("stage_with_dcn", "any", (False,) * 4)
+    if not (isinstance(stages, _SEQ) and len(stages) == 4 and all(isinstance(v, bool) for v in stages)):
+        raise b.fail("stage_with_dcn", f"must be 4 booleans (res2..res5), got {stages!r}")
+    if any(stages) and dcn is None:
+        raise b.fail("stage_with_dcn", "is set but dcn is None")
+    if dcn is not None and depth < 50 and any(stages):
+        raise b.fail("dcn", "BasicBlock backbones (ResNet-18/34) have no deformable variant (as in mmdetection)")
+    backbone = BackboneConfig(depth=depth, frozen_stages=b.one_of("frozen_stages", (-1, 0, 1, 2, 3, 4), -1),
                               norm_eval=b.get("norm_eval", "bool", True),
-                              out_indices=b.one_of("out_indices", ((0, 1, 2, 3),), (0, 1, 2, 3)))
+                              out_indices=b.one_of("out_indices", ((0, 1, 2, 3),), (0, 1, 2, 3)),
+                              groups=groups, base_width=base_width, dcn=dcn if any(stages) else None,
+                              stage_with_dcn=tuple(stages) if dcn is not None else (False,) * 4)
     n = model.sub("neck")
     n.one_of("type", ("FPN",)), n.one_of("start_level", (0,), 0), n.one_of("end_level", (-1, 4), -1)
     n.forbid("add_extra_convs", "conv_cfg", "norm_cfg", "activation")
@@ -227,11 +145,15 @@ def _model(top: _Sec) -> tuple:
     neck = NeckConfig(in_channels=n.one_of("in_channels", (tuple(base << i for i in range(4)),)),
                       out_channels=n.get("out_channels", "int"), num_outs=n.one_of("num_outs", (5,)))
     h = model.sub("bbox_head")
-    if h.get("type", "str") != "SOLOv2Head":
-        raise h.fail("type", f"{h.d['type']!r} is not supported by this port (only 'SOLOv2Head'; "
-                             "SOLOv2LightHead, SOLOHead and DecoupledSOLOHead are not)")
-    h.forbid("use_dcn_in_tower", "type_dcn", msg=_NO_DCN)
+    head_type = h.get("type", "str")
+    if head_type not in ("SOLOv2Head", "SOLOv2LightHead"):
+        raise h.fail("type", f"{head_type!r} is not supported by this port (only 'SOLOv2Head' and "
+                             "'SOLOv2LightHead'; SOLOHead and DecoupledSOLOHead are not)")
     h.forbid("conv_cfg")
+    use_dcn = h.get("use_dcn_in_tower", "bool", False)
+    head_dcn = _dcn(h, "type_dcn", allow_cfg=False) if use_dcn else None
+    if use_dcn and head_dcn is None:
+        raise h.fail("type_dcn", "must be 'DCN' or 'DCNv2' when use_dcn_in_tower=True")
     li, lc = h.sub("loss_ins"), h.sub("loss_cate")
     li.one_of("type", ("DiceLoss",)), lc.one_of("type", ("FocalLoss",)), lc.one_of("use_sigmoid", (True,), True)
     head = HeadConfig(  # defaults: those of the official SOLOv2Head signature / FocalLoss
@@ -241,7 +163,8 @@ def _model(top: _Sec) -> tuple:
         scale_ranges=h.get("scale_ranges", "ranges", ((8, 32), (16, 64), (32, 128), (64, 256), (128, 512))),
         sigma=h.get("sigma", "num>0", 0.2), num_grids=h.get("num_grids", "ints>=1"),
         ins_loss_weight=li.get("loss_weight", "num>=0"), focal_gamma=lc.get("gamma", "num>=0", 2.0),
-        focal_alpha=lc.get("alpha", "0..1", 0.25), cate_loss_weight=lc.get("loss_weight", "num>=0", 1.0))
+        focal_alpha=lc.get("alpha", "0..1", 0.25), cate_loss_weight=lc.get("loss_weight", "num>=0", 1.0),
+        type=head_type, dcn=head_dcn, dcn_all_convs=head_type == "SOLOv2Head")
     if head.num_classes < 2:
         raise h.fail("num_classes", "must be >= 2 (number of classes + 1 for background)")
     for key in ("strides", "scale_ranges", "num_grids"):
@@ -249,12 +172,11 @@ def _model(top: _Sec) -> tuple:
             raise h.fail(key, f"needs {neck.num_outs} entries, one per FPN level")
     m = model.sub("mask_feat_head")
     m.one_of("type", ("MaskFeatHead",))
-    if m.d.get("conv_cfg") is not None:
-        raise m.fail("conv_cfg", _NO_DCN if "DCN" in repr(m.d["conv_cfg"]) else "only conv_cfg=None is supported")
+    mask_dcn = _dcn(m, "conv_cfg", allow_cfg=True)
     m.sub("norm_cfg").one_of("type", ("GN",)), m.sub("norm_cfg").one_of("num_groups", (32,))
     mask_feat = MaskFeatConfig(in_channels=m.get("in_channels", "int"), out_channels=m.get("out_channels", "int"),
                                start_level=m.one_of("start_level", (0,)), end_level=m.one_of("end_level", (3,)),
-                               num_classes=m.get("num_classes", "int"))
+                               num_classes=m.get("num_classes", "int"), dcn=mask_dcn)
     for sec, key, got, want, what in (
             (m, "num_classes", mask_feat.num_classes, head.ins_out_channels, "model.bbox_head.ins_out_channels"),
             (m, "in_channels", mask_feat.in_channels, neck.out_channels, "model.neck.out_channels"),

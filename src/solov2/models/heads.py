@@ -5,13 +5,14 @@ Parameter names follow the official checkpoint (``cate_convs.{i}.conv.weight``, 
 """
 import math
 from collections import OrderedDict
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Tensor
-from mindspore.common.initializer import Constant, Normal
+from mindspore.common.initializer import Constant, HeNormal, Normal
 
+from solov2.models.dcn import DeformConv2d
 from solov2.models.resize import resize_bilinear
 
 
@@ -36,12 +37,24 @@ def points_nms(heat: Tensor) -> Tensor:
 
 
 class ConvGNReLU(nn.Cell):
-    """Official ConvModule(conv_cfg=None, norm_cfg=GN(32)): conv (no bias) -> GroupNorm(32) -> ReLU."""
+    """Official ConvModule(conv_cfg, norm_cfg=GN(32)): conv (no bias) -> GroupNorm(32) -> ReLU.
 
-    def __init__(self, cin: int, cout: int, k: int = 3, std: float = 0.01):
+    dcn='DCN'/'DCNv2' (conv_cfg=dict(type=...)): the conv is deformable. Initialisation as the official heads
+    (for training from scratch): SOLOv2Head normal(0.01) on the conv weight, conv_offset zero (mmcv); the official
+    MaskFeatHead normal(0.01)-initialises every nn.Conv2d inside (so conv_offset, `offset_std`) while the deformable
+    weight keeps ConvModule's kaiming init (`kaiming=True`).
+    """
+
+    def __init__(self, cin: int, cout: int, k: int = 3, std: float = 0.01, *, dcn: Optional[str] = None,
+                 offset_std: float = 0.0, kaiming: bool = False, dcn_impl: str = "auto"):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, pad_mode="pad", padding=k // 2, has_bias=False,
-                              weight_init=Normal(sigma=std))
+        if dcn is None:
+            self.conv = nn.Conv2d(cin, cout, k, pad_mode="pad", padding=k // 2, has_bias=False,
+                                  weight_init=Normal(sigma=std))
+        else:
+            init = HeNormal(mode="fan_out", nonlinearity="relu") if kaiming else Normal(sigma=std)
+            self.conv = DeformConv2d(cin, cout, k, kind=dcn, stride=1, padding=k // 2, weight_init=init,
+                                     offset_init=Normal(sigma=offset_std) if offset_std else "zeros", impl=dcn_impl)
         self.gn = nn.GroupNorm(32, cout, eps=1e-5)
         self.relu = nn.ReLU()
 
@@ -57,15 +70,19 @@ class SOLOv2Head(nn.Cell):
     """
 
     def __init__(self, *, num_classes: int, in_channels: int, stacked_convs: int, seg_feat_channels: int,
-                 ins_out_channels: int, num_grids: Sequence[int]):
+                 ins_out_channels: int, num_grids: Sequence[int], dcn: Optional[str], dcn_all_convs: bool,
+                 dcn_impl: str):
         super().__init__()
         self.num_grids = tuple(num_grids)
         self.cate_out_channels = num_classes - 1
         c = seg_feat_channels
+        # use_dcn_in_tower: every tower conv of both branches (SOLOv2Head) or only the last one (SOLOv2LightHead).
+        tower_dcn = [dcn if dcn_all_convs or i == stacked_convs - 1 else None for i in range(stacked_convs)]
         # Registration order matters for nothing but readability; names are what the converter relies on.
-        self.cate_convs = nn.CellList([ConvGNReLU(in_channels if i == 0 else c, c) for i in range(stacked_convs)])
-        self.kernel_convs = nn.CellList([ConvGNReLU(in_channels + 2 if i == 0 else c, c)
-                                         for i in range(stacked_convs)])
+        self.cate_convs = nn.CellList([ConvGNReLU(in_channels if i == 0 else c, c, dcn=tower_dcn[i], dcn_impl=dcn_impl)
+                                       for i in range(stacked_convs)])
+        self.kernel_convs = nn.CellList([ConvGNReLU(in_channels + 2 if i == 0 else c, c, dcn=tower_dcn[i],
+                                                    dcn_impl=dcn_impl) for i in range(stacked_convs)])
         prior_bias = -math.log((1 - 0.01) / 0.01)   # bias_init_with_prob(0.01): focal-loss prior
         self.solo_cate = nn.Conv2d(c, self.cate_out_channels, 3, pad_mode="pad", padding=1, has_bias=True,
                                    weight_init=Normal(sigma=0.01), bias_init=Constant(prior_bias))
@@ -114,20 +131,24 @@ class MaskFeatHead(nn.Cell):
     coordinate channels before its first conv; the four maps are summed and projected by conv_pred (1x1).
     """
 
-    def __init__(self, *, in_channels: int, out_channels: int, start_level: int, end_level: int, num_classes: int):
+    def __init__(self, *, in_channels: int, out_channels: int, start_level: int, end_level: int, num_classes: int,
+                 dcn: Optional[str], dcn_impl: str):
         super().__init__()
         if (start_level, end_level) != (0, 3):
             raise ValueError("MaskFeatHead: only start_level=0, end_level=3 (P2..P5) is supported")
-        levels = [nn.SequentialCell(OrderedDict([("conv0", ConvGNReLU(in_channels, out_channels))]))]
+
+        def unit(cin, cout, k=3):   # conv_cfg applies to every conv, the 1x1 conv_pred included (R101-DCN)
+            return ConvGNReLU(cin, cout, k, dcn=dcn, offset_std=0.01, kaiming=True, dcn_impl=dcn_impl)
+        levels = [nn.SequentialCell(OrderedDict([("conv0", unit(in_channels, out_channels))]))]
         for lvl in range(1, 4):
             layers = OrderedDict()
             for j in range(lvl):
                 cin = (in_channels + 2 if lvl == 3 else in_channels) if j == 0 else out_channels
-                layers[f"conv{j}"] = ConvGNReLU(cin, out_channels)
+                layers[f"conv{j}"] = unit(cin, out_channels)
                 layers[f"upsample{j}"] = Upsample2x()
             levels.append(nn.SequentialCell(layers))
         self.convs_all_levels = nn.CellList(levels)
-        self.conv_pred = nn.SequentialCell([ConvGNReLU(out_channels, num_classes, k=1)])
+        self.conv_pred = nn.SequentialCell([unit(out_channels, num_classes, k=1)])
 
     def construct(self, feats: Tuple[Tensor, ...]) -> Tensor:
         out = self.convs_all_levels[0](feats[0])

@@ -1,23 +1,35 @@
-"""ResNet-18/34/50/101 backbone (torchvision layout, mmdetection 'pytorch' style).
+"""ResNet-18/34/50/101 and ResNeXt-101 backbones (torchvision layout, mmdetection 'pytorch' style), with
+optional deformable conv2 in chosen stages.
 
 Parameter names equal the official checkpoint keys under ``backbone.`` (``conv1.weight``,
-``layer3.5.bn2.gamma``, ``layer2.0.downsample.0.weight`` ...), with MindSpore's BatchNorm names
-gamma/beta/moving_mean/moving_variance for torch's weight/bias/running_mean/running_var.
+``layer3.5.bn2.gamma``, ``layer2.0.downsample.0.weight``, ``layer3.0.conv2.conv_offset.weight`` ...), with
+MindSpore's BatchNorm names gamma/beta/moving_mean/moving_variance for torch's weight/bias/running_mean/running_var.
+ResNeXt (mmdet 1.x `ResNeXt`, e.g. groups=64, base_width=4 for `open-mmlab://resnext101_64x4d`): the Bottleneck's
+inner width is floor(planes * base_width / 64) * groups and conv2 is grouped; everything else is ResNet.
 """
-from typing import List, Tuple
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import mindspore.nn as nn
 from mindspore import Tensor
 from mindspore.common.initializer import HeNormal
 
+from solov2.models.dcn import DeformConv2d
+
 ARCH = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
         50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
 
 
-def conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
-    """Bias-free conv with torch's explicit zero padding (MindSpore's default pad_mode='same' differs)."""
-    return nn.Conv2d(cin, cout, k, stride=stride, pad_mode="pad", padding=k // 2, has_bias=False,
-                     weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+def conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, dcn: Optional[str] = None,
+         dcn_impl: str = "auto") -> nn.Cell:
+    """Bias-free conv with torch's explicit zero padding (MindSpore's default pad_mode='same' differs);
+    dcn='DCN'/'DCNv2' makes it deformable (mmdet fallback_on_stride=False: strided convs too)."""
+    init = HeNormal(mode="fan_out", nonlinearity="relu")
+    if dcn is not None:
+        return DeformConv2d(cin, cout, k, kind=dcn, stride=stride, padding=k // 2, groups=groups, weight_init=init,
+                            impl=dcn_impl)
+    return nn.Conv2d(cin, cout, k, stride=stride, pad_mode="pad", padding=k // 2, has_bias=False, group=groups,
+                     weight_init=init)
 
 
 def bn(c: int, frozen_stats: bool, zero_gamma: bool = False) -> nn.BatchNorm2d:
@@ -33,8 +45,11 @@ def bn(c: int, frozen_stats: bool, zero_gamma: bool = False) -> nn.BatchNorm2d:
 class BasicBlock(nn.Cell):
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int, downsample, frozen_stats: bool):
+    def __init__(self, cin: int, planes: int, stride: int, downsample, frozen_stats: bool, *, groups: int,
+                 base_width: int, dcn: Optional[str], dcn_impl: str):
         super().__init__()
+        if groups != 1 or dcn is not None:   # mmdet asserts the same: BasicBlock has no ResNeXt or DCN variant
+            raise ValueError("BasicBlock (ResNet-18/34) supports neither groups > 1 nor DCN")
         self.conv1 = conv(cin, planes, 3, stride)
         self.bn1 = bn(planes, frozen_stats)
         self.conv2 = conv(planes, planes, 3)
@@ -52,14 +67,16 @@ class BasicBlock(nn.Cell):
 class Bottleneck(nn.Cell):
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int, downsample, frozen_stats: bool):
+    def __init__(self, cin: int, planes: int, stride: int, downsample, frozen_stats: bool, *, groups: int,
+                 base_width: int, dcn: Optional[str], dcn_impl: str):
         super().__init__()
+        width = planes if groups == 1 else math.floor(planes * base_width / 64) * groups   # mmdet ResNeXt
         # style='pytorch': the stride sits on the 3x3 conv, not on the first 1x1.
-        self.conv1 = conv(cin, planes, 1)
-        self.bn1 = bn(planes, frozen_stats)
-        self.conv2 = conv(planes, planes, 3, stride)
-        self.bn2 = bn(planes, frozen_stats)
-        self.conv3 = conv(planes, planes * 4, 1)
+        self.conv1 = conv(cin, width, 1)
+        self.bn1 = bn(width, frozen_stats)
+        self.conv2 = conv(width, width, 3, stride, groups=groups, dcn=dcn, dcn_impl=dcn_impl)
+        self.bn2 = bn(width, frozen_stats)
+        self.conv3 = conv(width, planes * 4, 1)
         self.bn3 = bn(planes * 4, frozen_stats, zero_gamma=True)
         self.relu = nn.ReLU()
         self.downsample = downsample
@@ -73,17 +90,21 @@ class Bottleneck(nn.Cell):
 
 
 class ResNet(nn.Cell):
-    """ResNet trunk without the classifier. x (N, 3, H, W) float32 -> (C2, C3, C4, C5) at strides 4..32.
+    """ResNet/ResNeXt trunk without the classifier. x (N, 3, H, W) float32 -> (C2, C3, C4, C5) at strides 4..32.
 
-    Channels of C2..C5: 64/128/256/512 (depth 18, 34) or 256/512/1024/2048 (50, 101).
+    Channels of C2..C5: 64/128/256/512 (depth 18, 34) or 256/512/1024/2048 (50, 101). groups > 1: ResNeXt.
+    dcn ('DCN', 'DCNv2' or None) replaces conv2 of every block of the stages where stage_with_dcn is True.
     """
 
-    def __init__(self, *, depth: int, frozen_stages: int, norm_eval: bool):
+    def __init__(self, *, depth: int, frozen_stages: int, norm_eval: bool, groups: int, base_width: int,
+                 dcn: Optional[str], stage_with_dcn: Sequence[bool], dcn_impl: str):
         super().__init__()
         if depth not in ARCH:
             raise ValueError(f"ResNet depth must be one of {sorted(ARCH)}, got {depth}")
         kind, blocks = ARCH[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
+        if len(stage_with_dcn) != 4:
+            raise ValueError(f"stage_with_dcn needs 4 entries, got {tuple(stage_with_dcn)}")
         self.depth, self.frozen_stages = depth, frozen_stages
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, pad_mode="pad", padding=3, has_bias=False,
                                weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
@@ -97,9 +118,11 @@ class ResNet(nn.Cell):
             if stride != 1 or cin != planes * block.expansion:
                 downsample = nn.SequentialCell([conv(cin, planes * block.expansion, 1, stride),
                                                 bn(planes * block.expansion, norm_eval)])
-            layer = [block(cin, planes, stride, downsample, norm_eval)]
+            opts = dict(groups=groups, base_width=base_width, dcn=dcn if stage_with_dcn[i] else None,
+                        dcn_impl=dcn_impl)
+            layer = [block(cin, planes, stride, downsample, norm_eval, **opts)]
             cin = planes * block.expansion
-            layer += [block(cin, planes, 1, None, norm_eval) for _ in range(1, n)]
+            layer += [block(cin, planes, 1, None, norm_eval, **opts) for _ in range(1, n)]
             setattr(self, f"layer{i + 1}", nn.SequentialCell(layer))
         self.out_channels: List[int] = [64 * 2 ** i * block.expansion for i in range(4)]
         self._freeze()
