@@ -233,6 +233,13 @@ def test_dcn_keys_convert_by_name(name, dcn):
     assert sum("conv_offset" in k for k in expected) == sum("conv_offset" in k for k in official)
 
 
+def test_missing_resnext_width_key_is_named():
+    shapes = {k: v for k, v in json_shapes("solov2_r101_dcn_official_keys.json").items()
+              if k != "backbone.layer1.0.conv2.weight"}
+    with pytest.raises(ConvertError, match="d.pth: missing key 'backbone.layer1.0.conv2.weight'"):
+        infer_arch(shapes, "d.pth")
+
+
 def test_unsupported_dcn_placements_are_named():
     shapes = {k: tuple(s) for k, s, _ in
               json.loads((SHARED / "fixtures" / "solov2_r101_dcn_official_keys.json").read_text())["keys"]}

@@ -11,7 +11,6 @@ RESNET_DEPTHS = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34,
                  (True, (3, 4, 6, 3)): 50, (True, (3, 4, 23, 3)): 101}
 
 
-
 def infer_arch(shapes: Dict[str, Tuple[int, ...]], path: str = "checkpoint") -> dict:
     """Architecture from official keys/shapes: depth, channels, stacked convs, E, classes.
 
@@ -73,7 +72,10 @@ def _resnext_arch(shapes: Dict[str, Tuple[int, ...]], bottleneck: bool, path: st
     """groups / base_width of a Bottleneck backbone from layer1's conv2 (width = base_width * groups at planes 64)."""
     if not bottleneck:
         return {"groups": 1, "base_width": 4}
-    width, per_group = shapes["backbone.layer1.0.conv2.weight"][:2]
+    key = "backbone.layer1.0.conv2.weight"
+    if key not in shapes:
+        raise ConvertError(f"{path}: missing key {key!r} (needed to infer the architecture)")
+    width, per_group = shapes[key][:2]
     groups = width // per_group
     if groups == 1 and width != 64:
         raise ConvertError(f"{path}: unsupported backbone: layer1 conv2 width {width} without groups")
