@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, SHARED
 
 DATA = SHARED / "datasets" / "trashcan_mini"
@@ -23,6 +24,7 @@ FROM_SCRATCH = ["model.backbone.frozen_stages=-1", "model.backbone.norm_eval=Fal
 SMALL = ["data.train.pipeline.2.img_scale=[(256,144)]", "data.test.pipeline.1.img_scale=(256,144)"]
 
 
+@pytest.mark.slow   # 4-5 min: the fast suite keeps the short training runs, the demo and the AMP steps
 def test_overfit_four_trashcan_images(tmp_path):
     full = json.loads((DATA / "annotations" / "instances_train_trashcan.json").read_text())
     imgs = [im for im in full["images"] if im["file_name"] in IMAGES]

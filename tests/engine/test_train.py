@@ -66,7 +66,8 @@ def test_train_step_is_one_sgd_update(ms_mode):
     clip = min(1.0, cfg.optim.grad_clip / norm)   # clip_by_global_norm
     lr = lr_schedule(cfg.optim, 1, 1)[0]
     step = make_train_step(net, opt, head=cfg.head, grad_clip=cfg.optim.grad_clip, world=1, jit=ms_mode == "graph")
-    loss, _, _ = step(*batch)
+    loss, _, _, finite = step(*batch)
+    assert bool(finite.asnumpy())                 # no loss scaler: every update is applied
     assert float(loss.asnumpy()) == pytest.approx(float(want_loss.asnumpy()), rel=1e-5)
     assert int(opt.global_step.asnumpy().reshape(-1)[0]) == 1
     moved = 0
@@ -127,6 +128,31 @@ def test_resume_gives_identical_weights(tmp_path):
     r = run_train(resumed, "--resume", "auto", epochs=3, check=False, more=["model.bbox_head.seg_feat_channels=64"])
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "parameter shape(s) differ" in r.stderr and "head.seg_feat_channels: 256 -> 64" in r.stderr, r.stderr
+
+
+def test_amp_resume_gives_identical_weights_and_loss_scale(tmp_path):
+    """--amp O2 with a dynamic scale that doubles after 3 finite steps: 2 epochs straight (4 steps) == 1 epoch +
+    `--resume auto`, bitwise, the scaler's value and its counter included (restarting the scaler from its initial
+    state would give 1024 instead of 2048 at the end)."""
+    amp = ["fp16.loss_scale={'init_scale': 1024., 'scale_window': 3}"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    r = run_train(straight, "--seed", "7", "--deterministic", "--amp", "O2", epochs=2, more=amp)
+    assert "amp O2, dynamic loss scale 1024" in r.stdout + r.stderr
+    assert "[2][1/2] loss scale 1024 -> 2048" in r.stdout + r.stderr         # the 3rd step, the 1st of epoch 2
+    run_train(resumed, "--seed", "7", "--deterministic", "--amp", "O2", epochs=1, more=amp)
+    r = run_train(resumed, "--deterministic", "--amp", "O2", "--resume", "auto", epochs=2, more=amp)
+    assert "resumed from" in r.stdout + r.stderr and "warning" not in (r.stdout + r.stderr).replace(
+        "warning: resuming with 1 setting(s) changed", ""), r.stdout + r.stderr
+    a, b = ms.load_checkpoint(str(straight / "epoch_2.ckpt")), ms.load_checkpoint(str(resumed / "epoch_2.ckpt"))
+    assert sorted(a) == sorted(b) and {"loss_scale.scale_value", "loss_scale.counter"} <= set(a)
+    for k in a:
+        np.testing.assert_array_equal(a[k].asnumpy(), b[k].asnumpy(), err_msg=k)
+    assert float(a["loss_scale.scale_value"].asnumpy()) == 2048.0 and int(a["loss_scale.counter"].asnumpy()) == 1
+    e1 = ms.load_checkpoint(str(resumed / "epoch_1.ckpt"))
+    assert float(e1["loss_scale.scale_value"].asnumpy()) == 1024.0 and int(e1["loss_scale.counter"].asnumpy()) == 2
+    rows = [json.loads(s) for s in (straight / "log.json").read_text().splitlines()]
+    assert [row["loss_scale"] for row in rows] == [1024.0, 1024.0, 2048.0, 2048.0]
+    assert all(np.isfinite(row["loss"]) for row in rows)
 
 
 def test_bad_training_inputs_fail_cleanly(tmp_path):

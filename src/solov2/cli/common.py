@@ -37,10 +37,15 @@ def cli_main(fn: Callable[[], Optional[int]]) -> None:
     sys.exit(rc or 0)
 
 
-def add_runtime_flags(p: argparse.ArgumentParser) -> None:
-    """--device_target and --mode (the names of the official MindSpore model-zoo scripts)."""
+def add_runtime_flags(p: argparse.ArgumentParser, precision: str = "parity") -> None:
+    """--device_target and --mode (the names of the official MindSpore model-zoo scripts), and --precision with
+    the command's default ('parity' for inference and evaluation, 'fast' for training)."""
     p.add_argument("--device_target", default="CPU", choices=["CPU", "GPU", "Ascend"])
     p.add_argument("--mode", default="graph", choices=["graph", "pynative"])
+    p.add_argument("--precision", default=precision, choices=["parity", "fast"],
+                   help="Ascend operator precision: parity = float32 convolutions and matmuls without HF32 (1e-4 "
+                        "agreement with the official model), fast = HF32 allowed (no effect on CPU; default: "
+                        f"{precision})")
 
 
 def add_config_flags(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
@@ -78,4 +83,4 @@ def add_force_flag(p: argparse.ArgumentParser, what: str) -> None:
 def start_runtime(a: argparse.Namespace, deterministic: bool = False) -> None:
     """The MindSpore context of the parsed flags (imported here: parsing and --help need no MindSpore)."""
     from solov2.engine.runtime import set_runtime
-    set_runtime(a.device_target, a.mode, deterministic=deterministic)
+    set_runtime(a.device_target, a.mode, deterministic=deterministic, precision=a.precision)

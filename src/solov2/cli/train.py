@@ -26,7 +26,10 @@ def parser(distributed: bool) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, logged)")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bitwise-reproducible runs)")
     p.add_argument("--keep-last", type=int, default=3, help="keep the newest K snapshots (0: all)")
-    add_runtime_flags(p)
+    p.add_argument("--amp", default=None, choices=["O0", "O1", "O2", "O3"],
+                   help="mixed precision (config amp_level; default O0, or O2 with an mmdetection fp16 section): "
+                        "O2 = float16 except the norm layers, with dynamic loss scaling (README)")
+    add_runtime_flags(p, precision="fast")
     return p
 
 
@@ -43,7 +46,8 @@ def main(argv: Optional[Sequence[str]] = None, distributed: bool = False) -> Non
         start_runtime(a, deterministic=a.deterministic)
         from solov2.config import load_config  # after the context: training builds cells right away
         from solov2.engine.train import train
-        cfg = load_config(config, a.cfg_options)
+        # --amp is the config's amp_level, so run.json records it and a resume compares it
+        cfg = load_config(config, a.cfg_options + ([f"amp_level={a.amp}"] if a.amp else []))
         train(cfg, work_dir_of(cfg, config, a.work_dir), resume=a.resume, load_from=a.load_from, seed=a.seed,
               mode=a.mode, distributed=distributed, keep_last=a.keep_last)
     cli_main(body)

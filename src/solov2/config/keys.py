@@ -34,10 +34,12 @@ SECTIONS: Dict[str, FrozenSet[str]] = {
     "log_config": _keys("interval hooks"),
     "data": _keys("imgs_per_gpu workers_per_gpu train val test skip_bad canvas_buckets"),
     "data.train": _DATASET, "data.val": _DATASET, "data.test": _DATASET,
+    "fp16": _keys("loss_scale"),
+    "fp16.loss_scale": _keys("init_scale mode scale_factor scale_window"),
 }
 # Keys of the free parts that the readers look up (pipeline steps, img_norm_cfg, top level).
 _FREE = _keys("img_scale multiscale_mode keep_ratio ratio_range flip flip_ratio direction transforms mean std to_rgb "
               "size_divisor num_groups img_norm_cfg total_epochs load_from resume_from work_dir classes CLASSES "
-              "dcn type deformable_groups fallback_on_stride")
+              "dcn type deformable_groups fallback_on_stride amp_level")
 # What an override may add where the file lacks it (see config_reader.apply_overrides).
 SCHEMA_KEYS: FrozenSet[str] = frozenset().union(*SECTIONS.values(), _FREE, (s.split(".")[-1] for s in SECTIONS))

@@ -9,8 +9,8 @@ import difflib
 import os
 from typing import Any, Iterable, List, Optional
 
-from solov2.config.settings import (BackboneConfig, DataConfig, HeadConfig, MaskFeatConfig, NeckConfig,  # noqa: F401
-                                    OptimConfig, SOLOv2Config, TestConfig)
+from solov2.config.settings import (AmpConfig, BackboneConfig, DataConfig, HeadConfig, MaskFeatConfig,  # noqa: F401
+                                    NeckConfig, OptimConfig, SOLOv2Config, TestConfig)
 
 
 from solov2.config.keys import SCHEMA_KEYS, SECTIONS
@@ -275,6 +275,42 @@ def _optim(top: _Sec) -> OptimConfig:
 
 
 
+AMP_LEVELS = ("O0", "O1", "O2", "O3")
+
+
+def _amp(top: _Sec) -> AmpConfig:
+    """amp_level (default 'O2' when the file has mmdetection's fp16 section, else 'O0') and fp16.loss_scale.
+
+    loss_scale as mmcv reads it: a number (static), 'dynamic' (mmcv's defaults: 2**32, x2 after 1000 finite
+    steps) or dict(init_scale, mode, scale_factor, scale_window). Mixed precision without an fp16 section scales
+    dynamically from 2**16, x2 after 2000 finite steps (mindyolo's and MindSpore's defaults).
+    """
+    has_fp16 = top.d.get("fp16") is not None
+    level = top.one_of("amp_level", AMP_LEVELS, "O2" if has_fp16 else "O0")
+    if level == "O0":
+        return AmpConfig()
+    if not has_fp16:
+        return AmpConfig(level=level, loss_scale="dynamic")
+    f = top.sub("fp16")
+    ls = f.get("loss_scale", "any", "dynamic")
+    if ls == "dynamic":
+        return AmpConfig(level=level, loss_scale="dynamic", init_scale=2.0 ** 32, scale_factor=2, scale_window=1000)
+    if isinstance(ls, dict):
+        d = f.sub("loss_scale")
+        mode = d.one_of("mode", ("dynamic", "static"), "dynamic")
+        init, factor = d.get("init_scale", "num>0", 2.0 ** 32), d.get("scale_factor", "num>0", 2)
+        if factor < 2 or not float(factor).is_integer():
+            raise d.fail("scale_factor", f"must be an integer >= 2 (MindSpore's DynamicLossScaler), got {factor!r}")
+        window = d.get("scale_window", "int>=1", 1000)
+    elif _is_num(ls) and not isinstance(ls, bool):
+        mode, init, factor, window = "static", float(ls), 2, 1000
+    else:
+        raise f.fail("loss_scale", f"must be a number, 'dynamic' or dict(init_scale=..., mode=...), got {ls!r}")
+    if init < 1:
+        raise f.fail("loss_scale", f"the scale must be >= 1, got {init!r}")
+    return AmpConfig(level=level, loss_scale=mode, init_scale=float(init), scale_factor=int(factor),
+                     scale_window=window)
+
 
 def _check_known_keys(top: _Sec) -> None:
     """Every key of a checked section is one the official files use or this port reads (config_keys.SECTIONS);
@@ -305,7 +341,7 @@ def load_config(path, overrides: Iterable[str] = ()) -> SOLOv2Config:
                       mask_thr=t.get("mask_thr", "0..1"), update_thr=t.get("update_thr", "0..1"),
                       kernel=t.one_of("kernel", ("gaussian", "linear")), sigma=t.get("sigma", "num>0"),
                       max_per_img=t.get("max_per_img", "int>=1"))
-    data, optim = _data(top), _optim(top)
+    data, optim, amp = _data(top), _optim(top), _amp(top)
     _check_known_keys(top)
     sec, key = next(((s, k) for s, k in ((top.sub("data").sub("train"), "classes"), (top, "classes"), (top, "CLASSES"))
                      if k in s.d), (top, "classes"))
@@ -321,6 +357,6 @@ def load_config(path, overrides: Iterable[str] = ()) -> SOLOv2Config:
         if intervals[field_name] < 1:
             raise sec.fail("interval", f"must be >= 1, got {intervals[field_name]}")
     return SOLOv2Config(backbone=backbone, neck=neck, head=head, mask_feat=mask_feat, test=test, data=data,
-                        optim=optim, class_names=names, load_from=top.get("load_from", "str?", None),
+                        optim=optim, amp=amp, class_names=names, load_from=top.get("load_from", "str?", None),
                         work_dir=top.get("work_dir", "str?", None), resume_from=top.get("resume_from", "str?", None),
                         pretrained=pretrained, **intervals, source=path)

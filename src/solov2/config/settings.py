@@ -115,6 +115,21 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class AmpConfig:
+    """amp_level and fp16 = dict(loss_scale=...) (mmdetection 1.x / mmcv): mixed precision and loss scaling.
+
+    level: 'O0' float32 | 'O1' operator lists | 'O2' all but the norm layers in float16 | 'O3' all float16
+    (see `solov2.engine.amp`). loss_scale: None (no scaling, O0) | 'static' | 'dynamic'; a dynamic scale is
+    multiplied by scale_factor after scale_window finite steps in a row and divided by it on an overflow.
+    """
+    level: str = "O0"
+    loss_scale: Optional[str] = None
+    init_scale: float = 2.0 ** 16
+    scale_factor: int = 2
+    scale_window: int = 2000
+
+
+@dataclass(frozen=True)
 class SOLOv2Config:
     """Everything the package reads from one config file; built by `load_config`, never changed afterwards."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -124,6 +139,7 @@ class SOLOv2Config:
     test: TestConfig = field(default_factory=TestConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    amp: AmpConfig = field(default_factory=AmpConfig)
     class_names: Optional[Tuple[str, ...]] = None  # the config's `classes=`/`CLASSES=`, else the dataset's
     load_from: Optional[str] = None
     work_dir: Optional[str] = None

@@ -55,17 +55,48 @@ def set_mode(mode: str) -> None:
     ms.set_context(mode=MODES[mode])
 
 
+PRECISIONS = ("parity", "fast")
+
+
+def ascend_precision(precision: str) -> dict:
+    """The Ascend operator-precision settings of a precision mode ('parity' or 'fast').
+
+    Both keep every operator in the type the graph gives it ('must_keep_origin_dtype': MindSpore's default on
+    Atlas training products is 'force_fp16', i.e. float16 convolutions behind the user's back); float16 is chosen
+    explicitly, by the amp level. They differ in HF32 (float32 with a 10-bit mantissa on the cube units), which
+    CANN enables for float32 convolutions by default: 'parity' turns it off for convolutions and matmuls (the 1e-4
+    agreement with the official model), 'fast' turns it on for both (training speed).
+    """
+    if precision not in PRECISIONS:
+        raise SolovError(f"--precision must be 'parity' or 'fast', got {precision!r}")
+    hf32 = precision == "fast"
+    return {"precision_mode": "must_keep_origin_dtype", "conv_allow_hf32": hf32, "matmul_allow_hf32": hf32}
+
+
+def set_ascend_precision(precision: str) -> None:
+    """Apply `ascend_precision(precision)` (before the first Ascend kernel runs)."""
+    settings = ascend_precision(precision)
+    try:
+        from mindspore.device_context.ascend import op_precision
+    except ImportError:  # MindSpore before 2.5: the ascend_config context key
+        ms.set_context(ascend_config=settings)
+        return
+    for name, value in settings.items():
+        getattr(op_precision, name)(value)
+
+
 def set_runtime(device_target: str = "CPU", mode: str = "graph", device_id: Optional[int] = None,
-                deterministic: bool = False) -> None:
+                deterministic: bool = False, precision: str = "parity") -> None:
     """Select the device and execution mode, once per process, before any cell is built.
 
     The only place where the package sets MindSpore's context. On CPU, oneDNN is first capped at AVX2 (see
-    `cap_cpu_isa`). On Ascend, operators are kept in float32 ('must_keep_origin_dtype'); the default would let
-    convolutions run in float16, which breaks the 1e-4 parity with the official model. deterministic: kernels
-    with a fixed reduction order (bitwise-reproducible training runs, slower).
+    `cap_cpu_isa`). On Ascend, `precision` picks the operator precision (`ascend_precision`: 'parity' for
+    inference and checks against the official model, 'fast' for training); it has no effect on CPU.
+    deterministic: kernels with a fixed reduction order (bitwise-reproducible training runs, slower).
     """
     if device_target not in ("CPU", "GPU", "Ascend"):
         raise SolovError(f"--device_target must be CPU, GPU or Ascend, got {device_target!r}")
+    ascend_precision(precision)  # validate before anything is set
     if device_target == "CPU":
         cap_cpu_isa()
     set_mode(mode)
@@ -79,11 +110,7 @@ def set_runtime(device_target: str = "CPU", mode: str = "graph", device_id: Opti
         raise SolovError(f"--device_target {device_target}: not usable with this MindSpore ({first_line(e)})") \
             from None
     if device_target == "Ascend":
-        try:
-            from mindspore.device_context.ascend.op_precision import precision_mode
-            precision_mode("must_keep_origin_dtype")
-        except (ImportError, AttributeError, RuntimeError):  # older MindSpore: the ascend_config context key
-            ms.set_context(ascend_config={"precision_mode": "must_keep_origin_dtype"})
+        set_ascend_precision(precision)
 
 
 def init_distributed(distributed: bool) -> Tuple[int, int]:

@@ -9,6 +9,7 @@ import numpy as np
 
 from solov2.checkpoint import (load_checkpoint, read_checkpoint, shape_mismatch_error, shape_mismatches,
                                write_checkpoint)
+from solov2.engine.amp import SCALER_KEYS, restore_scaler, scaler_state
 from solov2.errors import SolovError, first_line
 
 SNAPSHOT_RE = re.compile(r"^epoch_(\d+)\.ckpt$")
@@ -22,8 +23,9 @@ def snapshots(work_dir: Path) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_snapshot(path: Path, net, optimizer, epoch: int, seed: int) -> None:
-    """Write weights, BN statistics, optimizer moments and global_step, plus the epoch and seed counters.
+def save_snapshot(path: Path, net, optimizer, epoch: int, seed: int, scaler=None) -> None:
+    """Write weights, BN statistics, optimizer moments and global_step, the loss scaler's state (mixed precision:
+    `loss_scale.scale_value`, `loss_scale.counter`), plus the epoch and seed counters.
 
     The file appears under its final name only when complete (temp file + os.replace), so a crash during the save
     never leaves a truncated epoch_N.ckpt behind. The per-step learning-rate table is not stored: it is rebuilt
@@ -33,6 +35,7 @@ def save_snapshot(path: Path, net, optimizer, epoch: int, seed: int) -> None:
     items = [{"name": p.name, "data": p} for p in net.get_parameters()]
     items += [{"name": p.name, "data": p} for p in optimizer.get_parameters()
               if p.name not in own and p.name != "learning_rate"]
+    items += [{"name": k, "data": v} for k, v in scaler_state(scaler).items()]
     # global_step itself is the optimizer's own parameter (it drives the per-step learning rate).
     write_checkpoint(path, items, append_dict={"epoch": int(epoch), "seed": int(seed)})
 
@@ -59,11 +62,13 @@ def read_counters(path: Path) -> dict:
     return _counters(path, ckpt)
 
 
-def load_snapshot(path: Path, net, optimizer) -> dict:
-    """Restore a snapshot into net and optimizer; returns dict(epoch, global_step, seed)."""
+def load_snapshot(path: Path, net, optimizer, scaler=None) -> dict:
+    """Restore a snapshot into net, optimizer and loss scaler; returns dict(epoch, global_step, seed, scaler):
+    scaler is True when the scaler's state was restored (False: none given, or the snapshot has none)."""
     ckpt = read_checkpoint(path, "snapshot")
     meta = _counters(path, ckpt)
     del ckpt["epoch"], ckpt["seed"]
+    meta["scaler"] = restore_scaler(scaler, {k: ckpt.pop(k) for k in SCALER_KEYS if k in ckpt})
     own = {p.name: p for p in [*net.get_parameters(), *optimizer.get_parameters()]}
     differ = shape_mismatches(own, ckpt)
     if differ:  # MindSpore would raise a RuntimeError naming neither the file nor the setting

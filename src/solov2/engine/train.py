@@ -17,6 +17,7 @@ from solov2.config import SOLOv2Config
 from solov2.data.coco import CocoDataset
 from solov2.data.coco_file import check_class_count
 from solov2.data.loader import TrainLoader
+from solov2.engine.amp import make_loss_scaler, mixed_precision, scale_of
 from solov2.engine.logger import Logger
 from solov2.engine.optim import lr_schedule, make_optimizer
 from solov2.engine.run_record import changes_since_last_run, record_run
@@ -79,6 +80,7 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
     loader = TrainLoader(dataset, cfg, seed=seed, world=world, rank=rank, workers=d.workers_per_gpu)
     iters, total = len(loader), o.total_epochs
     optimizer = make_optimizer(net, o, iters, total)
+    scaler = make_loss_scaler(cfg.amp)
     log = Logger(work, rank == 0)
     if rank == 0:
         work.mkdir(parents=True, exist_ok=True)
@@ -86,7 +88,7 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
     if snapshot is not None:
         changed = changes_since_last_run(work, cfg)
         try:
-            load_snapshot(snapshot, net, optimizer)
+            restored = load_snapshot(snapshot, net, optimizer, scaler)
         except SolovError as e:
             raise SolovError(f"{e}" + (f"; changed since that run: {'; '.join(changed[:6])}" if changed else "")) \
                 from None
@@ -95,6 +97,9 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
                      f"{snapshot.name}: {'; '.join(changed)}")
         if given_seed is not None and given_seed != seed:
             log.line(f"warning: --seed {given_seed} ignored: the resumed run continues with its own seed {seed}")
+        if scaler is not None and not restored["scaler"]:
+            log.line(f"warning: {snapshot.name} holds no loss-scale state (a run without mixed precision); "
+                     f"starting from the initial scale {scale_of(scaler):g}")
         start_epoch, global_step = counters["epoch"], counters["global_step"]
         log.line(f"resumed from {snapshot} at epoch {start_epoch} (global step {global_step}, seed {seed})")
     elif resume == "auto":
@@ -106,10 +111,12 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
                                                        f"differs: {', '.join(reinit)}" if reinit else ""))
     if rank == 0:
         record_run(work, cfg)
-    step = make_train_step(net, optimizer, head=cfg.head, grad_clip=o.grad_clip, world=world, jit=mode == "graph")
+    step = make_train_step(mixed_precision(net, cfg.amp.level), optimizer, head=cfg.head, grad_clip=o.grad_clip,
+                           world=world, jit=mode == "graph", scaler=scaler)
+    amp = f"amp {cfg.amp.level}" + (f", {cfg.amp.loss_scale} loss scale {scale_of(scaler):g}" if scaler else "")
     log.line(f"SOLOv2 fine-tuning: {len(dataset)} images, {len(dataset.class_names)} classes, {world} device(s) x "
              f"{d.imgs_per_gpu} images, {iters} iterations/epoch, epochs {start_epoch + 1}..{total}, seed {seed}, "
-             f"mode {mode}, work dir {work}")
+             f"mode {mode}, {amp}, work dir {work}")
     lrs = lr_schedule(o, iters, total)
     t_start, done_iters = time.time(), 0
     for epoch in range(start_epoch, total):
@@ -120,8 +127,13 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
         t0 = t_interval = time.time()
         for i, batch in enumerate(loader.epoch(epoch)):
             t_data += time.time() - t0
-            loss, li, lc = step(*to_tensors(batch))
+            scale = scale_of(scaler)
+            loss, li, lc, finite = step(*to_tensors(batch))
             acc += [float(loss.asnumpy()), float(li.asnumpy()), float(lc.asnumpy())]
+            if scaler is not None and (not bool(finite.asnumpy()) or scale_of(scaler) != scale):
+                log.line(f"epoch [{epoch + 1}][{i + 1}/{iters}] " + ("" if bool(finite.asnumpy()) else
+                         "gradients not finite (float16 overflow): update skipped, ")
+                         + f"loss scale {scale:g} -> {scale_of(scaler):g}")
             n_acc += 1
             global_step += 1
             done_iters += 1
@@ -129,12 +141,16 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
             bar.set_postfix(loss=f"{acc[0] / n_acc:.3f}")
             if not np.isfinite(acc).all():
                 raise SolovError(f"loss is not finite at epoch {epoch + 1} iteration {i + 1}; lower the lr "
-                                 f"(optimizer.lr) or check the data")
+                                 f"(optimizer.lr) or check the data" + (" (or use --amp O2: O3 runs the norm "
+                                                                         "layers in float16)" if cfg.amp.level == "O3"
+                                                                        else ""))
             if (i + 1) % cfg.log_interval == 0 or i + 1 == iters:
                 sec = (time.time() - t_interval) / n_acc          # this interval (includes graph compiles)
                 eta = (time.time() - t_start) / done_iters * ((total - epoch) * iters - i - 1)
                 row = dict(epoch=epoch + 1, iter=global_step, lr=lrs[global_step - 1], loss=acc[0] / n_acc,
                            loss_ins=acc[1] / n_acc, loss_cate=acc[2] / n_acc, time=sec, data_time=t_data / n_acc)
+                if scaler is not None:
+                    row["loss_scale"] = scale_of(scaler)
                 log.record(row)
                 log.line(f"epoch [{epoch + 1}][{i + 1}/{iters}] lr {row['lr']:.2e} loss {row['loss']:.4f} "
                          f"(ins {row['loss_ins']:.4f}, cate {row['loss_cate']:.4f}) {sec:.2f} s/it "
@@ -145,7 +161,7 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
         # checkpoint_config.interval (default 1: every epoch); the last epoch is always saved
         if rank == 0 and ((epoch + 1) % cfg.checkpoint_interval == 0 or epoch + 1 == total):
             path = work / f"epoch_{epoch + 1}.ckpt"
-            save_snapshot(path, net, optimizer, epoch + 1, seed)
+            save_snapshot(path, net, optimizer, epoch + 1, seed, scaler)
             prune_snapshots(work, keep_last)
             log.plot()
             log.line(f"epoch {epoch + 1} done in {time.time() - t_epoch:.0f} s: saved {path} "

@@ -53,7 +53,8 @@ def _sample_rows(x: Tensor, py: Tensor, px: Tensor, weight: Optional[Tensor]) ->
     """
     n, c, h, w = x.shape
     rows = ops.transpose(x, (0, 2, 3, 1)).reshape(-1, c)                       # (N*H*W, C)
-    base = (ops.cumsum(ops.ones_like(py[:, 0, 0]), 0) - 1) * (h * w)             # (N,) first row of each image
+    # Flat row indices in int32: float16 (mixed precision) holds integers exactly only up to 2048.
+    base = (ops.cumsum(ops.ones_like(py[:, 0, 0]).astype(ms.int32), 0) - 1) * (h * w)   # (N,) first row per image
     y0, x0 = ops.floor(py), ops.floor(px)
     ly, lx = py - y0, px - x0
     out = None
@@ -61,8 +62,9 @@ def _sample_rows(x: Tensor, py: Tensor, px: Tensor, weight: Optional[Tensor]) ->
         yc, xc = y0 + dy, x0 + dx
         inside = ((yc >= 0) & (yc <= h - 1) & (xc >= 0) & (xc <= w - 1)).astype(x.dtype)
         wgt = wgt * inside if weight is None else wgt * inside * weight
-        idx = ops.clip(yc, 0, h - 1) * w + ops.clip(xc, 0, w - 1) + base.reshape(-1, 1, 1)
-        g = ops.gather(rows, idx.astype(ms.int32).reshape(-1), 0).reshape(idx.shape + (c,))
+        idx = (ops.clip(yc, 0, h - 1).astype(ms.int32) * w + ops.clip(xc, 0, w - 1).astype(ms.int32)
+               + base.reshape(-1, 1, 1))
+        g = ops.gather(rows, idx.reshape(-1), 0).reshape(idx.shape + (c,))
         term = g * ops.expand_dims(wgt, -1)
         out = term if out is None else out + term
     return out

@@ -7,6 +7,7 @@ import math
 from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple
 
+import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Tensor
@@ -16,12 +17,21 @@ from solov2.models.dcn import DeformConv2d
 from solov2.models.resize import resize_bilinear
 
 
+def _linspace(n, dtype) -> Tensor:
+    """n points from -1 to 1 in dtype. float32: LinSpace (as before, to the bit). Under mixed precision the input
+    is float16, and PYNATIVE casts every float input of an op to the cell's dtype, which LinSpace refuses."""
+    if dtype == ms.float32:
+        return ops.linspace(-1.0, 1.0, n)
+    step = 2.0 / (n - 1) if n > 1 else 0.0
+    return ops.arange(n, dtype=ms.int32).astype(dtype) * step - 1.0
+
+
 def coord_features(x: Tensor) -> Tensor:
     """CoordConv channels for x (N, C, H, W): (N, 2, H, W) float32, channel 0 = x in [-1, 1] along the width,
     channel 1 = y along the height (official order [x, y], linspace endpoints included)."""
     n, _, h, w = x.shape
-    xs = ops.linspace(-1.0, 1.0, w).astype(x.dtype)
-    ys = ops.linspace(-1.0, 1.0, h).astype(x.dtype)
+    xs = _linspace(w, x.dtype)
+    ys = _linspace(h, x.dtype)
     xx = ops.broadcast_to(xs.reshape(1, 1, 1, w), (n, 1, h, w))
     yy = ops.broadcast_to(ys.reshape(1, 1, h, 1), (n, 1, h, w))
     return ops.concat((xx, yy), axis=1)

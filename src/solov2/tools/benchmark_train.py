@@ -1,11 +1,13 @@
-"""Training benchmark: train-step time in GRAPH vs PYNATIVE mode (images/s, peak host memory), and data-parallel
-throughput with 1 and 2 msrun workers (scaling efficiency).
+"""Training benchmark: train-step time in GRAPH vs PYNATIVE mode and per amp level (images/s, peak host memory),
+data-parallel throughput with 1 and 2 msrun workers (scaling efficiency), and the train loader alone.
 
-    python -m solov2.tools.benchmark_train step --config CFG --ann ANN.json --img-prefix DIR [--iters 8]
+    python -m solov2.tools.benchmark_train step --config CFG --ann ANN.json --img-prefix DIR [--iters 8] [--amps O0 O2]
     python -m solov2.tools.benchmark_train scaling --config CFG --ann ANN.json --img-prefix DIR [--workers 1 2]
+    python -m solov2.tools.benchmark_train loader --config CFG --ann ANN.json --img-prefix DIR [--workers 1 2]
 
-Step mode runs each execution mode in its own process (peak memory = ru_maxrss of that process). Times exclude
-the first two steps (graph compilation, warm-up); the batches are the real data pipeline's.
+Step mode runs each (execution mode, amp level) in its own process (peak memory = ru_maxrss of that process).
+Times exclude the first two steps (graph compilation, warm-up); the batches are the real data pipeline's.
+Loader mode runs the config's own train pipeline (multi-scale, flip, targets for every level), with no model.
 """
 import argparse
 import json
@@ -37,8 +39,9 @@ def one_mode(a) -> dict:
     from solov2.engine.runtime import set_runtime
     from solov2.engine.optim import make_optimizer
     from solov2.engine.train_step import make_train_step, to_tensors
-    set_runtime(a.device_target, a.mode)
-    cfg = load_config(a.config, _overrides(a, 10 ** 6))
+    from solov2.engine.amp import make_loss_scaler, mixed_precision
+    set_runtime(a.device_target, a.mode, precision="fast")
+    cfg = load_config(a.config, _overrides(a, 10 ** 6) + [f"amp_level={a.amp}"])
     ds = CocoDataset(cfg.data.train_ann_file, cfg.data.train_img_prefix)
     loader = TrainLoader(ds, cfg, seed=0, workers=1)
     batches = []
@@ -49,7 +52,8 @@ def one_mode(a) -> dict:
     net = build_model(cfg)
     net.set_train(True)
     opt = make_optimizer(net, cfg.optim, len(loader), 1)
-    step = make_train_step(net, opt, head=cfg.head, grad_clip=cfg.optim.grad_clip, world=1, jit=a.mode == "graph")
+    step = make_train_step(mixed_precision(net, cfg.amp.level), opt, head=cfg.head, grad_clip=cfg.optim.grad_clip,
+                           world=1, jit=a.mode == "graph", scaler=make_loss_scaler(cfg.amp))
     times, shapes = [], set()
     for b in batches:
         shapes.add((b["img"].shape, b["pos_mask"].shape))
@@ -58,7 +62,7 @@ def one_mode(a) -> dict:
         times.append(time.perf_counter() - t)
     steady = times[2:] if len(times) > 2 else times
     sec = float(np.median(steady))
-    return dict(mode=a.mode, first_steps_s=[round(x, 2) for x in times[:2]], median_step_s=sec,
+    return dict(mode=a.mode, amp=a.amp, first_steps_s=[round(x, 2) for x in times[:2]], median_step_s=sec,
                 images_per_s=a.imgs_per_gpu / sec, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 distinct_shapes=len(shapes), batch=list(batches[0]["img"].shape))
 
@@ -66,14 +70,41 @@ def one_mode(a) -> dict:
 def step_bench(a) -> list:
     out = []
     for mode in a.modes:
-        cmd = [sys.executable, "-m", "solov2.tools.benchmark_train", "_one", "--mode", mode] + _common_argv(a)
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise SystemExit(f"benchmark in {mode} mode failed:\n{r.stderr[-3000:]}")
-        res = json.loads(r.stdout.strip().splitlines()[-1])
+        for amp in a.amps:
+            cmd = [sys.executable, "-m", "solov2.tools.benchmark_train", "_one", "--mode", mode, "--amp", amp]
+            r = subprocess.run(cmd + _common_argv(a), capture_output=True, text=True)
+            if r.returncode != 0:
+                raise SystemExit(f"benchmark in {mode} mode, amp {amp} failed:\n{r.stderr[-3000:]}")
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            out.append(res)
+            print(f"{mode:9s} {amp} step {res['median_step_s']:.2f} s (first two {res['first_steps_s']}), "
+                  f"{res['images_per_s']:.2f} img/s, peak RSS {res['peak_rss_mb']:.0f} MB, batch {res['batch']}")
+    return out
+
+
+def loader_bench(a) -> list:
+    """Images/s of the train loader alone (the config's pipeline) with 1, 2, ... threads, and images per
+    CPU-second (the per-core rate: what one host core feeding a card delivers)."""
+    from solov2.config import load_config
+    from solov2.data.coco import CocoDataset
+    from solov2.data.loader import TrainLoader
+    cfg = load_config(a.config, [f"data.train.ann_file={a.ann}", f"data.train.img_prefix={a.img_prefix}",
+                                 f"data.imgs_per_gpu={a.imgs_per_gpu}"] + list(a.cfg_options))
+    ds = CocoDataset(cfg.data.train_ann_file, cfg.data.train_img_prefix)
+    out = []
+    for w in a.workers:
+        loader = TrainLoader(ds, cfg, seed=0, workers=w)
+        rates = []
+        for epoch in range(a.epochs + 1):           # epoch 0 warms the file cache and the imports up
+            t, cpu, n = time.perf_counter(), time.process_time(), 0
+            for b in loader.epoch(epoch):
+                n += b["img"].shape[0]
+            rates.append((n / (time.perf_counter() - t), n / (time.process_time() - cpu)))
+        wall, per_cpu = (float(np.median([r[k] for r in rates[1:]])) for k in (0, 1))
+        res = dict(threads=w, images_per_epoch=n, epochs=a.epochs, images_per_s=wall, images_per_cpu_s=per_cpu)
         out.append(res)
-        print(f"{mode:9s} step {res['median_step_s']:.2f} s (first two {res['first_steps_s']}), "
-              f"{res['images_per_s']:.2f} img/s, peak RSS {res['peak_rss_mb']:.0f} MB, batch {res['batch']}")
+        print(f"{w} thread(s): {wall:.1f} img/s, {per_cpu:.1f} img per CPU-second (median of {a.epochs} epochs of "
+              f"{n} images)")
     return out
 
 
@@ -109,7 +140,7 @@ def _common_argv(a):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["step", "scaling", "_one"])
+    ap.add_argument("what", choices=["step", "scaling", "loader", "_one"])
     ap.add_argument("--config", default=str(REPO / "configs/solov2/solov2_light_448_r18_fpn_8gpu_3x_trashcan.py"))
     ap.add_argument("--ann", required=True)
     ap.add_argument("--img-prefix", required=True)
@@ -118,6 +149,9 @@ def main(argv=None):
     ap.add_argument("--scale", default="(768,448)", help="single train scale (long,short)")
     ap.add_argument("--modes", nargs="+", default=["graph", "pynative"])
     ap.add_argument("--mode", default="graph")
+    ap.add_argument("--amps", nargs="+", default=["O0"], choices=["O0", "O1", "O2", "O3"])
+    ap.add_argument("--amp", default="O0")
+    ap.add_argument("--epochs", type=int, default=3, help="loader: timed epochs after a warm-up one (median)")
     ap.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--device_target", default="CPU")
     ap.add_argument("--cfg-options", nargs="*", default=[])
@@ -126,7 +160,7 @@ def main(argv=None):
     if a.what == "_one":
         print(json.dumps(one_mode(a)))
         return
-    res = step_bench(a) if a.what == "step" else scaling_bench(a)
+    res = {"step": step_bench, "scaling": scaling_bench, "loader": loader_bench}[a.what](a)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
 
