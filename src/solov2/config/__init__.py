@@ -6,8 +6,8 @@
   schema.py   `load_config`, which reads and validates a file into them
 """
 from solov2.config.reader import ConfigError, apply_overrides, load_config_dict
-from solov2.config.schema import (AmpConfig, BackboneConfig, DataConfig, HeadConfig, MaskFeatConfig, NeckConfig, OptimConfig,
-                                  SOLOv2Config, TestConfig, load_config)
+from solov2.config.schema import (AmpConfig, BackboneConfig, DataConfig, HeadConfig, MaskFeatConfig, NeckConfig,
+                                  OptimConfig, SOLOv2Config, TestConfig, load_config)
 
-__all__ = ["AmpConfig", "ConfigError", "apply_overrides", "load_config_dict", "BackboneConfig", "DataConfig", "HeadConfig",
-           "MaskFeatConfig", "NeckConfig", "OptimConfig", "SOLOv2Config", "TestConfig", "load_config"]
+__all__ = ["AmpConfig", "ConfigError", "apply_overrides", "load_config_dict", "BackboneConfig", "DataConfig",
+           "HeadConfig", "MaskFeatConfig", "NeckConfig", "OptimConfig", "SOLOv2Config", "TestConfig", "load_config"]

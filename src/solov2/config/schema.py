@@ -6,6 +6,7 @@ official config file (``configs/solov2/*.py``, through `config.reader`, never ex
 `SOLOv2Config`; every ConfigError message starts with the config file path.
 """
 import difflib
+import math
 import os
 from typing import Any, Iterable, List, Optional
 
@@ -278,38 +279,44 @@ def _optim(top: _Sec) -> OptimConfig:
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
 
 
-def _amp(top: _Sec) -> AmpConfig:
-    """amp_level (default 'O2' when the file has mmdetection's fp16 section, else 'O0') and fp16.loss_scale.
+def _loss_scale(f: _Sec) -> tuple:
+    """fp16.loss_scale as mmcv's Fp16OptimizerHook reads it -> (mode, init_scale, scale_factor, scale_window).
 
-    loss_scale as mmcv reads it: a number (static), 'dynamic' (mmcv's defaults: 2**32, x2 after 1000 finite
-    steps) or dict(init_scale, mode, scale_factor, scale_window). Mixed precision without an fp16 section scales
-    dynamically from 2**16, x2 after 2000 finite steps (mindyolo's and MindSpore's defaults).
+    Absent: static 512 (mmcv's default); a number: static; 'dynamic': mmcv's dynamic defaults (2**32, x2 after
+    1000 finite steps); dict(init_scale, mode, scale_factor, scale_window): as given (mode default 'dynamic').
     """
-    has_fp16 = top.d.get("fp16") is not None
-    level = top.one_of("amp_level", AMP_LEVELS, "O2" if has_fp16 else "O0")
-    if level == "O0":
-        return AmpConfig()
-    if not has_fp16:
-        return AmpConfig(level=level, loss_scale="dynamic")
-    f = top.sub("fp16")
-    ls = f.get("loss_scale", "any", "dynamic")
+    ls = f.get("loss_scale", "any", 512.0)
     if ls == "dynamic":
-        return AmpConfig(level=level, loss_scale="dynamic", init_scale=2.0 ** 32, scale_factor=2, scale_window=1000)
+        return "dynamic", 2.0 ** 32, 2, 1000
     if isinstance(ls, dict):
         d = f.sub("loss_scale")
         mode = d.one_of("mode", ("dynamic", "static"), "dynamic")
         init, factor = d.get("init_scale", "num>0", 2.0 ** 32), d.get("scale_factor", "num>0", 2)
+        if not (1 <= init < math.inf):
+            raise d.fail("init_scale", f"must be a finite number >= 1, got {init!r}")
         if factor < 2 or not float(factor).is_integer():
             raise d.fail("scale_factor", f"must be an integer >= 2 (MindSpore's DynamicLossScaler), got {factor!r}")
-        window = d.get("scale_window", "int>=1", 1000)
-    elif _is_num(ls) and not isinstance(ls, bool):
-        mode, init, factor, window = "static", float(ls), 2, 1000
-    else:
-        raise f.fail("loss_scale", f"must be a number, 'dynamic' or dict(init_scale=..., mode=...), got {ls!r}")
-    if init < 1:
-        raise f.fail("loss_scale", f"the scale must be >= 1, got {init!r}")
-    return AmpConfig(level=level, loss_scale=mode, init_scale=float(init), scale_factor=int(factor),
-                     scale_window=window)
+        return mode, float(init), int(factor), d.get("scale_window", "int>=1", 1000)
+    if _is_num(ls) and not isinstance(ls, bool):
+        if not (1 <= ls < math.inf):
+            raise f.fail("loss_scale", f"must be a finite number >= 1, got {ls!r}")
+        return "static", float(ls), 2, 1000
+    raise f.fail("loss_scale", f"must be a number, 'dynamic' or dict(init_scale=..., mode=...), got {ls!r}")
+
+
+def _amp(top: _Sec) -> AmpConfig:
+    """amp_level (default 'O2' when the file has mmdetection's fp16 section, else 'O0') and its loss scaling.
+
+    With an fp16 section: `_loss_scale` (checked at O0 too, where it is then not used). Without one, mixed
+    precision scales dynamically from 2**16, x2 after 2000 finite steps (MindSpore's and mindyolo's defaults).
+    """
+    has_fp16 = top.d.get("fp16") is not None
+    scale = _loss_scale(top.sub("fp16")) if has_fp16 else ("dynamic", 2.0 ** 16, 2, 2000)
+    level = top.one_of("amp_level", AMP_LEVELS, "O2" if has_fp16 else "O0")
+    if level == "O0":
+        return AmpConfig()
+    mode, init, factor, window = scale
+    return AmpConfig(level=level, loss_scale=mode, init_scale=init, scale_factor=factor, scale_window=window)
 
 
 def _check_known_keys(top: _Sec) -> None:

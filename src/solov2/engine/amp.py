@@ -8,8 +8,9 @@ The levels, on `mindspore.amp`:
   O2  every cell in float16 except BatchNorm, LayerNorm and GroupNorm (MindSpore 2.10's O2 black list lacks
       GroupNorm: it would run in float16, whose statistics lose precision and overflow); as mmdetection's fp16.
   O3  every cell in float16, the norm layers too (MindSpore's O3).
-In every level the parameters, the optimizer state and the network outputs stay float32: the losses (dice,
-focal) and anything downstream compute in float32 (`solov2.engine.train_step.make_loss_fn` casts).
+In every level the parameters and the optimizer state stay float32, and the losses (dice, focal) compute in
+float32: `solov2.engine.train_step.make_loss_fn` casts the network outputs first (at O1 they come in the type of
+their last operator).
 """
 from typing import Optional
 
@@ -43,31 +44,46 @@ def make_loss_scaler(amp: AmpConfig) -> Optional[ms.amp.LossScaler]:
     if amp.loss_scale is None:
         return None
     if amp.loss_scale == "static":
-        return ms.amp.StaticLossScaler(amp.init_scale)
-    return ms.amp.DynamicLossScaler(amp.init_scale, amp.scale_factor, amp.scale_window)
+        return ms.amp.StaticLossScaler(scale_value=amp.init_scale)
+    return ms.amp.DynamicLossScaler(scale_value=amp.init_scale, scale_factor=amp.scale_factor,
+                                    scale_window=amp.scale_window)
 
 
 SCALER_KEYS = ("loss_scale.scale_value", "loss_scale.counter")
 
 
+def _is_dynamic(scaler) -> bool:
+    return isinstance(scaler, ms.amp.DynamicLossScaler)
+
+
 def scaler_state(scaler) -> dict:
-    """{snapshot key: Tensor} of a loss scaler (empty for None)."""
+    """{snapshot key: Tensor} of a dynamic loss scaler: scale_value float32 (), counter int32 (); a static scale
+    is a setting, read from the config on resume, so it is stored alone (for the record) and None stores nothing."""
     if scaler is None:
         return {}
     state = {SCALER_KEYS[0]: scaler.scale_value.value()}
-    if hasattr(scaler, "counter"):
+    if _is_dynamic(scaler):
         state[SCALER_KEYS[1]] = scaler.counter.value()
     return state
 
 
-def restore_scaler(scaler, state: dict) -> bool:
-    """Set a scaler from snapshot entries; False if the snapshot holds none (a run without loss scaling)."""
-    if scaler is None or SCALER_KEYS[0] not in state:
-        return False
+def restore_scaler(scaler, state: dict) -> str:
+    """Continue a loss scaler from the snapshot entries `state` (see `scaler_state`); returns what happened:
+
+    'restored' (dynamic into dynamic), 'config' (a static scaler: the config's scale holds), 'missing' (a dynamic
+    scaler, but the snapshot's run had none or a static one: the initial scale holds), 'dropped' (no scaler, the
+    snapshot's run had one), 'none' (neither has one).
+    """
+    if scaler is None:
+        return "dropped" if state else "none"
+    if not _is_dynamic(scaler):
+        return "config"
+    if SCALER_KEYS[1] not in state:
+        return "missing"
+    # before the first step: set_data on a Parameter a compiled graph already holds may not reach that graph
     scaler.scale_value.set_data(ms.Tensor(state[SCALER_KEYS[0]].asnumpy().reshape(()), ms.float32))
-    if hasattr(scaler, "counter") and SCALER_KEYS[1] in state:
-        scaler.counter.set_data(ms.Tensor(state[SCALER_KEYS[1]].asnumpy().reshape(()), ms.int32))
-    return True
+    scaler.counter.set_data(ms.Tensor(state[SCALER_KEYS[1]].asnumpy().reshape(()), ms.int32))
+    return "restored"
 
 
 def scale_of(scaler) -> float:

@@ -82,7 +82,10 @@ def set_ascend_precision(precision: str) -> None:
         ms.set_context(ascend_config=settings)
         return
     for name, value in settings.items():
-        getattr(op_precision, name)(value)
+        try:
+            getattr(op_precision, name)(value)
+        except (RuntimeError, ValueError) as e:  # e.g. "can not be set repeatedly" in one process
+            raise SolovError(f"--precision {precision}: could not set {name}={value} ({first_line(e)})") from None
 
 
 def set_runtime(device_target: str = "CPU", mode: str = "graph", device_id: Optional[int] = None,

@@ -63,8 +63,8 @@ def read_counters(path: Path) -> dict:
 
 
 def load_snapshot(path: Path, net, optimizer, scaler=None) -> dict:
-    """Restore a snapshot into net, optimizer and loss scaler; returns dict(epoch, global_step, seed, scaler):
-    scaler is True when the scaler's state was restored (False: none given, or the snapshot has none)."""
+    """Restore a snapshot into net, optimizer and loss scaler; returns dict(epoch, global_step, seed, scaler),
+    scaler = what happened to the loss scale (`solov2.engine.amp.restore_scaler`)."""
     ckpt = read_checkpoint(path, "snapshot")
     meta = _counters(path, ckpt)
     del ckpt["epoch"], ckpt["seed"]

@@ -97,9 +97,12 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
                      f"{snapshot.name}: {'; '.join(changed)}")
         if given_seed is not None and given_seed != seed:
             log.line(f"warning: --seed {given_seed} ignored: the resumed run continues with its own seed {seed}")
-        if scaler is not None and not restored["scaler"]:
-            log.line(f"warning: {snapshot.name} holds no loss-scale state (a run without mixed precision); "
-                     f"starting from the initial scale {scale_of(scaler):g}")
+        if restored["scaler"] == "missing":
+            log.line(f"warning: {snapshot.name} holds no dynamic loss-scale state (its run had none or a static "
+                     f"scale); starting from the initial scale {scale_of(scaler):g}")
+        elif restored["scaler"] == "dropped":
+            log.line(f"warning: {snapshot.name} comes from a loss-scaled (mixed-precision) run; continuing without "
+                     f"loss scaling (amp {cfg.amp.level})")
         start_epoch, global_step = counters["epoch"], counters["global_step"]
         log.line(f"resumed from {snapshot} at epoch {start_epoch} (global step {global_step}, seed {seed})")
     elif resume == "auto":

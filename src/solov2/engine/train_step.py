@@ -57,13 +57,18 @@ def make_train_step(net, optimizer, *, head: HeadConfig, grad_clip: Optional[flo
 
     grad_fn = ms.value_and_grad(scaled_loss, None, optimizer.parameters, has_aux=True)
     one = ms.Tensor([1], ms.int32)
+    # Checking the all-reduced gradients is one decision on every rank only where all_finite reads the values (CPU,
+    # GPU, Ascend 910B by default); in Ascend's saturation mode it reads each device's own overflow flag.
+    flag_sum = ops.AllReduce() if world > 1 else None
 
     def scaled_step(img, cate_target, pos_cell, pos_mask, pos_valid, num_ins):
         (_, loss, loss_ins, loss_cate), grads = grad_fn(img, cate_target, pos_cell, pos_mask, pos_valid, num_ins)
         if reducer is not None:
             grads = reducer(grads)
         grads = scaler.unscale(grads)
-        finite = ms.amp.all_finite(grads)   # of the all-reduced gradients: one decision on every rank
+        finite = ms.amp.all_finite(grads)
+        if flag_sum is not None:
+            finite = flag_sum(ops.logical_not(finite).astype(ms.float32)) == 0
         scaler.adjust(finite)
         if grad_clip:
             grads = ops.clip_by_global_norm(grads, grad_clip)

@@ -18,8 +18,8 @@ from solov2.models.resize import resize_bilinear
 
 
 def _linspace(n, dtype) -> Tensor:
-    """n points from -1 to 1 in dtype. float32: LinSpace (as before, to the bit). Under mixed precision the input
-    is float16, and PYNATIVE casts every float input of an op to the cell's dtype, which LinSpace refuses."""
+    """(n,) points from -1 to 1 in dtype. float32: LinSpace (as before, to the bit). Under mixed precision x is
+    float16, and PYNATIVE casts every float input of an op to the cell's dtype, which LinSpace refuses."""
     if dtype == ms.float32:
         return ops.linspace(-1.0, 1.0, n)
     step = 2.0 / (n - 1) if n > 1 else 0.0
@@ -27,7 +27,7 @@ def _linspace(n, dtype) -> Tensor:
 
 
 def coord_features(x: Tensor) -> Tensor:
-    """CoordConv channels for x (N, C, H, W): (N, 2, H, W) float32, channel 0 = x in [-1, 1] along the width,
+    """CoordConv channels for x (N, C, H, W): (N, 2, H, W) in x's dtype, channel 0 = x in [-1, 1] along the width,
     channel 1 = y along the height (official order [x, y], linspace endpoints included)."""
     n, _, h, w = x.shape
     xs = _linspace(w, x.dtype)

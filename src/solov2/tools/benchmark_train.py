@@ -160,7 +160,14 @@ def main(argv=None):
     if a.what == "_one":
         print(json.dumps(one_mode(a)))
         return
-    res = {"step": step_bench, "scaling": scaling_bench, "loader": loader_bench}[a.what](a)
+    if a.what == "step":
+        res = step_bench(a)
+    elif a.what == "scaling":
+        res = scaling_bench(a)
+    else:
+        if a.epochs < 1:
+            ap.error("--epochs must be >= 1")
+        res = loader_bench(a)
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
 
