@@ -142,7 +142,7 @@ def test_o2_outputs_are_close_to_float32_in_graph_mode():
         assert 0 < err < 2e-2, err
 
 
-@pytest.mark.parametrize("level", ["O2", "O3"])
+@pytest.mark.parametrize("level", ["O1", "O2", "O3"])
 def test_amp_step_skips_an_overflow_then_learns(ms_mode, level):
     """One loss-scaled step function: a batch with pixels at 1e5 (float16 saturates at 65504) keeps a finite loss
     but overflows the scaled float16 backward, so the update is skipped (weights and momenta untouched, the
