@@ -122,6 +122,7 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
              f"mode {mode}, {amp}, work dir {work}")
     lrs = lr_schedule(o, iters, total)
     t_start, done_iters = time.time(), 0
+    scale = scale_of(scaler)   # the loss scale before the next step (only a step changes it)
     for epoch in range(start_epoch, total):
         bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{total}", disable=rank != 0, dynamic_ncols=True,
                    leave=False)
@@ -130,13 +131,14 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
         t0 = t_interval = time.time()
         for i, batch in enumerate(loader.epoch(epoch)):
             t_data += time.time() - t0
-            scale = scale_of(scaler)
             loss, li, lc, finite = step(*to_tensors(batch))
             acc += [float(loss.asnumpy()), float(li.asnumpy()), float(lc.asnumpy())]
-            if scaler is not None and (not bool(finite.asnumpy()) or scale_of(scaler) != scale):
-                log.line(f"epoch [{epoch + 1}][{i + 1}/{iters}] " + ("" if bool(finite.asnumpy()) else
-                         "gradients not finite (float16 overflow): update skipped, ")
-                         + f"loss scale {scale:g} -> {scale_of(scaler):g}")
+            if scaler is not None:
+                skipped, new_scale = not bool(finite.asnumpy()), scale_of(scaler)
+                if skipped or new_scale != scale:
+                    log.line(f"epoch [{epoch + 1}][{i + 1}/{iters}] " + ("gradients not finite (float16 overflow): "
+                             "update skipped, " if skipped else "") + f"loss scale {scale:g} -> {new_scale:g}")
+                scale = new_scale
             n_acc += 1
             global_step += 1
             done_iters += 1
@@ -153,7 +155,7 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
                 row = dict(epoch=epoch + 1, iter=global_step, lr=lrs[global_step - 1], loss=acc[0] / n_acc,
                            loss_ins=acc[1] / n_acc, loss_cate=acc[2] / n_acc, time=sec, data_time=t_data / n_acc)
                 if scaler is not None:
-                    row["loss_scale"] = scale_of(scaler)
+                    row["loss_scale"] = scale
                 log.record(row)
                 log.line(f"epoch [{epoch + 1}][{i + 1}/{iters}] lr {row['lr']:.2e} loss {row['loss']:.4f} "
                          f"(ins {row['loss_ins']:.4f}, cate {row['loss_cate']:.4f}) {sec:.2f} s/it "
