@@ -113,10 +113,41 @@ def decode_rle(seg) -> np.ndarray:
     return mask_util.decode({"size": seg["size"], "counts": seg["counts"].encode()}).astype(bool)
 
 
+# The near-threshold rule of every comparison with the official code (see tests/models/test_parity_torch.py for the
+# derivation): float32 noise may binarise a 1/4-resolution mask pixel the other way only where the reference
+# probability is within NEAR of mask_thr, and such a pixel moves the maskness and the Matrix NMS IoUs, hence the
+# final score, by a computable amount. The reference is therefore re-run with those pixels decided as ours decides
+# them (`official_near_decided`), and scores are compared with it at 1e-4.
+NEAR = 1e-4
+
+
+def official_near_decided(ours_kernels, ours_mask_feat) -> list:
+    """The official instances of fixtures/reference/inference_trashcan_val (results.json records: label, score,
+    segmentation), re-derived from the official head outputs by the independent torch post-processing
+    (tests/models/torch_solov2.py, equal to the official final scores within 1.2e-7) with the official
+    near-threshold 1/4-resolution pixels binarised by our kernels (cells, E) and mask features (E, h, w)."""
+    import torch
+    from solov2.evaluation.results import mask_to_rle
+    sys.path.insert(0, str(REPO / "tests" / "models"))
+    import torch_solov2 as ts
+    z = np.load(REF / "inference_trashcan_val.npz")
+    test_cfg = json.loads((REF / "inference_trashcan_val.json").read_text())["test_cfg"]
+    num_classes = z["cate_pred_l0"].shape[-1]
+    cate = torch.cat([torch.from_numpy(z[f"cate_pred_l{i}"][0].reshape(-1, num_classes)) for i in range(5)])
+    kern = torch.cat([torch.from_numpy(z[f"kernel_pred_l{i}"][0].reshape(len(z["mask_feat"][0]), -1).T)
+                      for i in range(5)])
+    r = ts.get_seg_single(cate, kern, torch.from_numpy(z["mask_feat"][0]), z["img_shape"], z["ori_shape"],
+                          collections.namedtuple("TestCfg", test_cfg)(**test_cfg),
+                          near_decided_by=(torch.from_numpy(ours_kernels), torch.from_numpy(ours_mask_feat), NEAR))
+    return [dict(label=int(label), score=float(score), segmentation=mask_to_rle(mask.numpy()))
+            for label, score, mask in zip(r["labels"], r["scores"], r["masks"])]
+
+
 def match_instances(expected, got, iou_min=0.999, score_tol=1e-4):
     """Pair every expected instance (results.json records) with an unused one of the same label in `got`.
 
-    Asserts the same count, mask IoU >= iou_min and |score difference| <= score_tol; returns the pairs.
+    Asserts the same count, mask IoU >= iou_min and |score difference| <= score_tol; returns the pairs. Against
+    the official code, `expected` comes from `official_near_decided` (the near-threshold rule above).
     """
     assert len(got) == len(expected), (len(got), len(expected))
     masks = [decode_rle(o["segmentation"]) for o in got]

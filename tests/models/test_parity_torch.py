@@ -271,11 +271,37 @@ def assert_stages_close(err: dict) -> None:
     assert err["nms_set_flips"] == 0
 
 
-def match_instances(ours: dict, ref: dict, near: float = 1e-4) -> dict:
+# Float32 noise may put a probability on the other side of mask_thr only where the reference probability is within
+# NEAR of it: NEAR is the 1e-4 of the stage criterion above (every output within 1e-4 of torch's), applied to the
+# mask probabilities (sigmoid' <= 1/4, so a probability moves less than its logit). Such a pixel decides, at 1/4 resolution, the stride
+# check, the maskness (mean probability inside the mask) and the Matrix NMS IoUs, so it moves a final score by a
+# computable amount: on an Intel Xeon, 1 flipped pixel of 2944 moved one score by 1.3e-4 (maskness 1/2945 of its
+# value). `final_errors` takes that effect out exactly: torch's post-processing is re-run with its near-threshold
+# 1/4-resolution pixels binarised as ours binarises them, and every score must match that within 1e-4. At full
+# resolution the same pixels are left out of the IoU (`worst_iou_clear_pixels`).
+NEAR = 1e-4
+
+
+def final_errors(c, o, ref_out, align_corners: bool = False) -> dict:
+    """Our final instances (`o.result`) against torch's post-processing of `ref_out` (torch's SOLOv2 outputs),
+    with torch's near-threshold 1/4-resolution mask pixels decided by our kernels and mask features."""
+    ours_decide = (torch.from_numpy(o.kern), torch.from_numpy(o.mask_feat), NEAR)
+    ref = ts.get_seg_single(*ts.flatten_outputs(ref_out), c.meta["img_shape"], c.meta["ori_shape"], TEST_CFG,
+                            GRIDS, STRIDES, align_corners=align_corners, near_decided_by=ours_decide)
+    return match_instances(o.result, ref)
+
+
+def assert_final_close(m: dict) -> None:
+    """Same count, every score within 1e-4, IoU >= 0.999 over the pixels clear of mask_thr (>= 0.99 over all)."""
+    assert m["n_ours"] == m["n"], (m["n_ours"], m["n"])
+    assert m["worst_dscore"] <= 1e-4 and m["worst_iou_clear_pixels"] >= 0.999 and m["worst_iou"] >= 0.99, m
+
+
+def match_instances(ours: dict, ref: dict, near: float = NEAR) -> dict:
     """Pair every torch instance with an unused one of ours of the same label (best mask IoU, then closest
-    score). Returns the worst |d score|, the worst IoU (with the two mask areas), the worst IoU over the pixels whose
-    torch probability is not within `near` of mask_thr (there float32 noise decides, e.g. 1 pixel of a 608-pixel
-    mask), and the number of pairs whose grid cell differs."""
+    score). Returns the counts, the worst |d score|, the worst IoU (with the two mask areas), the worst IoU over the
+    pixels whose torch probability is not within `near` of mask_thr (there float32 noise decides, e.g. 1 pixel of
+    a 608-pixel mask), and the number of pairs whose grid cell differs."""
     o_masks = ours["masks"].reshape(len(ours["masks"]), -1)
     r_masks = ref["masks"].numpy().reshape(len(ref["masks"]), -1)
     r_clear = (np.abs(ref["soft"].numpy() - TEST_CFG.mask_thr) > near).reshape(len(ref["masks"]), -1)
@@ -295,8 +321,8 @@ def match_instances(ours: dict, ref: dict, near: float = 1e-4) -> dict:
         worst_clear = min(worst_clear, float((a & b & keep).sum() / max(((a | b) & keep).sum(), 1)))
         worst_ds = max(worst_ds, abs(float(ours["scores"][j]) - score))
         other_cell += int(ours["cells"][j] != int(ref["cells"][i]))
-    return dict(n=len(ref["labels"]), worst_dscore=worst_ds, worst_iou=worst_iou, worst_iou_areas=worst_area,
-                worst_iou_clear_pixels=worst_clear, other_cell=other_cell)
+    return dict(n=len(ref["labels"]), n_ours=len(ours["labels"]), worst_dscore=worst_ds, worst_iou=worst_iou,
+                worst_iou_areas=worst_area, worst_iou_clear_pixels=worst_clear, other_cell=other_cell)
 
 
 # ------------------------------------------------------------------------------------------- tests
@@ -327,13 +353,12 @@ def test_predictions_match_torch(cases, ours, run):
     c, o = cases(name), ours(name, mode)
     ref = c.ref_result
     assert ref["counts"]["candidates"] > 100 and len(set(ref["labels"].tolist())) >= 20   # non-trivial case
-    assert len(o.result["labels"]) == len(ref["labels"])
     assert o.result["masks"].shape[1:] == c.img.shape[:2]
-    m = match_instances(o.result, ref)
-    REPORT[name][f"final_{mode}"] = m
-    print(f"\n{name} {mode}: final {m}")
-    # IoU >= 0.999 on every pixel whose torch probability is not within 1e-4 of mask_thr; all pixels: >= 0.99.
-    assert m["worst_dscore"] <= 1e-4 and m["worst_iou_clear_pixels"] >= 0.999 and m["worst_iou"] >= 0.99
+    plain = match_instances(o.result, ref)          # reported: how far the near-threshold pixels moved the scores
+    m = final_errors(c, o, c.ref)
+    REPORT[name][f"final_{mode}"] = dict(m, worst_dscore_without_near_rule=plain["worst_dscore"])
+    print(f"\n{name} {mode}: final {REPORT[name][f'final_{mode}']}")
+    assert_final_close(m)
 
 
 @pytest.mark.parametrize("name", ["light_r50", pytest.param("r101", marks=pytest.mark.slow)])
@@ -386,12 +411,8 @@ def test_wrong_torch_variant_is_detected(cases, ours):
     assert err["mask_feat"] > 1e-2 and err["kernels"] > 1e-2 and err["cate"] > 1e-2
     with pytest.raises(AssertionError):
         assert_stages_close(err)
-    result = ts.get_seg_single(*ts.flatten_outputs(out), c.meta["img_shape"], c.meta["ori_shape"], TEST_CFG,
-                               GRIDS, STRIDES, align_corners=True)
     with pytest.raises(AssertionError):
-        m = match_instances(o.result, result)
-        assert len(o.result["labels"]) == len(result["labels"]) and m["worst_dscore"] <= 1e-4 \
-            and m["worst_iou_clear_pixels"] >= 0.999 and m["worst_iou"] >= 0.99
+        assert_final_close(final_errors(c, o, out, align_corners=True))
 
 
 def test_swapped_dcn_offsets_are_detected(cases, ours):
@@ -406,3 +427,21 @@ def test_swapped_dcn_offsets_are_detected(cases, ours):
     assert min(err["P2"], err["P3"], err["mask_feat"], err["kernels"]) > 1e-2     # res3 on: everything after C3
     with pytest.raises(AssertionError):
         assert_stages_close(err)
+
+
+def test_perturbed_weight_is_detected(cases, ours):
+    """The final criterion, near-threshold rule included, still fails on a real error: torch with one weight off
+    by 1e-3 (the class-logit bias, +1e-3 on every class) must fail it, and the stage criterion."""
+    c, o = cases("light512_dcn_r50"), ours("light512_dcn_r50", "pynative")
+    bad = ts.SOLOv2(**c.arch).eval()
+    sd = c.model.state_dict()
+    sd["bbox_head.solo_cate.bias"] = sd["bbox_head.solo_cate.bias"] + 1e-3
+    bad.load_state_dict(sd, strict=True)
+    out = bad(torch.from_numpy(c.x))
+    err = stage_errors(out, o.neck, o.cate, o.kern, o.mask_feat)
+    with pytest.raises(AssertionError):
+        assert_stages_close(err)
+    with pytest.raises(AssertionError) as final:
+        assert_final_close(final_errors(c, o, out))
+    REPORT["light512_dcn_r50"]["perturbed_bias"] = dict(stages=err, final=str(final.value))
+    print(f"\nsolo_cate.bias + 1e-3 vs ours: stages {err}, final {final.value}")

@@ -271,11 +271,16 @@ def matrix_nms(masks, labels, scores, kernel="gaussian", sigma=2.0, sum_masks=No
 
 @torch.no_grad()
 def get_seg_single(cate: torch.Tensor, kernels: torch.Tensor, mask_feat: torch.Tensor, img_shape, ori_shape,
-                   cfg, grids=(40, 36, 24, 16, 12), strides=(8, 8, 16, 32, 32), align_corners: bool = False):
+                   cfg, grids=(40, 36, 24, 16, 12), strides=(8, 8, 16, 32, 32), align_corners: bool = False,
+                   near_decided_by=None):
     """Official post-processing of one image.
 
     cate (cells, C) scores after sigmoid + points_nms; kernels (cells, E); mask_feat (E, h, w).
     cfg: object with score_thr, mask_thr, nms_pre, update_thr, kernel, sigma, max_per_img.
+    near_decided_by: optional (kernels (cells, E), mask_feat (E, h, w), near) of another network (ours): the
+        1/4-resolution mask pixels whose probability here is within `near` of mask_thr are binarised as that
+        network binarises them. Those binary masks feed the stride check, the maskness and Matrix NMS, so the
+        result is what this code gives when float32 noise decides the near-threshold pixels the other way.
     Returns dict(masks bool (n, H0, W0), soft (n, H0, W0) the probabilities they threshold, labels int64 (n,), scores float32 (n,), cells int64 (n,), counts).
     """
     h, w = int(img_shape[0]), int(img_shape[1])
@@ -293,6 +298,10 @@ def get_seg_single(cate: torch.Tensor, kernels: torch.Tensor, mask_feat: torch.T
     k = kernels[cells]
     seg = F.conv2d(mask_feat[None], k.view(len(k), -1, 1, 1)).squeeze(0).sigmoid()   # (K, h, w)
     masks = seg > cfg.mask_thr
+    if near_decided_by is not None:
+        o_kern, o_feat, near = near_decided_by
+        other = F.conv2d(o_feat[None], o_kern[cells].view(len(k), -1, 1, 1)).squeeze(0).sigmoid()
+        masks = torch.where((seg - cfg.mask_thr).abs() <= near, other > cfg.mask_thr, masks)
     sums = masks.sum((1, 2)).float()
     keep = sums > cell_stride
     counts["after_stride"] = int(keep.sum())
