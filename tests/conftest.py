@@ -108,6 +108,28 @@ def ckpt(tmp_path_factory):
     return d / "light_r18_trashcan.ckpt"
 
 
+def snapshot(folder) -> dict:
+    """{relative path: md5} of every file below folder."""
+    import hashlib
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def assert_bad_input(argv, folder, fragments):
+    """Run the CLI `argv`: exit 2, exactly one `error:` line holding every fragment, no traceback, every file that
+    was below `folder` unchanged and no new one."""
+    before = snapshot(folder)
+    r = cli(*argv, timeout=600)
+    errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    for f in fragments:
+        assert f in errors[0], errors[0]
+    after = snapshot(folder)
+    assert {k: v for k, v in after.items() if k in before} == before, "a pre-existing file changed"
+    assert not [k for k in after if k not in before], f"stray files: {[k for k in after if k not in before]}"
+
+
 def decode_rle(seg) -> np.ndarray:
     from pycocotools import mask as mask_util
     return mask_util.decode({"size": seg["size"], "counts": seg["counts"].encode()}).astype(bool)

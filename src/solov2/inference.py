@@ -43,6 +43,7 @@ class Predictor:
         net.set_train(False)
         self.net = SOLOv2Eval(net, dynamic_shape=not static_shapes)
         self.class_names = resolve_class_names(cfg, checkpoint)
+        self.source = cfg.source or "the config"   # named by class-count errors
 
     @property
     def compiled_graphs(self) -> int:

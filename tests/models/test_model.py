@@ -5,6 +5,7 @@ Reference outputs were computed by the official PyTorch code (shared/fixtures/re
 import json
 
 import mindspore as ms
+import mindspore.nn as nn
 import numpy as np
 import pytest
 from conftest import REF, SHARED, official_to_ms_name
@@ -110,3 +111,31 @@ def test_other_depths_build_and_run_small(depth, ms_mode):
     e = cfg.head.ins_out_channels
     assert cate.shape == (1, 3872, 80) and kern.shape == (1, 3872, e) and mask_feat.shape == (1, e, 16, 24)
     assert np.isfinite(cate.asnumpy()).all() and (mask_feat.asnumpy() >= 0).all()   # conv_pred ends in ReLU
+
+
+class _ReluPool(nn.Cell):
+    """sum(w * pool(relu(x))), as in the ResNet stem (the pool sees ReLU outputs only)."""
+
+    def __init__(self, pool, w):
+        super().__init__()
+        self.pool, self.w = pool, w
+
+    def construct(self, x):
+        return (self.pool(ms.ops.relu(x)) * self.w).sum()
+
+
+@pytest.mark.parametrize("hw", [(112, 160), (15, 9)])
+def test_stem_pool_equals_the_padded_pool_in_value_and_gradient(ms_mode, hw):
+    """StemMaxPool (zero padding + unpadded pool) == the official MaxPool2d(3, 2, padding 1) after a ReLU: outputs
+    and input gradients bitwise (about half of the ReLU outputs are zeros, so padding-zero ties occur)."""
+    from solov2.models.resnet import StemMaxPool
+    x = ms.Tensor(np.random.default_rng(9).standard_normal((2, 4, *hw)).astype(np.float32))
+    official_pool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
+    a, b = official_pool(ms.ops.relu(x)).asnumpy(), StemMaxPool()(ms.ops.relu(x)).asnumpy()
+    assert a.shape == b.shape == (2, 4, (hw[0] - 1) // 2 + 1, (hw[1] - 1) // 2 + 1)
+    np.testing.assert_array_equal(a, b)
+    w = ms.Tensor(np.random.default_rng(10).standard_normal(a.shape).astype(np.float32))
+    grad_a = ms.grad(_ReluPool(official_pool, w))(x).asnumpy()
+    grad_b = ms.grad(_ReluPool(StemMaxPool(), w))(x).asnumpy()
+    assert np.abs(grad_a).sum() > 0
+    np.testing.assert_array_equal(grad_a, grad_b)

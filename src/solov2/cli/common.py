@@ -71,6 +71,39 @@ def config_and_checkpoint(p: argparse.ArgumentParser, a: argparse.Namespace, nee
     return config, checkpoint
 
 
+def add_model_flag(p: argparse.ArgumentParser) -> None:
+    """--model FILE: an exported network (export.py) instead of CHECKPOINT; see `model_and_config`."""
+    p.add_argument("--model", default=None, metavar="FILE",
+                   help="an exported .mindir or .onnx (export.py; FILE.json beside it) instead of CHECKPOINT. CONFIG is "
+                        "then optional; when given, it must describe the same model and its test_cfg and class names "
+                        "are used")
+
+
+def check_model_flags(a: argparse.Namespace, checkpoint: Optional[str]) -> None:
+    """With --model: no CHECKPOINT, no --static-shapes (the exported graph has its own input shape), an ONNX model
+    on the CPU only (onnxruntime's CPU provider); a one-line SolovError (exit 2) otherwise."""
+    if not a.model:
+        return
+    if checkpoint:
+        raise SolovError(f"--model {a.model} replaces CHECKPOINT ({checkpoint}): give one of them")
+    if getattr(a, "static_shapes", False):
+        raise SolovError("--static-shapes: an exported model has its own input shape (see export.py --input-size)")
+    if a.model.lower().endswith(".onnx") and a.device_target != "CPU":
+        raise SolovError(f"--device_target {a.device_target}: an ONNX model runs in onnxruntime on the CPU; use a "
+                         ".mindir")
+
+
+def open_predictor(cfg, checkpoint: Optional[str], model: Optional[str], overrides: Sequence[str] = (),
+                   static_shapes: bool = False):
+    """The predictor of a command: `ExportedPredictor(model, cfg)` for --model, else `Predictor(cfg, checkpoint)`.
+    cfg: the loaded config (None only with --model); overrides: --cfg-options (already in cfg when it is given)."""
+    if model:
+        from solov2.deploy.exported import ExportedPredictor
+        return ExportedPredictor(model, cfg=cfg, overrides=() if cfg is not None else overrides)
+    from solov2.inference import Predictor
+    return Predictor(cfg, checkpoint, static_shapes=static_shapes)
+
+
 def add_static_shapes_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--static-shapes", action="store_true",
                    help="GRAPH mode: compile one graph per padded input size instead of one for all sizes")

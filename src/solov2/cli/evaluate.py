@@ -2,13 +2,15 @@
 
     python valuation.py CONFIG CHECKPOINT [--out results.json] [--eval segm bbox] [--max-images N]
     python valuation.py --config CONFIG --checkpoint CHECKPOINT ...        (the same, as flags)
+    python valuation.py CONFIG --model solov2.onnx ...                     (an exported network, export.py)
     python valuation.py --results results.json --ann data/trashcan/annotations/instances_val_trashcan.json
 """
 import argparse
 from typing import Dict, Optional, Sequence
 
-from solov2.cli.common import (add_config_flags, add_force_flag, add_runtime_flags, add_static_shapes_flag, cli_main,
-                               config_and_checkpoint, start_runtime)
+from solov2.cli.common import (add_config_flags, add_force_flag, add_model_flag, add_runtime_flags,
+                               add_static_shapes_flag, check_model_flags, cli_main, config_and_checkpoint,
+                               open_predictor, start_runtime)
 from solov2.config import load_config
 from solov2.errors import SolovError
 from solov2.evaluation.coco_eval import (IOU_TYPES, check_class_count, check_results, evaluate_results,
@@ -28,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="score this existing COCO results file instead of running the model")
     add_runtime_flags(p)
     add_static_shapes_flag(p)
+    add_model_flag(p)
     add_force_flag(p, "--out")
     return p
 
@@ -47,22 +50,25 @@ def _split(cfg, ann: Optional[str], img_prefix: Optional[str], need_images: bool
     raise SolovError(f"{cfg.source}: no data.test or data.val ann_file; pass --ann and --img-prefix")
 
 
-def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = None, *, ann: Optional[str] = None,
-                   img_prefix: Optional[str] = None, out: Optional[str] = None,
+def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = None, *, model: Optional[str] = None,
+                   ann: Optional[str] = None, img_prefix: Optional[str] = None, out: Optional[str] = None,
                    iou_types: Sequence[str] = IOU_TYPES, max_images: Optional[int] = None, force: bool = False,
                    results_file: Optional[str] = None, overrides=(), static_shapes: bool = False) -> Dict[str, dict]:
     """`valuation.py`: model (or an existing results file) -> COCO AP printed; returns `evaluate_results`'.
 
-    Without `results_file` the model of `config` + `checkpoint` runs over the split and the results are
-    optionally written to `out` (atomically; an existing file only with `force`). With `results_file` that
-    file is scored instead (config optional: it only selects the split and is checked against it).
+    Without `results_file` the model of `config` + `checkpoint` (or the exported `model`, config optional) runs over
+    the split and the results are optionally written to `out` (atomically; an existing file only with `force`).
+    With `results_file` that file is scored instead (config optional: it only selects the split and is checked
+    against it).
     `max_images` restricts both running and scoring to the first N images of the annotation file.
     """
     if max_images is not None and max_images < 1:
         raise SolovError(f"--max-images must be >= 1, got {max_images}")
-    if results_file is None and (not config or not checkpoint):
-        raise SolovError("CONFIG and CHECKPOINT (or --config and --checkpoint) are required unless --results scores "
-                         "an existing file")
+    if results_file is None and not model and (not config or not checkpoint):
+        raise SolovError("CONFIG and CHECKPOINT (or --config and --checkpoint, or --model) are required unless "
+                         "--results scores an existing file")
+    if results_file is not None and model:
+        raise SolovError("--results scores an existing file; it cannot be combined with --model")
     if results_file is not None and out:
         raise SolovError("--out writes the model's results; it cannot be combined with --results")
     if out:  # fail before the (long) model run, not after it
@@ -76,8 +82,7 @@ def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = Non
     img_ids = first_image_ids(coco, max_images)
     if results is None:
         from solov2.evaluation.results import predict_dataset  # build the network: only on this path
-        from solov2.inference import Predictor
-        predictor = Predictor(cfg, checkpoint, static_shapes=static_shapes)
+        predictor = open_predictor(cfg, checkpoint, model, overrides, static_shapes)
         results = predict_dataset(predictor, coco, prefix, max_images)
         if predictor.compiled_graphs:
             print(f"GRAPH mode: {predictor.compiled_graphs} network graph(s) compiled")
@@ -98,8 +103,9 @@ def main(argv=None) -> None:
         p = parser()
         a = p.parse_intermixed_args(argv)   # positionals may stand between flags
         config, checkpoint = config_and_checkpoint(p, a, need=())  # run_evaluation says which it needs
+        check_model_flags(a, checkpoint)
         start_runtime(a)
-        run_evaluation(config, checkpoint, ann=a.ann, img_prefix=a.img_prefix, out=a.out, iou_types=a.eval,
+        run_evaluation(config, checkpoint, model=a.model, ann=a.ann, img_prefix=a.img_prefix, out=a.out, iou_types=a.eval,
                        max_images=a.max_images, force=a.force, results_file=a.results, overrides=a.cfg_options,
                        static_shapes=a.static_shapes)
     cli_main(body)

@@ -2,6 +2,7 @@
 
     python test.py CONFIG CHECKPOINT --dataroot demo/demo.jpg --out demo_result.jpg
     python run.py CONFIG CHECKPOINT INPUT --out OUTDIR
+    python run.py --model solov2.onnx INPUT --out OUTDIR            (an exported network, export.py)
 (CONFIG and CHECKPOINT may also be given as --config / --checkpoint, as the older MindSpore port's test.py.)
 """
 import argparse
@@ -13,8 +14,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from solov2.cli.common import (add_config_flags, add_force_flag, add_runtime_flags, add_static_shapes_flag, cli_main,
-                               config_and_checkpoint, start_runtime)
+from solov2.cli.common import (add_config_flags, add_force_flag, add_model_flag, add_runtime_flags,
+                               add_static_shapes_flag, check_model_flags, cli_main, config_and_checkpoint,
+                               open_predictor, start_runtime)
 from solov2.config import load_config
 from solov2.data.images import file_problem, read_image
 from solov2.errors import SolovError
@@ -27,17 +29,19 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".webm", ".m4v"}
 
 
-def predict_image(config: str, checkpoint: str, image: str, out: Optional[str], *, score_thr: float = 0.3,
-                  force: bool = False, overrides=(), static_shapes: bool = False) -> Path:
-    """One image -> a picture with masks, class names and scores. Returns the picture's path."""
-    from solov2.inference import Predictor, predict_timed  # MindSpore cells are built only after the cheap checks
+def predict_image(config: Optional[str], checkpoint: Optional[str], image: str, out: Optional[str], *,
+                  model: Optional[str] = None, score_thr: float = 0.3, force: bool = False, overrides=(),
+                  static_shapes: bool = False) -> Path:
+    """One image -> a picture with masks, class names and scores. Returns the picture's path.
+    model: an exported network (then config is optional and checkpoint None), see `open_predictor`."""
+    from solov2.inference import predict_timed  # MindSpore cells are built only after the cheap checks
     img = read_image(image)
     out_path = Path(out) if out else Path(f"{Path(image).stem}_result.jpg")
     if out_path.resolve() == Path(image).resolve():
         raise SolovError(f"{out_path}: --out is the input image; choose another file name")
     check_writable(out_path, force)
-    cfg = load_config(config, overrides)
-    pred = Predictor(cfg, checkpoint, static_shapes=static_shapes)
+    cfg = load_config(config, overrides) if config else None
+    pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes)
     res, t = predict_timed(pred, img)
     write_image(out_path, draw_instances(img, res["masks"], res["labels"], res["scores"], pred.class_names,
                                          score_thr=score_thr))
@@ -111,14 +115,14 @@ def video_frames(path: Path) -> Iterator[Tuple[str, np.ndarray]]:
         raise SolovError(f"{path}: the video has no readable frames")
 
 
-def predict_many(config: str, checkpoint: str, inp: str, outdir: str, *, score_thr: float = 0.3,
-                 force: bool = False, skip_bad: bool = False, overrides=(), static_shapes: bool = False) -> Path:
+def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, outdir: str, *,
+                 model: Optional[str] = None, score_thr: float = 0.3, force: bool = False, skip_bad: bool = False,
+                 overrides=(), static_shapes: bool = False) -> Path:
     """Folder / image / video -> OUTDIR/<name>.jpg per image or frame and OUTDIR/results.json.
 
     results.json: a list of instances {file_name, label, category_name, score, bbox [x, y, w, h],
-    segmentation (COCO RLE)}, written atomically at the end.
+    segmentation (COCO RLE)}, written atomically at the end. model: an exported network (see `open_predictor`).
     """
-    from solov2.inference import Predictor  # MindSpore cells are built only after the cheap checks
     kind, files = list_inputs(Path(inp))
     out = Path(outdir)
     results_path = out / "results.json"
@@ -133,8 +137,8 @@ def predict_many(config: str, checkpoint: str, inp: str, outdir: str, *, score_t
                 raise SolovError(f"{p}: {problem} (use --skip-bad to skip unreadable images)")
     pictures = picture_names(files) if kind == "images" else {}
     check_pictures(out, files, pictures, video=files[0] if kind == "video" else None, force=force)
-    cfg = load_config(config, overrides)
-    pred = Predictor(cfg, checkpoint, static_shapes=static_shapes)
+    cfg = load_config(config, overrides) if config else None
+    pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes)
     out.mkdir(parents=True, exist_ok=True)
     if kind == "video":
         cap = cv2.VideoCapture(str(files[0]))
@@ -190,10 +194,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score_thr", type=float, default=0.3, help="draw instances with at least this score")
     add_runtime_flags(p)
     add_static_shapes_flag(p)
+    add_model_flag(p)
+
+
+def model_sources(p: argparse.ArgumentParser, a: argparse.Namespace):
+    """(config, checkpoint) of the flags: both needed, or --model with an optional CONFIG (`check_model_flags`)."""
+    config, checkpoint = config_and_checkpoint(p, a, need=() if a.model else ("config", "checkpoint"))
+    check_model_flags(a, checkpoint)
+    return config, checkpoint
 
 
 def test_main(argv=None) -> None:
-    """test.py: CONFIG CHECKPOINT --dataroot IMAGE [--out PICTURE]."""
+    """test.py: CONFIG CHECKPOINT --dataroot IMAGE [--out PICTURE] (or --model FILE [CONFIG] ...)."""
     def body():
         p = argparse.ArgumentParser(description="One image -> a picture of the SOLOv2 instances.")
         add_config_flags(p)
@@ -202,15 +214,15 @@ def test_main(argv=None) -> None:
         _common(p)
         add_force_flag(p, "--out")
         a = p.parse_intermixed_args(argv)   # positionals may stand between flags
-        config, checkpoint = config_and_checkpoint(p, a, need=("config", "checkpoint"))
+        config, checkpoint = model_sources(p, a)
         start_runtime(a)
-        predict_image(config, checkpoint, a.dataroot, a.out, score_thr=a.score_thr, force=a.force,
+        predict_image(config, checkpoint, a.dataroot, a.out, model=a.model, score_thr=a.score_thr, force=a.force,
                       overrides=a.cfg_options, static_shapes=a.static_shapes)
     cli_main(body)
 
 
 def run_main(argv=None) -> None:
-    """run.py: CONFIG CHECKPOINT INPUT --out OUTDIR."""
+    """run.py: CONFIG CHECKPOINT INPUT --out OUTDIR (or --model FILE [CONFIG] INPUT ...)."""
     def body():
         p = argparse.ArgumentParser(description="A folder of images, one image or a video -> pictures + COCO-style "
                                                 "results.json.")
@@ -221,8 +233,8 @@ def run_main(argv=None) -> None:
         add_force_flag(p, "OUTDIR/results.json and the pictures")
         p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
         a = p.parse_intermixed_args(argv)   # e.g. run.py CONFIG CHECKPOINT --out OUT INPUT
-        config, checkpoint = config_and_checkpoint(p, a, need=("config", "checkpoint"))
+        config, checkpoint = model_sources(p, a)
         start_runtime(a)
-        predict_many(config, checkpoint, a.input, a.out, score_thr=a.score_thr, force=a.force, skip_bad=a.skip_bad,
-                     overrides=a.cfg_options, static_shapes=a.static_shapes)
+        predict_many(config, checkpoint, a.input, a.out, model=a.model, score_thr=a.score_thr, force=a.force,
+                     skip_bad=a.skip_bad, overrides=a.cfg_options, static_shapes=a.static_shapes)
     cli_main(body)

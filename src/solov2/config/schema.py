@@ -334,6 +334,30 @@ def _check_known_keys(top: _Sec) -> None:
                                   + f"; {where} takes: {', '.join(sorted(allowed))}")
 
 
+def _test(top: _Sec) -> TestConfig:
+    t = top.sub("test_cfg")
+    return TestConfig(nms_pre=t.get("nms_pre", "int>=1"), score_thr=t.get("score_thr", "0..1"),
+                      mask_thr=t.get("mask_thr", "0..1"), update_thr=t.get("update_thr", "0..1"),
+                      kernel=t.one_of("kernel", ("gaussian", "linear")), sigma=t.get("sigma", "num>0"),
+                      max_per_img=t.get("max_per_img", "int>=1"))
+
+
+def test_config_from(test_cfg: dict, overrides: Iterable[str], source: str) -> TestConfig:
+    """A TestConfig from a plain test_cfg dict (an export sidecar's) with `test_cfg.<key>=value` overrides, checked
+    as `load_config` checks a config's test_cfg. Any other override is a ConfigError naming `source`."""
+    overrides = list(overrides)
+    for item in overrides:
+        if not item.partition("=")[0].strip().startswith("test_cfg."):
+            raise ConfigError(f"{source}: override {item!r}: an exported model takes only test_cfg.* options")
+    top = _Sec(source, apply_overrides({"test_cfg": dict(test_cfg)}, overrides, source=source,
+                                       known_keys=SCHEMA_KEYS))
+    allowed = set(SECTIONS["test_cfg"])
+    unknown = sorted(set(top.d["test_cfg"]) - allowed)
+    if unknown:
+        raise ConfigError(f"{source}: test_cfg.{unknown[0]}: unknown setting; test_cfg takes: {', '.join(sorted(allowed))}")
+    return _test(top)
+
+
 def load_config(path, overrides: Iterable[str] = ()) -> SOLOv2Config:
     """Read an official-style SOLOv2 config (str or os.PathLike), apply "a.b=value" overrides, validate.
 
@@ -343,11 +367,7 @@ def load_config(path, overrides: Iterable[str] = ()) -> SOLOv2Config:
     path = os.fspath(path)
     top = _Sec(path, apply_overrides(load_config_dict(path), overrides, source=path, known_keys=SCHEMA_KEYS))
     backbone, neck, head, mask_feat, pretrained = _model(top)
-    t = top.sub("test_cfg")
-    test = TestConfig(nms_pre=t.get("nms_pre", "int>=1"), score_thr=t.get("score_thr", "0..1"),
-                      mask_thr=t.get("mask_thr", "0..1"), update_thr=t.get("update_thr", "0..1"),
-                      kernel=t.one_of("kernel", ("gaussian", "linear")), sigma=t.get("sigma", "num>0"),
-                      max_per_img=t.get("max_per_img", "int>=1"))
+    test = _test(top)
     data, optim, amp = _data(top), _optim(top), _amp(top)
     _check_known_keys(top)
     sec, key = next(((s, k) for s, k in ((top.sub("data").sub("train"), "classes"), (top, "classes"), (top, "CLASSES"))

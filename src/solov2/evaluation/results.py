@@ -80,8 +80,8 @@ def predict_dataset(predictor, ann_file: Union[str, COCO], img_prefix: str, max_
     """Run `predictor` over every image of the annotation file (file order; the first `max_images` if given).
 
     Args:
-        predictor: a `solov2.inference.Predictor` (its prepare / network / finish stages, overlapped across
-            images, and .cfg.head.cate_out_channels).
+        predictor: a `solov2.inference.Predictor` or `solov2.deploy.exported.ExportedPredictor` (its prepare /
+            network / finish stages, overlapped across images, its class_names and source).
         ann_file: COCO instances JSON path, or a COCO from `load_coco`.
         img_prefix: folder the images' file_name is relative to.
     Returns:
@@ -91,7 +91,7 @@ def predict_dataset(predictor, ann_file: Union[str, COCO], img_prefix: str, max_
     from the annotated one (its masks could not be compared with the ground truth).
     """
     coco = ann_file if isinstance(ann_file, COCO) else load_coco(ann_file)
-    check_class_count(predictor.cfg.head.cate_out_channels, coco, predictor.cfg.source or "the config")
+    check_class_count(len(predictor.class_names), coco, predictor.source)
     cat_ids, names = categories(coco)
     ids = first_image_ids(coco, max_images)
 

@@ -19,6 +19,8 @@ Two implementations, equal to float32 rounding (tests/models/test_dcn.py):
   (exportable, dynamic shapes), 0.06 s in GRAPH, 0.25-0.3 s in PYNATIVE. But MindSpore 2.10's CPU GRAPH runtime
   keeps its (N, Ho*Wo, K, C) intermediates of every layer alive until the graph ends: R101-DCN at 512x320 needed
   over 19 GB (native: 1.6 GB).
+* 'portable': 'gather' with its grid as constants of static shapes, for the ONNX export only
+  (`solov2.models.portable`).
 `resolve_impl('auto')` gives 'native'; SOLOV2_DCN_IMPL=gather|native in the environment overrides 'auto'.
 """
 import os
@@ -30,8 +32,10 @@ import mindspore.ops as ops
 from mindspore import Parameter, Tensor
 from mindspore.common.initializer import initializer
 
+from solov2.models.portable import sampling_grid_constants, sigmoid_portable
+
 DCN_TYPES = ("DCN", "DCNv2")
-IMPLS = ("gather", "native")
+IMPLS = ("gather", "native", "portable")
 IMPL_VAR = "SOLOV2_DCN_IMPL"
 _MATMUL, _BATCH_MATMUL = ops.MatMul(), ops.BatchMatMul()
 
@@ -46,24 +50,25 @@ def resolve_impl(impl: str) -> str:
     return impl
 
 
-def _sample_rows(x: Tensor, py: Tensor, px: Tensor, weight: Optional[Tensor]) -> Tensor:
+def _sample_rows(x: Tensor, py: Tensor, px: Tensor, weight: Optional[Tensor], base: Tensor) -> Tensor:
     """Bilinear samples of x (N, C, H, W) at rows py, columns px (N, L, K) float -> (N, L, K, C).
 
     A corner outside the map contributes 0 (mmcv). weight (N, L, K) multiplies each sample (the DCNv2 mask).
+    base (N, 1, 1) int32: the first flat row of each image in the (N*H*W, C) rows.
     """
     n, c, h, w = x.shape
     rows = ops.transpose(x, (0, 2, 3, 1)).reshape(-1, c)                       # (N*H*W, C)
-    # Flat row indices in int32: float16 (mixed precision) holds integers exactly only up to 2048.
-    base = (ops.cumsum(ops.ones_like(py[:, 0, 0]).astype(ms.int32), 0) - 1) * (h * w)   # (N,) first row per image
     y0, x0 = ops.floor(py), ops.floor(px)
     ly, lx = py - y0, px - x0
     out = None
     for dy, dx, wgt in ((0, 0, (1 - ly) * (1 - lx)), (0, 1, (1 - ly) * lx), (1, 0, ly * (1 - lx)), (1, 1, ly * lx)):
         yc, xc = y0 + dy, x0 + dx
-        inside = ((yc >= 0) & (yc <= h - 1) & (xc >= 0) & (xc <= w - 1)).astype(x.dtype)
+        # A product of 0/1 masks, not `&`: the ONNX exporter has no BitwiseAnd (same values).
+        inside = ((yc >= 0).astype(x.dtype) * (yc <= h - 1).astype(x.dtype) * (xc >= 0).astype(x.dtype)
+                  * (xc <= w - 1).astype(x.dtype))
         wgt = wgt * inside if weight is None else wgt * inside * weight
-        idx = (ops.clip(yc, 0, h - 1).astype(ms.int32) * w + ops.clip(xc, 0, w - 1).astype(ms.int32)
-               + base.reshape(-1, 1, 1))
+        # Flat row indices in int32: float16 (mixed precision) holds integers exactly only up to 2048.
+        idx = ops.clip(yc, 0, h - 1).astype(ms.int32) * w + ops.clip(xc, 0, w - 1).astype(ms.int32) + base
         g = ops.gather(rows, idx.reshape(-1), 0).reshape(idx.shape + (c,))
         term = g * ops.expand_dims(wgt, -1)
         out = term if out is None else out + term
@@ -76,24 +81,30 @@ def tap_positions(kh: int, kw: int, dilation: int) -> Tensor:
                    [float(j * dilation) for _ in range(kh) for j in range(kw)]], ms.float32)
 
 
-def deform_conv2d_gather(x: Tensor, offset: Tensor, mask: Optional[Tensor], weight: Tensor, stride: int,
-                         padding: int, dilation: int, groups: int, taps: Optional[Tensor] = None) -> Tensor:
-    """Deformable convolution. x (N, C, H, W); offset (N, 2K, Ho, Wo) mmcv layout (2k = dy, 2k+1 = dx);
-    mask (N, K, Ho, Wo) or None; weight (O, C/groups, kh, kw); K = kh*kw; taps: `tap_positions` (a constant the
-    cell builds once; GRAPH mode cannot build it). Returns (N, O, Ho, Wo), x's dtype."""
+def _dynamic_grid(offset: Tensor, stride: int, padding: int, rows_per_image: int):
+    """`solov2.models.portable.sampling_grid_constants` from the graph's own shapes (dynamic H and W)."""
+    oy = (ops.cumsum(ops.ones_like(offset[0, 0, :, 0]), 0) - 1) * stride - padding     # (Ho,)
+    ox = (ops.cumsum(ops.ones_like(offset[0, 0, 0, :]), 0) - 1) * stride - padding     # (Wo,)
+    base = (ops.cumsum(ops.ones_like(offset[:, 0, 0, 0]).astype(ms.int32), 0) - 1) * rows_per_image   # (N,)
+    return oy, ox, base.reshape(-1, 1, 1)
+
+
+def _deform_conv2d(x: Tensor, offset: Tensor, mask: Optional[Tensor], weight: Tensor, stride: int, padding: int,
+                   dilation: int, groups: int, taps: Optional[Tensor], grid) -> Tensor:
+    """The gather implementation given the sampling grid (oy (Ho,), ox (Wo,), base (N, 1, 1)); see below."""
     n, c = x.shape[0], x.shape[1]
     o, cg, kh, kw = weight.shape
     k = kh * kw
     ho, wo = offset.shape[2], offset.shape[3]
     off = ops.transpose(offset.reshape(n, k, 2, ho, wo), (0, 3, 4, 1, 2))       # (N, Ho, Wo, K, 2)
     # Sampling grid without the offsets: output position * stride - pad + tap position * dilation.
-    oy = (ops.cumsum(ops.ones_like(offset[0, 0, :, 0]), 0) - 1) * stride - padding     # (Ho,)
-    ox = (ops.cumsum(ops.ones_like(offset[0, 0, 0, :]), 0) - 1) * stride - padding     # (Wo,)
+    oy, ox, base = grid
+    oy, ox = oy.astype(x.dtype), ox.astype(x.dtype)
     taps = (tap_positions(kh, kw, dilation) if taps is None else taps).astype(x.dtype)     # (2, K)
     py = oy.reshape(1, -1, 1, 1) + taps[0].reshape(1, 1, 1, k) + off[..., 0]            # (N, Ho, Wo, K)
     px = ox.reshape(1, 1, -1, 1) + taps[1].reshape(1, 1, 1, k) + off[..., 1]
     m = None if mask is None else ops.transpose(mask, (0, 2, 3, 1)).reshape(n, -1, k)
-    cols = _sample_rows(x, py.reshape(n, -1, k), px.reshape(n, -1, k), m)          # (N, L, K, C)
+    cols = _sample_rows(x, py.reshape(n, -1, k), px.reshape(n, -1, k), m, base)    # (N, L, K, C)
     # weight (O, C/g, kh, kw) -> (g, K*C/g, O/g), matching the (tap, channel) order of cols.
     og = o // groups
     wmat = ops.transpose(weight.reshape(groups, og, cg, k), (0, 3, 2, 1)).reshape(groups, k * cg, og)
@@ -104,6 +115,22 @@ def deform_conv2d_gather(x: Tensor, offset: Tensor, mask: Optional[Tensor], weig
     cols = ops.transpose(cols.reshape(-1, k, groups, cg), (2, 0, 1, 3)).reshape(groups, -1, k * cg)  # (g, N*L, K*C/g)
     out = _BATCH_MATMUL(cols, wmat).reshape(groups, n, -1, og)                    # (g, N, L, O/g)
     return ops.transpose(out, (1, 0, 3, 2)).reshape(n, o, ho, wo)
+
+
+def deform_conv2d_gather(x: Tensor, offset: Tensor, mask: Optional[Tensor], weight: Tensor, stride: int,
+                         padding: int, dilation: int, groups: int, taps: Optional[Tensor] = None) -> Tensor:
+    """Deformable convolution. x (N, C, H, W); offset (N, 2K, Ho, Wo) mmcv layout (2k = dy, 2k+1 = dx);
+    mask (N, K, Ho, Wo) or None; weight (O, C/groups, kh, kw); K = kh*kw; taps: `tap_positions` (a constant the
+    cell builds once; GRAPH mode cannot build it). Returns (N, O, Ho, Wo), x's dtype."""
+    grid = _dynamic_grid(offset, stride, padding, x.shape[2] * x.shape[3])
+    return _deform_conv2d(x, offset, mask, weight, stride, padding, dilation, groups, taps, grid)
+
+
+def deform_conv2d_portable(x: Tensor, offset: Tensor, mask: Optional[Tensor], weight: Tensor, stride: int,
+                           padding: int, dilation: int, groups: int, taps: Optional[Tensor] = None) -> Tensor:
+    """`deform_conv2d_gather` with its grid as constants of the static shapes (the ONNX exporter has no CumSum)."""
+    grid = sampling_grid_constants(offset, stride, padding, x.shape[2] * x.shape[3])
+    return _deform_conv2d(x, offset, mask, weight, stride, padding, dilation, groups, taps, grid)
 
 
 def deform_conv2d_native(x: Tensor, offset: Tensor, mask: Optional[Tensor], weight: Tensor, stride: int,
@@ -142,13 +169,19 @@ class DeformConv2d(nn.Cell):
         self.weight = Parameter(initializer(weight_init, (cout, cin // groups, k, k), ms.float32), name="weight")
         self.conv_offset = nn.Conv2d(cin, (3 if self.modulated else 2) * k * k, k, stride=stride, pad_mode="pad",
                                      padding=padding, has_bias=True, weight_init=offset_init, bias_init="zeros")
-        self._conv = deform_conv2d_native if self.impl == "native" else deform_conv2d_gather
+        if self.impl == "native":
+            self._conv = deform_conv2d_native
+        elif self.impl == "gather":
+            self._conv = deform_conv2d_gather
+        else:
+            self._conv = deform_conv2d_portable
+        self._sigmoid = sigmoid_portable if self.impl == "portable" else ops.sigmoid
         self.taps = tap_positions(k, k, dilation)
 
     def construct(self, x: Tensor) -> Tensor:
         out = self.conv_offset(x)
         if self.modulated:
-            offset, mask = out[:, :2 * self.k2], ops.sigmoid(out[:, 2 * self.k2:])
+            offset, mask = out[:, :2 * self.k2], self._sigmoid(out[:, 2 * self.k2:])
         else:
             offset, mask = out, None
         return self._conv(x, offset, mask, self.weight.astype(x.dtype), self.stride, self.padding, self.dilation,

@@ -10,6 +10,7 @@ import mindspore.ops as ops
 from mindspore import Tensor
 from mindspore.common.initializer import XavierUniform
 
+from solov2.models.portable import resize_nearest_portable, subsample2
 from solov2.models.resize import resize_nearest
 
 
@@ -29,23 +30,30 @@ class FPN(nn.Cell):
     """(C2..C5) -> (P2, P3, P4, P5, P6), all `out_channels`; P6 = P5[..., ::2, ::2].
 
     P6 is the official ``max_pool2d(P5, kernel_size=1, stride=2)``, i.e. a subsample of P5 (size ceil(H5/2)).
+    portable: the ONNX-exportable nearest resize and subsample (`solov2.models.portable`; export only).
     """
 
-    def __init__(self, *, in_channels: Sequence[int], out_channels: int, num_outs: int):
+    def __init__(self, *, in_channels: Sequence[int], out_channels: int, num_outs: int, portable: bool):
         super().__init__()
         if num_outs != len(in_channels) + 1:
             raise ValueError(f"FPN: num_outs={num_outs} unsupported (expected {len(in_channels) + 1})")
         self.lateral_convs = nn.CellList([PlainConv(c, out_channels, 1) for c in in_channels])
         self.fpn_convs = nn.CellList([PlainConv(out_channels, out_channels, 3) for _ in in_channels])
         self.num_ins = len(in_channels)
+        self._nearest = resize_nearest_portable if portable else resize_nearest
+        self._subsample = subsample2 if portable else _max_pool_subsample
 
     def construct(self, feats: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
         laterals = [self.lateral_convs[i](feats[i]) for i in range(self.num_ins)]
         # Top-down: nearest x2 (sizes are exact multiples because inputs are padded to 32).
         for i in range(self.num_ins - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + resize_nearest(laterals[i], laterals[i - 1].shape[-2:])
+            laterals[i - 1] = laterals[i - 1] + self._nearest(laterals[i], laterals[i - 1].shape[-2:])
         outs = [self.fpn_convs[i](laterals[i]) for i in range(self.num_ins)]
-        # The official max_pool2d(P5, 1, stride=2) (a subsample). Not P5[..., ::2, ::2]: the backward of that
-        # strided slice segfaults in PYNATIVE_MODE on MindSpore 2.10 CPU.
-        outs.append(ops.max_pool2d(outs[-1], kernel_size=1, stride=2))
+        outs.append(self._subsample(outs[-1]))
         return tuple(outs)
+
+
+def _max_pool_subsample(x: Tensor) -> Tensor:
+    """The official max_pool2d(P5, 1, stride=2) (a subsample). Not P5[..., ::2, ::2]: the backward of that strided
+    slice segfaults in PYNATIVE_MODE on MindSpore 2.10 CPU."""
+    return ops.max_pool2d(x, kernel_size=1, stride=2)

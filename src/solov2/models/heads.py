@@ -14,6 +14,7 @@ from mindspore import Tensor
 from mindspore.common.initializer import Constant, HeNormal, Normal
 
 from solov2.models.dcn import DeformConv2d
+from solov2.models.portable import GroupNormPortable, coord_features_portable, resize_bilinear_portable
 from solov2.models.resize import resize_bilinear
 
 
@@ -52,11 +53,11 @@ class ConvGNReLU(nn.Cell):
     dcn='DCN'/'DCNv2' (conv_cfg=dict(type=...)): the conv is deformable. Initialisation as the official heads
     (for training from scratch): SOLOv2Head normal(0.01) on the conv weight, conv_offset zero (mmcv); the official
     MaskFeatHead normal(0.01)-initialises every nn.Conv2d inside (so conv_offset, `offset_std`) while the deformable
-    weight keeps ConvModule's kaiming init (`kaiming=True`).
+    weight keeps ConvModule's kaiming init (`kaiming=True`). portable: `GroupNormPortable` (same names; export only).
     """
 
     def __init__(self, cin: int, cout: int, k: int = 3, std: float = 0.01, *, dcn: Optional[str] = None,
-                 offset_std: float = 0.0, kaiming: bool = False, dcn_impl: str = "auto"):
+                 offset_std: float = 0.0, kaiming: bool = False, dcn_impl: str, portable: bool):
         super().__init__()
         if dcn is None:
             self.conv = nn.Conv2d(cin, cout, k, pad_mode="pad", padding=k // 2, has_bias=False,
@@ -65,7 +66,7 @@ class ConvGNReLU(nn.Cell):
             init = HeNormal(mode="fan_out", nonlinearity="relu") if kaiming else Normal(sigma=std)
             self.conv = DeformConv2d(cin, cout, k, kind=dcn, stride=1, padding=k // 2, weight_init=init,
                                      offset_init=Normal(sigma=offset_std) if offset_std else "zeros", impl=dcn_impl)
-        self.gn = nn.GroupNorm(32, cout, eps=1e-5)
+        self.gn = GroupNormPortable(32, cout, eps=1e-5) if portable else nn.GroupNorm(32, cout, eps=1e-5)
         self.relu = nn.ReLU()
 
     def construct(self, x: Tensor) -> Tensor:
@@ -77,11 +78,12 @@ class SOLOv2Head(nn.Cell):
 
     Input: (P2..P6) (N, in_channels, H_l, W_l). Output: per level l with grid S_l,
     cate logits (N, C, S_l, S_l) and kernels (N, E, S_l, S_l); C = num_classes - 1, E = ins_out_channels.
+    portable: the ONNX-exportable resize, coordinates and GroupNorm (`solov2.models.portable`; export only).
     """
 
     def __init__(self, *, num_classes: int, in_channels: int, stacked_convs: int, seg_feat_channels: int,
                  ins_out_channels: int, num_grids: Sequence[int], dcn: Optional[str], dcn_all_convs: bool,
-                 dcn_impl: str):
+                 dcn_impl: str, portable: bool):
         super().__init__()
         self.num_grids = tuple(num_grids)
         self.cate_out_channels = num_classes - 1
@@ -89,10 +91,13 @@ class SOLOv2Head(nn.Cell):
         # use_dcn_in_tower: every tower conv of both branches (SOLOv2Head) or only the last one (SOLOv2LightHead).
         tower_dcn = [dcn if dcn_all_convs or i == stacked_convs - 1 else None for i in range(stacked_convs)]
         # Registration order matters for nothing but readability; names are what the converter relies on.
-        self.cate_convs = nn.CellList([ConvGNReLU(in_channels if i == 0 else c, c, dcn=tower_dcn[i], dcn_impl=dcn_impl)
-                                       for i in range(stacked_convs)])
+        self.cate_convs = nn.CellList([ConvGNReLU(in_channels if i == 0 else c, c, dcn=tower_dcn[i], dcn_impl=dcn_impl,
+                                                  portable=portable) for i in range(stacked_convs)])
         self.kernel_convs = nn.CellList([ConvGNReLU(in_channels + 2 if i == 0 else c, c, dcn=tower_dcn[i],
-                                                    dcn_impl=dcn_impl) for i in range(stacked_convs)])
+                                                    dcn_impl=dcn_impl, portable=portable)
+                                         for i in range(stacked_convs)])
+        self._resize = resize_bilinear_portable if portable else resize_bilinear
+        self._coords = coord_features_portable if portable else coord_features
         prior_bias = -math.log((1 - 0.01) / 0.01)   # bias_init_with_prob(0.01): focal-loss prior
         self.solo_cate = nn.Conv2d(c, self.cate_out_channels, 3, pad_mode="pad", padding=1, has_bias=True,
                                    weight_init=Normal(sigma=0.01), bias_init=Constant(prior_bias))
@@ -103,12 +108,12 @@ class SOLOv2Head(nn.Cell):
         """P2 bilinear x0.5 and P6 bilinear up to P5's size, so the level strides become 8, 8, 16, 32, 32."""
         p2, p3, p4, p5, p6 = feats
         h2, w2 = p2.shape[-2:]
-        return (resize_bilinear(p2, (h2 // 2, w2 // 2)), p3, p4, p5, resize_bilinear(p6, p5.shape[-2:]))
+        return (self._resize(p2, (h2 // 2, w2 // 2)), p3, p4, p5, self._resize(p6, p5.shape[-2:]))
 
     def forward_level(self, x: Tensor, grid: int) -> Tuple[Tensor, Tensor]:
         # The coordinates are appended at the level's own resolution and resized together with the features,
         # so at S x S they are not linspace(-1, 1, S): this is the official behaviour.
-        kernel_feat = resize_bilinear(ops.concat((x, coord_features(x)), axis=1), (grid, grid))
+        kernel_feat = self._resize(ops.concat((x, self._coords(x)), axis=1), (grid, grid))
         cate_feat = kernel_feat[:, :-2]
         for layer in self.kernel_convs:
             kernel_feat = layer(kernel_feat)
@@ -127,11 +132,15 @@ class SOLOv2Head(nn.Cell):
 
 
 class Upsample2x(nn.Cell):
-    """Bilinear x2 upsampling (align_corners=False); no parameters."""
+    """Bilinear x2 upsampling (align_corners=False); no parameters. portable: `resize_bilinear_portable`."""
+
+    def __init__(self, *, portable: bool):
+        super().__init__()
+        self._resize = resize_bilinear_portable if portable else resize_bilinear
 
     def construct(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
-        return resize_bilinear(x, (h * 2, w * 2))
+        return self._resize(x, (h * 2, w * 2))
 
 
 class MaskFeatHead(nn.Cell):
@@ -139,32 +148,35 @@ class MaskFeatHead(nn.Cell):
 
     Level L (stride 4 * 2^L) goes through L (conv, upsample x2) pairs (level 0: one conv); level 3 gets the
     coordinate channels before its first conv; the four maps are summed and projected by conv_pred (1x1).
+    portable: the ONNX-exportable resize, coordinates and GroupNorm (`solov2.models.portable`; export only).
     """
 
     def __init__(self, *, in_channels: int, out_channels: int, start_level: int, end_level: int, num_classes: int,
-                 dcn: Optional[str], dcn_impl: str):
+                 dcn: Optional[str], dcn_impl: str, portable: bool):
         super().__init__()
         if (start_level, end_level) != (0, 3):
             raise ValueError("MaskFeatHead: only start_level=0, end_level=3 (P2..P5) is supported")
 
         def unit(cin, cout, k=3):   # conv_cfg applies to every conv, the 1x1 conv_pred included (R101-DCN)
-            return ConvGNReLU(cin, cout, k, dcn=dcn, offset_std=0.01, kaiming=True, dcn_impl=dcn_impl)
+            return ConvGNReLU(cin, cout, k, dcn=dcn, offset_std=0.01, kaiming=True, dcn_impl=dcn_impl,
+                              portable=portable)
         levels = [nn.SequentialCell(OrderedDict([("conv0", unit(in_channels, out_channels))]))]
         for lvl in range(1, 4):
             layers = OrderedDict()
             for j in range(lvl):
                 cin = (in_channels + 2 if lvl == 3 else in_channels) if j == 0 else out_channels
                 layers[f"conv{j}"] = unit(cin, out_channels)
-                layers[f"upsample{j}"] = Upsample2x()
+                layers[f"upsample{j}"] = Upsample2x(portable=portable)
             levels.append(nn.SequentialCell(layers))
         self.convs_all_levels = nn.CellList(levels)
         self.conv_pred = nn.SequentialCell([unit(out_channels, num_classes, k=1)])
+        self._coords = coord_features_portable if portable else coord_features
 
     def construct(self, feats: Tuple[Tensor, ...]) -> Tensor:
         out = self.convs_all_levels[0](feats[0])
         for i in range(1, 4):
             x = feats[i]
             if i == 3:
-                x = ops.concat((x, coord_features(x)), axis=1)
+                x = ops.concat((x, self._coords(x)), axis=1)
             out = out + self.convs_all_levels[i](x)
         return self.conv_pred(out)

@@ -11,6 +11,7 @@ import math
 from typing import List, Optional, Sequence, Tuple
 
 import mindspore.nn as nn
+import mindspore.ops as ops
 from mindspore import Tensor
 from mindspore.common.initializer import HeNormal
 
@@ -89,6 +90,25 @@ class Bottleneck(nn.Cell):
         return self.relu(out + identity)
 
 
+class StemMaxPool(nn.Cell):
+    """The official stem MaxPool2d(3, stride 2, padding 1) on x >= 0 (it follows a ReLU): zero padding, then an
+    unpadded pool. Equal to the padded pool in value, and in gradient (a window whose maximum is a padding zero
+    has only zeros of the ReLU, whose gradient is 0). Why not the padded pool: MindSpore runs it as
+    MaxPool3DWithArgmax, which the ONNX exporter refuses and which makes a MindIR exported with unknown H and W
+    fail to load ("primitive raise" in its shape inference).
+    x (N, C, H, W) >= 0 -> (N, C, floor((H - 1) / 2) + 1, floor((W - 1) / 2) + 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="valid")
+
+    def construct(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        x = ops.concat((ops.zeros((n, c, 1, w), x.dtype), x, ops.zeros((n, c, 1, w), x.dtype)), axis=2)
+        x = ops.concat((ops.zeros((n, c, h + 2, 1), x.dtype), x, ops.zeros((n, c, h + 2, 1), x.dtype)), axis=3)
+        return self.pool(x)
+
+
 class ResNet(nn.Cell):
     """ResNet/ResNeXt trunk without the classifier. x (N, 3, H, W) float32 -> (C2, C3, C4, C5) at strides 4..32.
 
@@ -110,7 +130,7 @@ class ResNet(nn.Cell):
                                weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
         self.bn1 = bn(64, norm_eval)
         self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
+        self.maxpool = StemMaxPool()
         cin = 64
         for i, n in enumerate(blocks):
             planes, stride = 64 * 2 ** i, 1 if i == 0 else 2

@@ -1,0 +1,1 @@
+"""Deployment: export to MindIR / ONNX (`export`), the sidecar JSON (`sidecar`), running an export (`exported`)."""

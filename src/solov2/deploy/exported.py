@@ -1,0 +1,126 @@
+"""Running an exported SOLOv2 (.mindir through MindSpore, .onnx through onnxruntime) with the native results.
+
+`ExportedPredictor` has the interface of `solov2.inference.Predictor` (prepare -> network -> finish, predict,
+class_names), so test.py, run.py and valuation.py use either. Only the network is the exported file; the
+preprocessing is the official test pipeline (`preprocess_test`, then, for a static-size export, zero padding at the
+bottom and right up to the export size) and the post-processing is the shared NumPy `get_seg_single`, with the
+settings of the sidecar (`solov2.deploy.sidecar`).
+"""
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from solov2.data.transforms import preprocess_test
+from solov2.config import SOLOv2Config
+from solov2.deploy.sidecar import check_config, read_sidecar, shapes_match, test_settings
+from solov2.errors import SolovError, first_line
+from solov2.models.postprocess import get_seg_single
+
+MODEL_SUFFIXES = (".mindir", ".onnx")
+NetOutputs = Tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class MissingRuntime(SolovError):
+    """The package that runs this kind of model is not installed (onnxruntime for .onnx)."""
+
+
+def network_runner(path: Path, input_hw: Optional[Tuple[int, int]]) -> Callable[[np.ndarray], List[np.ndarray]]:
+    """x (1, 3, H, W) float32 -> [cate_scores (1, cells, C), kernels (1, cells, E), mask_feat (1, E, H/4, W/4)]
+    of the exported file: `onnx_runner` for .onnx, `mindir_runner` for .mindir. input_hw: the export's static
+    size, None for a dynamic MindIR."""
+    if path.suffix.lower() == ".onnx":
+        return onnx_runner(path, input_hw)
+    return mindir_runner(path, dynamic=input_hw is None)
+
+
+def onnx_runner(path: Path, input_hw: Tuple[int, int]) -> Callable[[np.ndarray], List[np.ndarray]]:
+    """x (1, 3, H, W) float32 -> the three outputs, through an onnxruntime CPU session of `path`."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingRuntime(f"{path}: running an ONNX model needs onnxruntime: pip install -e '.[onnx]'") from None
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for a corrupt or foreign file
+        raise SolovError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
+    inp = session.get_inputs()[0]
+    if tuple(inp.shape[2:]) != tuple(input_hw):
+        raise SolovError(f"{path}: its input is {inp.shape}, the sidecar says (1, 3, {input_hw[0]}, {input_hw[1]})")
+    return lambda x: session.run(None, {inp.name: x})
+
+
+def mindir_runner(path: Path, dynamic: bool) -> Callable[[np.ndarray], List[np.ndarray]]:
+    """x (1, 3, H, W) float32 -> the three outputs, through `nn.GraphCell(mindspore.load(path))`. dynamic: the
+    graph declares N, H and W unknown, so it compiles once for every input size (as the native `SOLOv2Eval`)."""
+    import mindspore as ms
+    try:
+        graph = ms.nn.GraphCell(ms.load(str(path)))
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise SolovError(f"{path}: MindSpore cannot load it ({first_line(e)})") from None
+    if dynamic:
+        graph.set_inputs(ms.Tensor(shape=[None, 3, None, None], dtype=ms.float32))
+    return lambda x: [o.asnumpy() for o in graph(ms.Tensor(x))]
+
+
+class ExportedPredictor:
+    """An exported network (.mindir or .onnx with its sidecar) behind the `Predictor` interface.
+
+    cfg: a config of the same model (`check_config`), whose test_cfg and class names (if it has them) are used;
+    without it, the sidecar's test_cfg with `overrides` (`test_cfg.<key>=value` strings, --cfg-options).
+    """
+
+    compiled_graphs = 0   # the exported graph compiles once (one static size, or one dynamic graph)
+
+    def __init__(self, model_path, cfg: Optional[SOLOv2Config] = None, overrides: Sequence[str] = ()):
+        path = Path(model_path)
+        if path.suffix.lower() not in MODEL_SUFFIXES:
+            raise SolovError(f"{path}: --model must be an exported .mindir or .onnx file (export.py)")
+        if not path.is_file():
+            raise SolovError(f"{path}: no such file")
+        self.spec = read_sidecar(path)
+        self.path = path
+        self.source = str(path)   # named by class-count errors
+        if cfg is not None:
+            check_config(self.spec, cfg, model_path=path)
+            self.test_cfg = cfg.test
+            self.class_names = list(cfg.class_names or self.spec.class_names)
+        else:
+            self.test_cfg = test_settings(self.spec, overrides, source=str(path))
+            self.class_names = list(self.spec.class_names)
+        self._run = network_runner(path, self.spec.input_hw)
+
+    def prepare(self, img_bgr: np.ndarray) -> Tuple[np.ndarray, dict]:
+        """img_bgr uint8 (H, W, 3) -> (x float32 (1, 3, Hp, Wp), meta): the official test pipeline, as the native
+        `Predictor`; a static-size export then pads x with zeros (bottom, right) to its input size (H, W).
+        SolovError when the padded image is larger than that size."""
+        s = self.spec
+        x, meta = preprocess_test(img_bgr, s.test_scale, s.mean, s.std, s.to_rgb, s.size_divisor)
+        if s.input_hw is None:
+            return x, meta
+        (h, w), (eh, ew) = x.shape[2:], s.input_hw
+        if h > eh or w > ew:
+            raise SolovError(f"{self.path}: a {img_bgr.shape[1]}x{img_bgr.shape[0]} image is {w}x{h} at the test "
+                             f"scale (padded), larger than the model's static input {ew}x{eh} (W x H); export it "
+                             "with a larger --input-size")
+        padded = np.zeros((1, 3, eh, ew), np.float32)
+        padded[:, :, :h, :w] = x
+        return padded, dict(meta, pad_shape=(eh, ew, 3))
+
+    def network(self, x: np.ndarray) -> NetOutputs:
+        """x (1, 3, H, W) -> cate_scores (cells, C), kernels (cells, E), mask_feat (E, H/4, W/4), float32."""
+        outs = self._run(np.ascontiguousarray(x, dtype=np.float32))
+        shapes = tuple(tuple(o.shape) for o in outs)
+        if not shapes_match(shapes, self.spec.output_shapes):
+            raise SolovError(f"{self.path}: outputs {shapes}, the sidecar says {self.spec.output_shapes}")
+        return outs[0][0], outs[1][0], outs[2][0]
+
+    def finish(self, outputs: NetOutputs, meta: dict) -> Dict[str, np.ndarray]:
+        """Network outputs -> masks bool (n, H0, W0), labels int64 (n,) 0-based, scores float32 (n,)."""
+        cate, kernels, mask_feat = outputs
+        return get_seg_single(cate, kernels, mask_feat, meta["img_shape"], meta["ori_shape"], self.test_cfg,
+                              self.spec.num_grids, self.spec.strides)
+
+    def predict(self, img_bgr: np.ndarray) -> Dict[str, np.ndarray]:
+        x, meta = self.prepare(img_bgr)
+        return self.finish(self.network(x), meta)

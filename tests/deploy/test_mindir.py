@@ -1,0 +1,205 @@
+"""MindIR export (export.py) and the exported model behind test.py / run.py / valuation.py --model.
+
+Two models, exported through the CLI into a temporary folder:
+- light-R18 TrashCan with the reference weights (calibrated: 100 instances per image), dynamic N, H, W;
+- light-512-DCN-R50 (deformable: static, at its test scale padded, 512x864), random weights with a spread class bias
+  so that its post-processing has candidates.
+On two real trashcan_mini images of different sizes (480x270 and 480x360) the exported network must equal the native
+one (1e-5 relative) in GRAPH and PYNATIVE, and the final instances through the CLIs must be the native ones.
+"""
+import json
+import shutil
+
+import cv2
+import mindspore as ms
+import numpy as np
+import pytest
+from conftest import REPO, SHARED, TRASHCAN_CFG, assert_bad_input, cli, match_instances
+
+from solov2.config import load_config
+from solov2.deploy.exported import ExportedPredictor
+from solov2.inference import Predictor
+
+MINI = SHARED / "datasets" / "trashcan_mini"
+VAL_ANN = MINI / "annotations" / "instances_val_trashcan.json"
+IMAGES = [MINI / "val" / "vid_000002_frame0000017.jpg", MINI / "val" / "vid_000106_frame0000032.jpg"]
+DCN_CFG = REPO / "configs" / "solov2" / "solov2_light_512_dcn_r50_fpn_8gpu_3x.py"
+
+
+@pytest.fixture(scope="module")
+def dcn_ckpt(tmp_path_factory):
+    """light-512-DCN-R50 with MindSpore's initial weights and a class bias ~ N(-1, 1) (random, seeded)."""
+    from solov2.models import build_model
+    net = build_model(load_config(DCN_CFG))
+    bias = net.bbox_head.solo_cate.bias
+    bias.set_data(ms.Tensor(np.random.default_rng(0).normal(-1.0, 1.0, bias.shape).astype(np.float32)))
+    path = tmp_path_factory.mktemp("dcn") / "light512_dcn_r50.ckpt"
+    ms.save_checkpoint(net, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(ckpt, dcn_ckpt, tmp_path_factory):
+    """name -> (config, checkpoint, exported .mindir, export.py stdout), exported once per module."""
+    d = tmp_path_factory.mktemp("mindir")
+    out = {}
+    for name, cfg, weights in (("r18", TRASHCAN_CFG, ckpt), ("dcn", DCN_CFG, dcn_ckpt)):
+        model = d / f"{name}.mindir"
+        r = cli("export.py", cfg, weights, "--out", model)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[name] = (cfg, weights, model, r.stdout)
+    return out
+
+
+def test_export_writes_model_and_sidecar(exported):
+    from solov2.deploy.sidecar import file_sha256
+    for name, shape in (("r18", [-1, 3, -1, -1]), ("dcn", [1, 3, 512, 864])):
+        cfg, weights, model, stdout = exported[name]
+        side = json.loads((model.parent / (model.name + ".json")).read_text())
+        assert side["model_format"] == "MINDIR" and side["input"]["shape"] == shape
+        assert side["model_sha256"] == file_sha256(model)
+        assert side["source"]["checkpoint_sha256"] == file_sha256(weights)
+        assert side["test_cfg"]["score_thr"] == 0.1 and side["preprocess"]["size_divisor"] == 32
+        assert "checked against the native network" in stdout, stdout
+    assert json.loads((exported["r18"][2].parent / "r18.mindir.json").read_text())["class_names"][0] == "rov"
+
+
+@pytest.mark.parametrize("name", ["r18", "dcn"])
+def test_exported_network_equals_native(exported, ms_mode, name):
+    """Same input -> the exported network's outputs equal the native network's (1e-5 relative), for both images."""
+    cfg, weights, model, _ = exported[name]
+    native, exp = Predictor(load_config(cfg), str(weights)), ExportedPredictor(model)
+    for image in IMAGES:
+        x, _ = exp.prepare(cv2.imread(str(image)))
+        for a, b in zip(exp.network(x), native.network(x)):
+            assert a.shape == b.shape
+            assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), (name, image.name)
+
+
+def test_run_py_model_without_config_gives_the_native_instances(exported, tmp_path):
+    """Dynamic model: run.py --model FILE (no config) == run.py CONFIG CHECKPOINT on images of two sizes."""
+    cfg, weights, model, _ = exported["r18"]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for image in IMAGES:
+        shutil.copy(image, inp)
+    r = cli("run.py", cfg, weights, inp, "--out", tmp_path / "native")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = cli("run.py", "--model", model, inp, "--out", tmp_path / "exported")
+    assert r.returncode == 0, r.stderr[-3000:]
+    native = json.loads((tmp_path / "native" / "results.json").read_text())
+    ours = json.loads((tmp_path / "exported" / "results.json").read_text())
+    assert len(native) == 200
+    for image in IMAGES:
+        match_instances([o for o in native if o["file_name"] == image.name],
+                        [o for o in ours if o["file_name"] == image.name])
+    assert (tmp_path / "exported" / IMAGES[1].name).is_file()
+
+
+def test_static_model_gives_the_native_instances_at_its_size(exported):
+    """Static (DCN) model: the exported predictor == the native network on the same padded input. The native
+    path itself pads to 32 only (480x864 for the 480x270 image, not 512x864): the padded area changes what the
+    network sees near the border, measured and printed here (README "Deployment")."""
+    cfg, weights, model, _ = exported["dcn"]
+    native, exp = Predictor(load_config(cfg), str(weights)), ExportedPredictor(model)
+    for image in IMAGES:
+        img = cv2.imread(str(image))
+        x, meta = exp.prepare(img)
+        got, same_input = exp.predict(img), native.finish(native.network(x), meta)
+        assert len(got["labels"]) > 10
+        for k in ("labels", "scores", "masks"):
+            np.testing.assert_array_equal(got[k], same_input[k])
+        own = native.predict(img)
+        common = min(len(own["scores"]), len(got["scores"]))
+        print(f"\n{image.name}: native pad {native.prepare(img)[0].shape[2:]} vs export {x.shape[2:]}: "
+              f"{len(own['labels'])} vs {len(got['labels'])} instances, top-{common} scores differ by up to "
+              f"{np.abs(own['scores'][:common] - got['scores'][:common]).max():.2e}")
+
+
+def test_valuation_model_gives_the_native_ap(exported, tmp_path):
+    """valuation.py --model (no config) gives the AP of valuation.py CONFIG CHECKPOINT to 1e-4. The reference
+    weights are random (AP 0 on the TrashCan labels, which would compare nothing), so the ground truth is the native
+    instances of score >= 0.3 on the first 12 val images: a non-zero AP that any instance change would move."""
+    from solov2.evaluation.coco_eval import evaluate_results, load_coco
+    cfg, weights, model, _ = exported["r18"]
+    common = ["--img-prefix", MINI / "val", "--max-images", "12"]
+    r = cli("valuation.py", cfg, weights, "--ann", VAL_ANN, *common, "--out", tmp_path / "native.json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    native = json.loads((tmp_path / "native.json").read_text())
+    gt = json.loads(VAL_ANN.read_text())
+    gt["images"] = gt["images"][:12]
+    gt["annotations"] = [dict(id=k + 1, image_id=o["image_id"], category_id=o["category_id"], iscrowd=0,
+                              segmentation=o["segmentation"], bbox=o["bbox"], area=o["bbox"][2] * o["bbox"][3])
+                         for k, o in enumerate(native) if o["score"] >= 0.3]
+    pseudo = tmp_path / "pseudo_gt.json"
+    pseudo.write_text(json.dumps(gt))
+    r = cli("valuation.py", "--model", model, "--ann", pseudo, *common, "--out", tmp_path / "exported.json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    coco = load_coco(str(pseudo))
+    a = evaluate_results(coco, native, ("segm", "bbox"))
+    b = evaluate_results(coco, json.loads((tmp_path / "exported.json").read_text()), ("segm", "bbox"))
+    assert len(gt["annotations"]) > 20 and a["segm"]["AP"] > 0.3, (len(gt["annotations"]), a["segm"])
+    for t in ("segm", "bbox"):   # the 12 COCO numbers and the per-class AP, AP50
+        np.testing.assert_allclose(b[t]["stats"], a[t]["stats"], rtol=0, atol=1e-4, err_msg=t)
+        per_class = [[(c["AP"], c["AP50"]) for c in m[t]["per_class"]] for m in (a, b)]
+        np.testing.assert_allclose(per_class[1], per_class[0], rtol=0, atol=1e-4, err_msg=t)
+
+
+def _copy_model(t, exported, name, with_sidecar=True):
+    """A copy of an exported model (and its sidecar) in folder t: the file a bad-input case starts from."""
+    model = exported[name][2]
+    t.mkdir(exist_ok=True)
+    shutil.copy(model, t / model.name)
+    if with_sidecar:
+        shutil.copy(model.parent / (model.name + ".json"), t / (model.name + ".json"))
+    return t / model.name
+
+
+def _not_a_mindir(t, exported):
+    path = _copy_model(t / "m", exported, "r18")
+    path.write_bytes(b"not a MindIR model\n" * 100)
+    return path
+
+
+def _portrait_image(t):
+    """A 270x480 (W x H) photo: 852x479 at the DCN model's test scale, taller than its 512 rows."""
+    t.mkdir(exist_ok=True)
+    cv2.imwrite(str(t / "portrait.jpg"), cv2.rotate(cv2.imread(str(IMAGES[0])), cv2.ROTATE_90_CLOCKWISE))
+    return t / "portrait.jpg"
+
+
+# (id, argv from (tmp_path, exported), texts the one error line must contain)
+BAD = [
+    ("a file that is not a MindIR model",
+     lambda t, e: ["run.py", "--model", _not_a_mindir(t, e), IMAGES[0], "--out", t / "out"],
+     ["r18.mindir", "cannot load it"]),
+    ("a model without its sidecar",
+     lambda t, e: ["test.py", "--model", _copy_model(t / "m", e, "r18", with_sidecar=False), "--dataroot", IMAGES[0],
+                   "--out", t / "pic.jpg"],
+     ["r18.mindir.json", "no such file"]),
+    ("a config of another class count than the model",
+     lambda t, e: ["run.py", DCN_CFG, "--model", _copy_model(t / "m", e, "r18"), IMAGES[0], "--out", t / "out"],
+     ["solov2_light_512_dcn_r50_fpn_8gpu_3x.py", "differs from the exported model"]),
+    ("--model together with a checkpoint",
+     lambda t, e: ["valuation.py", TRASHCAN_CFG, e["r18"][1], "--model", _copy_model(t / "m", e, "r18"),
+                   "--ann", VAL_ANN, "--img-prefix", MINI / "val"],
+     ["--model", "replaces CHECKPOINT"]),
+    ("an image larger than a static model's input",
+     lambda t, e: ["test.py", "--model", _copy_model(t / "m", e, "dcn"), "--dataroot", _portrait_image(t / "img"),
+                   "--out", t / "pic.jpg"],
+     ["dcn.mindir", "480x864", "larger than the model's static input 864x512"]),
+    ("export.py over an existing model without --force",
+     lambda t, e: ["export.py", TRASHCAN_CFG, e["r18"][1], "--out", _copy_model(t / "m", e, "r18")],
+     ["r18.mindir", "already exists", "--force"]),
+    ("export.py into a missing folder",
+     lambda t, e: ["export.py", TRASHCAN_CFG, e["r18"][1], "--out", t / "missing" / "r18.mindir"],
+     ["missing"]),
+    ("export.py --input-size not a multiple of 32",
+     lambda t, e: ["export.py", TRASHCAN_CFG, e["r18"][1], "--input-size", "500", "800", "--out", t / "m.mindir"],
+     ["--input-size 500 800", "multiples of 32"]),
+]
+
+
+@pytest.mark.parametrize("args, fragments", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_model_input_is_one_line_and_nothing_is_lost(tmp_path, exported, args, fragments):
+    assert_bad_input(args(tmp_path, exported), tmp_path, fragments)
