@@ -17,6 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SOLOV2_SHARED", REPO.parent / "shared"))
 REF = SHARED / "fixtures" / "reference"
 TRASHCAN_CFG = REPO / "configs" / "solov2" / "solov2_light_448_r18_fpn_8gpu_3x_trashcan.py"
+DCN_CFG = REPO / "configs" / "solov2" / "solov2_light_512_dcn_r50_fpn_8gpu_3x.py"
+R50_CFG = REPO / "configs" / "solov2" / "solov2_r50_fpn_8gpu_3x.py"
+MINI = SHARED / "datasets" / "trashcan_mini"
+VAL_ANN = MINI / "annotations" / "instances_val_trashcan.json"
 
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 # The official img_norm_cfg and Pad(size_divisor=32) of every SOLOv2 config: train_transform's keyword arguments
@@ -130,6 +134,44 @@ def assert_bad_input(argv, folder, fragments):
     assert not [k for k in after if k not in before], f"stray files: {[k for k in after if k not in before]}"
 
 
+def random_checkpoint(config, path):
+    """`config`'s model with MindSpore's initial weights but for the class conv: weight ~ N(0, 0.03), bias ~
+    N(-1, 1) (seeded). The initial ones (normal 0.01, prior bias: every cell 0.01) make the class logits nearly
+    constant over the grid, so neighbouring cells tie to float32 noise and points-NMS keeps one or the other at
+    random; these give candidates above score_thr with logits that vary from cell to cell (std ~ 1)."""
+    from solov2.config import load_config
+    from solov2.models import build_model
+    net = build_model(load_config(config))
+    rng = np.random.default_rng(0)
+    for p, mean, std in ((net.bbox_head.solo_cate.weight, 0.0, 0.03), (net.bbox_head.solo_cate.bias, -1.0, 1.0)):
+        p.set_data(ms.Tensor(rng.normal(mean, std, p.shape).astype(np.float32)))
+    ms.save_checkpoint(net, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def dcn_ckpt(tmp_path_factory):
+    """light-512-DCN-R50 (DCNv1 in res3-res5 and the last head conv), random weights."""
+    return random_checkpoint(DCN_CFG, tmp_path_factory.mktemp("dcn") / "light512_dcn_r50.ckpt")
+
+
+@pytest.fixture(scope="session")
+def r50_ckpt(tmp_path_factory):
+    """SOLOv2 R50 (the full SOLOv2Head), random weights."""
+    return random_checkpoint(R50_CFG, tmp_path_factory.mktemp("r50") / "r50.ckpt")
+
+
+@pytest.fixture(scope="session")
+def native_val_results(ckpt, tmp_path_factory):
+    """valuation.py CONFIG CHECKPOINT (light-R18 TrashCan, reference weights) on the first 12 val images: the native
+    results both exported formats are scored against (computed once)."""
+    out = tmp_path_factory.mktemp("native_val") / "native.json"
+    r = cli("valuation.py", TRASHCAN_CFG, ckpt, "--ann", VAL_ANN, "--img-prefix", MINI / "val", "--max-images", "12",
+            "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 def decode_rle(seg) -> np.ndarray:
     from pycocotools import mask as mask_util
     return mask_util.decode({"size": seg["size"], "counts": seg["counts"].encode()}).astype(bool)
@@ -143,48 +185,63 @@ def decode_rle(seg) -> np.ndarray:
 NEAR = 1e-4
 
 
-def official_near_decided(ours_kernels, ours_mask_feat) -> list:
-    """The official instances of fixtures/reference/inference_trashcan_val (results.json records: label, score,
-    segmentation), re-derived from the official head outputs by the independent torch post-processing
-    (tests/models/torch_solov2.py, equal to the official final scores within 1.2e-7) with the official
-    near-threshold 1/4-resolution pixels binarised by our kernels (cells, E) and mask features (E, h, w)."""
+def near_decided(outputs, other, meta, test_cfg, grids=(40, 36, 24, 16, 12), strides=(8, 8, 16, 32, 32)) -> list:
+    """Results.json-like records (label, score, segmentation) of the torch post-processing
+    (tests/models/torch_solov2.py) of one network's outputs (cate_scores (cells, C), kernels (cells, E), mask_feat
+    (E, h, w) NumPy arrays) with its near-threshold 1/4-resolution mask pixels binarised by `other` network's
+    (kernels, mask_feat). meta: img_shape, ori_shape; test_cfg: any object with the test_cfg attributes. Each
+    record also holds `clear`, bool (H0, W0): the full-resolution pixels whose probability is not within NEAR of
+    mask_thr (`match_instances` compares masks there)."""
     import torch
     from solov2.evaluation.results import mask_to_rle
     sys.path.insert(0, str(REPO / "tests" / "models"))
     import torch_solov2 as ts
+    cate, kern, mask_feat = (torch.from_numpy(np.ascontiguousarray(a)) for a in outputs)
+    r = ts.get_seg_single(cate, kern, mask_feat, meta["img_shape"], meta["ori_shape"], test_cfg, grids, strides,
+                          near_decided_by=(*(torch.from_numpy(np.ascontiguousarray(a)) for a in other), NEAR))
+    clear = (r["soft"] - test_cfg.mask_thr).abs() > NEAR
+    return [dict(label=int(label), score=float(score), segmentation=mask_to_rle(mask.numpy()), clear=c.numpy())
+            for label, score, mask, c in zip(r["labels"], r["scores"], r["masks"], clear)]
+
+
+def official_near_decided(ours_kernels, ours_mask_feat) -> list:
+    """The official instances of fixtures/reference/inference_trashcan_val re-derived from the official head outputs
+    by `near_decided` (equal to the official final scores within 1.2e-7) with the official near-threshold pixels
+    binarised by our kernels (cells, E) and mask features (E, h, w)."""
     z = np.load(REF / "inference_trashcan_val.npz")
     test_cfg = json.loads((REF / "inference_trashcan_val.json").read_text())["test_cfg"]
-    num_classes = z["cate_pred_l0"].shape[-1]
-    cate = torch.cat([torch.from_numpy(z[f"cate_pred_l{i}"][0].reshape(-1, num_classes)) for i in range(5)])
-    kern = torch.cat([torch.from_numpy(z[f"kernel_pred_l{i}"][0].reshape(len(z["mask_feat"][0]), -1).T)
-                      for i in range(5)])
-    r = ts.get_seg_single(cate, kern, torch.from_numpy(z["mask_feat"][0]), z["img_shape"], z["ori_shape"],
-                          collections.namedtuple("TestCfg", test_cfg)(**test_cfg),
-                          near_decided_by=(torch.from_numpy(ours_kernels), torch.from_numpy(ours_mask_feat), NEAR))
-    return [dict(label=int(label), score=float(score), segmentation=mask_to_rle(mask.numpy()))
-            for label, score, mask in zip(r["labels"], r["scores"], r["masks"])]
+    num_classes, e = z["cate_pred_l0"].shape[-1], len(z["mask_feat"][0])
+    cate = np.concatenate([z[f"cate_pred_l{i}"][0].reshape(-1, num_classes) for i in range(5)])
+    kern = np.concatenate([z[f"kernel_pred_l{i}"][0].reshape(e, -1).T for i in range(5)])
+    return near_decided((cate, kern, z["mask_feat"][0]), (ours_kernels, ours_mask_feat),
+                        dict(img_shape=z["img_shape"], ori_shape=z["ori_shape"]),
+                        collections.namedtuple("TestCfg", test_cfg)(**test_cfg))
 
 
 def match_instances(expected, got, iou_min=0.999, score_tol=1e-4):
     """Pair every expected instance (results.json records) with an unused one of the same label in `got`.
 
     Asserts the same count, mask IoU >= iou_min and |score difference| <= score_tol; returns the pairs. Against
-    the official code, `expected` comes from `official_near_decided` (the near-threshold rule above).
+    another network, `expected` comes from `near_decided` (the near-threshold rule above): its scores are re-derived
+    and its masks are compared over the `clear` pixels only (float32 noise decides the others; raw IoU >= 0.99).
     """
     assert len(got) == len(expected), (len(got), len(expected))
     masks = [decode_rle(o["segmentation"]) for o in got]
     used, pairs = set(), []
     for k, inst in enumerate(expected):
         m = decode_rle(inst["segmentation"])
-        best, best_iou = None, -1.0
+        clear = inst.get("clear", True)
+        best, best_iou, best_raw = None, -1.0, -1.0
         for j, o in enumerate(got):
             if j in used or o["label"] != inst["label"]:
                 continue
-            union = (m | masks[j]).sum()
-            iou = (m & masks[j]).sum() / union if union else 1.0  # two empty masks (tiny on a small image) agree
+            union = ((m | masks[j]) & clear).sum()
+            iou = ((m & masks[j]) & clear).sum() / union if union else 1.0  # two empty masks (tiny images) agree
             if iou > best_iou:
-                best, best_iou = j, iou
-        assert best is not None and best_iou >= iou_min, (k, inst.get("file_name"), best_iou)
+                raw_union = (m | masks[j]).sum()
+                best, best_iou, best_raw = j, iou, (m & masks[j]).sum() / raw_union if raw_union else 1.0
+        assert best is not None and best_iou >= iou_min and best_raw >= min(iou_min, 0.99), \
+            (k, inst.get("file_name"), best_iou, best_raw)
         assert abs(got[best]["score"] - inst["score"]) <= score_tol, (k, got[best]["score"], inst["score"])
         used.add(best)
         pairs.append((inst, got[best]))

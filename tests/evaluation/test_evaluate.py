@@ -14,7 +14,7 @@ from pycocotools import mask as mask_util
 from conftest import REPO, SHARED, reference_config
 from solov2.evaluation.coco_eval import evaluate_results, load_coco
 from solov2.evaluation.results import predict_dataset
-from solov2.inference import Predictor
+from solov2.inference import Predictor, resolve_class_names
 from solov2.errors import SolovError
 
 MINI = SHARED / "datasets" / "trashcan_mini"
@@ -131,7 +131,8 @@ def _gt_predictor(gt, cfg):
                     labels=np.array([cat_ids.index(a["category_id"]) for a in anns], np.int64),
                     scores=np.ones(len(anns), np.float32))
     # The Predictor's three stages: prepare(img) -> (x, meta), network(x) -> outputs, finish(outputs, meta)
-    return SimpleNamespace(cfg=cfg, prepare=lambda img_bgr: (img_bgr, {}),
+    return SimpleNamespace(class_names=resolve_class_names(cfg), source=cfg.source,
+                           prepare=lambda img_bgr: (img_bgr, {}),
                            network=lambda x: by_pixels[x.tobytes()], finish=finish)
 
 

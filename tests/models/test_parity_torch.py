@@ -273,10 +273,9 @@ def assert_stages_close(err: dict) -> None:
 
 # Float32 noise may put a probability on the other side of mask_thr only where the reference probability is within
 # NEAR of it: NEAR is the 1e-4 of the stage criterion above (every output within 1e-4 of torch's), applied to the
-# mask probabilities (sigmoid' <= 1/4, so a probability moves less than its logit). Such a pixel decides, at 1/4 resolution, the stride
-# check, the maskness (mean probability inside the mask) and the Matrix NMS IoUs, so it moves a final score by a
-# computable amount: on an Intel Xeon, 1 flipped pixel of 2944 moved one score by 1.3e-4 (maskness 1/2945 of its
-# value). `final_errors` takes that effect out exactly: torch's post-processing is re-run with its near-threshold
+# mask probabilities (sigmoid' <= 1/4, so a probability moves less than its logit). Such a pixel decides, at 1/4
+# resolution, the stride check, the maskness (mean probability inside the mask) and the Matrix NMS IoUs, so it
+# moves a final score by a computable amount: on an Intel Xeon, 1 flipped pixel moved one score by 1.3e-4. `final_errors` takes that effect out exactly: torch's post-processing is re-run with its near-threshold
 # 1/4-resolution pixels binarised as ours binarises them, and every score must match that within 1e-4. At full
 # resolution the same pixels are left out of the IoU (`worst_iou_clear_pixels`).
 NEAR = 1e-4

@@ -77,6 +77,8 @@ def add_model_flag(p: argparse.ArgumentParser) -> None:
                    help="an exported .mindir or .onnx (export.py; FILE.json beside it) instead of CHECKPOINT. CONFIG is "
                         "then optional; when given, it must describe the same model and its test_cfg and class names "
                         "are used")
+    p.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino"],
+                   help="what runs an .onnx --model (default onnxruntime; both on the CPU)")
 
 
 def check_model_flags(a: argparse.Namespace, checkpoint: Optional[str]) -> None:
@@ -88,18 +90,22 @@ def check_model_flags(a: argparse.Namespace, checkpoint: Optional[str]) -> None:
         raise SolovError(f"--model {a.model} replaces CHECKPOINT ({checkpoint}): give one of them")
     if getattr(a, "static_shapes", False):
         raise SolovError("--static-shapes: an exported model has its own input shape (see export.py --input-size)")
-    if a.model.lower().endswith(".onnx") and a.device_target != "CPU":
-        raise SolovError(f"--device_target {a.device_target}: an ONNX model runs in onnxruntime on the CPU; use a "
+    onnx = a.model.lower().endswith(".onnx")
+    if onnx and a.device_target != "CPU":
+        raise SolovError(f"--device_target {a.device_target}: an ONNX model runs in {a.runtime} on the CPU; use a "
                          ".mindir")
+    if not onnx and a.runtime != "onnxruntime":
+        raise SolovError(f"--runtime {a.runtime}: runs .onnx models; {a.model} runs in MindSpore")
 
 
 def open_predictor(cfg, checkpoint: Optional[str], model: Optional[str], overrides: Sequence[str] = (),
-                   static_shapes: bool = False):
+                   static_shapes: bool = False, runtime: str = "onnxruntime"):
     """The predictor of a command: `ExportedPredictor(model, cfg)` for --model, else `Predictor(cfg, checkpoint)`.
-    cfg: the loaded config (None only with --model); overrides: --cfg-options (already in cfg when it is given)."""
+    cfg: the loaded config (None only with --model); overrides: --cfg-options (already in cfg when it is given);
+    runtime: what runs an .onnx model."""
     if model:
         from solov2.deploy.exported import ExportedPredictor
-        return ExportedPredictor(model, cfg=cfg, overrides=() if cfg is not None else overrides)
+        return ExportedPredictor(model, cfg=cfg, overrides=() if cfg is not None else overrides, runtime=runtime)
     from solov2.inference import Predictor
     return Predictor(cfg, checkpoint, static_shapes=static_shapes)
 

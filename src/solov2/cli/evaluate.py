@@ -51,12 +51,14 @@ def _split(cfg, ann: Optional[str], img_prefix: Optional[str], need_images: bool
 
 
 def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = None, *, model: Optional[str] = None,
-                   ann: Optional[str] = None, img_prefix: Optional[str] = None, out: Optional[str] = None,
-                   iou_types: Sequence[str] = IOU_TYPES, max_images: Optional[int] = None, force: bool = False,
+                   runtime: str = "onnxruntime", ann: Optional[str] = None, img_prefix: Optional[str] = None,
+                   out: Optional[str] = None, iou_types: Sequence[str] = IOU_TYPES, max_images: Optional[int] = None,
+                   force: bool = False,
                    results_file: Optional[str] = None, overrides=(), static_shapes: bool = False) -> Dict[str, dict]:
     """`valuation.py`: model (or an existing results file) -> COCO AP printed; returns `evaluate_results`'.
 
-    Without `results_file` the model of `config` + `checkpoint` (or the exported `model`, config optional) runs over
+    Without `results_file` the model of `config` + `checkpoint` (or the exported `model`, config optional, run by
+    `runtime` when it is an .onnx) runs over
     the split and the results are optionally written to `out` (atomically; an existing file only with `force`).
     With `results_file` that file is scored instead (config optional: it only selects the split and is checked
     against it).
@@ -82,7 +84,7 @@ def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = Non
     img_ids = first_image_ids(coco, max_images)
     if results is None:
         from solov2.evaluation.results import predict_dataset  # build the network: only on this path
-        predictor = open_predictor(cfg, checkpoint, model, overrides, static_shapes)
+        predictor = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime)
         results = predict_dataset(predictor, coco, prefix, max_images)
         if predictor.compiled_graphs:
             print(f"GRAPH mode: {predictor.compiled_graphs} network graph(s) compiled")
@@ -105,7 +107,7 @@ def main(argv=None) -> None:
         config, checkpoint = config_and_checkpoint(p, a, need=())  # run_evaluation says which it needs
         check_model_flags(a, checkpoint)
         start_runtime(a)
-        run_evaluation(config, checkpoint, model=a.model, ann=a.ann, img_prefix=a.img_prefix, out=a.out, iou_types=a.eval,
-                       max_images=a.max_images, force=a.force, results_file=a.results, overrides=a.cfg_options,
-                       static_shapes=a.static_shapes)
+        run_evaluation(config, checkpoint, model=a.model, runtime=a.runtime, ann=a.ann, img_prefix=a.img_prefix,
+                       out=a.out, iou_types=a.eval, max_images=a.max_images, force=a.force, results_file=a.results,
+                       overrides=a.cfg_options, static_shapes=a.static_shapes)
     cli_main(body)

@@ -30,10 +30,12 @@ VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".webm", ".m4v"}
 
 
 def predict_image(config: Optional[str], checkpoint: Optional[str], image: str, out: Optional[str], *,
-                  model: Optional[str] = None, score_thr: float = 0.3, force: bool = False, overrides=(),
+                  model: Optional[str] = None, runtime: str = "onnxruntime", score_thr: float = 0.3, force: bool = False,
+                  overrides=(),
                   static_shapes: bool = False) -> Path:
     """One image -> a picture with masks, class names and scores. Returns the picture's path.
-    model: an exported network (then config is optional and checkpoint None), see `open_predictor`."""
+    model: an exported network (then config is optional and checkpoint None) run by `runtime`, see
+    `open_predictor`."""
     from solov2.inference import predict_timed  # MindSpore cells are built only after the cheap checks
     img = read_image(image)
     out_path = Path(out) if out else Path(f"{Path(image).stem}_result.jpg")
@@ -41,7 +43,7 @@ def predict_image(config: Optional[str], checkpoint: Optional[str], image: str, 
         raise SolovError(f"{out_path}: --out is the input image; choose another file name")
     check_writable(out_path, force)
     cfg = load_config(config, overrides) if config else None
-    pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes)
+    pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime)
     res, t = predict_timed(pred, img)
     write_image(out_path, draw_instances(img, res["masks"], res["labels"], res["scores"], pred.class_names,
                                          score_thr=score_thr))
@@ -116,7 +118,8 @@ def video_frames(path: Path) -> Iterator[Tuple[str, np.ndarray]]:
 
 
 def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, outdir: str, *,
-                 model: Optional[str] = None, score_thr: float = 0.3, force: bool = False, skip_bad: bool = False,
+                 model: Optional[str] = None, runtime: str = "onnxruntime", score_thr: float = 0.3, force: bool = False,
+                 skip_bad: bool = False,
                  overrides=(), static_shapes: bool = False) -> Path:
     """Folder / image / video -> OUTDIR/<name>.jpg per image or frame and OUTDIR/results.json.
 
@@ -138,7 +141,7 @@ def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, out
     pictures = picture_names(files) if kind == "images" else {}
     check_pictures(out, files, pictures, video=files[0] if kind == "video" else None, force=force)
     cfg = load_config(config, overrides) if config else None
-    pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes)
+    pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime)
     out.mkdir(parents=True, exist_ok=True)
     if kind == "video":
         cap = cv2.VideoCapture(str(files[0]))
@@ -216,7 +219,7 @@ def test_main(argv=None) -> None:
         a = p.parse_intermixed_args(argv)   # positionals may stand between flags
         config, checkpoint = model_sources(p, a)
         start_runtime(a)
-        predict_image(config, checkpoint, a.dataroot, a.out, model=a.model, score_thr=a.score_thr, force=a.force,
+        predict_image(config, checkpoint, a.dataroot, a.out, model=a.model, runtime=a.runtime, score_thr=a.score_thr, force=a.force,
                       overrides=a.cfg_options, static_shapes=a.static_shapes)
     cli_main(body)
 
@@ -235,6 +238,6 @@ def run_main(argv=None) -> None:
         a = p.parse_intermixed_args(argv)   # e.g. run.py CONFIG CHECKPOINT --out OUT INPUT
         config, checkpoint = model_sources(p, a)
         start_runtime(a)
-        predict_many(config, checkpoint, a.input, a.out, model=a.model, score_thr=a.score_thr, force=a.force,
+        predict_many(config, checkpoint, a.input, a.out, model=a.model, runtime=a.runtime, score_thr=a.score_thr, force=a.force,
                      skip_bad=a.skip_bad, overrides=a.cfg_options, static_shapes=a.static_shapes)
     cli_main(body)

@@ -3,12 +3,12 @@ with its sidecar JSON.
 
     python export.py --config CFG --checkpoint CKPT [--format MINDIR|ONNX] [--input-size H W] [--out FILE] [--force]
 
-MINDIR exports the native cells (the graph MindSpore itself runs). Without --input-size and without deformable
-convolutions it declares N, H and W unknown, so one file serves every image size; otherwise it is static, by default
-at the config's test scale padded to size_divisor. ONNX exports the portable formulation (`solov2.models.portable`)
-at one static size, since MindSpore's ONNX exporter refuses GroupNorm, the resizes, the pools, LinSpace and CumSum.
-Unless `check=False`, the exported file is run on test inputs and must agree with the native network (1e-4
-relative); otherwise nothing is written.
+MINDIR exports the native cells (the graph MindSpore itself runs) but for the stem pool (`StemMaxPool`, equal).
+Without --input-size and without deformable convolutions it declares N, H and W unknown, so one file serves every
+image size; otherwise it is static, by default at the config's test scale padded to size_divisor. ONNX exports the
+portable formulation (`solov2.models.portable`) at one static size, since MindSpore's ONNX exporter refuses
+GroupNorm, the resizes, the pools, LinSpace and CumSum. Unless `check=False`, the exported file is run on test
+inputs and must agree with the native network (1e-4 relative); otherwise nothing is written.
 """
 import shutil
 import tempfile
@@ -50,25 +50,54 @@ def test_input(input_hw: Tuple[int, int]) -> np.ndarray:
     return (np.stack([np.sin(2 * xx) + yy, np.cos(3 * yy) - xx, xx * yy]) + noise)[None]
 
 
-def relative_differences(native: Sequence[np.ndarray], exported: Sequence[np.ndarray]) -> Dict[str, float]:
-    """max |exported - native| / max |native| per output (cate_scores, kernels, mask_feat), and for the scores
-    the cells that points-NMS kept in only one of the two ('nms_flips', and the largest such score,
-    'nms_flip_score').
+def pre_nms_scores(net, x: np.ndarray) -> np.ndarray:
+    """(cells, C) float32 category scores of SOLOv2 `net` on x (1, 3, H, W) before points-NMS: sigmoid(logits),
+    the values points-NMS compares (`relative_differences` tells near-ties from them)."""
+    import mindspore as ms
+    from solov2.models.solov2 import flatten_levels
+    cates, _, _ = net.features(ms.Tensor(x))
+    return flatten_levels([ms.ops.sigmoid(c) for c in cates]).asnumpy()[0]
 
-    A flip is a near-tie between neighbouring cells that float rounding decides either way (common where the
-    scores are flat: at the 0.01 prior of random weights, at 1e-5 in the background of trained ones). It is counted
-    instead of being taken as a difference of the whole score; a flip at a score below test_cfg.score_thr cannot
-    change the instances, since get_seg_single drops those cells first.
+
+def relative_differences(native: Sequence[np.ndarray], exported: Sequence[np.ndarray], num_grids: Sequence[int],
+                         pre_nms: np.ndarray) -> Dict[str, float]:
+    """max |exported - native| / max |native| per output (cate_scores, kernels, mask_feat: (1, cells, C),
+    (1, cells, E), (1, E, h, w) or without the batch axis), and for the scores the cells that points-NMS kept in
+    only one of the two: 'nms_flips' of them, 'nms_near_ties' of those explained by a near-tie, and
+    'nms_flip_score', the largest score of a flip that is not.
+
+    A near-tie: a neighbour that points-NMS compares the cell with (top, left, top-left, in the grid of its level:
+    num_grids) has a score within CHECK_TOLERANCE (relative to the largest score) of the cell's in `pre_nms`, the
+    native scores before points-NMS (`pre_nms_scores`), so float rounding decides which of the two survives.
+    Flat regions of an image give such ties (with random weights even above score_thr). A flip below
+    test_cfg.score_thr cannot change the instances: get_seg_single drops those cells first.
     """
-    diffs, flip = {}, np.zeros(native[0].shape, bool)
+    diffs = {}
     for name, n, e in zip(OUTPUT_NAMES, native, exported):
         if name == "cate_scores":
             flip = (n == 0) != (e == 0)
+            tied = flip & _near_tie(pre_nms, num_grids, CHECK_TOLERANCE * np.abs(n).max()).reshape(flip.shape)
+            kept = np.maximum(n, e)
             n, e = np.where(flip, 0, n), np.where(flip, 0, e)
         diffs[name] = float(np.abs(e - n).max() / max(np.abs(n).max(), 1e-12))
-    diffs["nms_flips"] = int(flip.sum())
-    diffs["nms_flip_score"] = float(np.maximum(native[0], exported[0])[flip].max()) if flip.any() else 0.0
+    diffs["nms_flips"], diffs["nms_near_ties"] = int(flip.sum()), int(tied.sum())
+    untied = flip & ~tied
+    diffs["nms_flip_score"] = float(kept[untied].max()) if untied.any() else 0.0
     return diffs
+
+
+def _near_tie(scores: np.ndarray, num_grids: Sequence[int], tol: float) -> np.ndarray:
+    """scores (cells, C) -> bool (cells, C): a top, left or top-left neighbour (same level and class) scores within
+    tol of the cell."""
+    out, start = np.zeros(scores.shape, bool), 0
+    for s in num_grids:
+        g = scores[start:start + s * s].reshape(s, s, -1)
+        tie = np.zeros(g.shape, bool)
+        for di, dj in ((1, 0), (0, 1), (1, 1)):
+            tie[di:, dj:] |= np.abs(g[:s - di, :s - dj] - g[di:, dj:]) <= tol
+        out[start:start + s * s] = tie.reshape(s * s, -1)
+        start += s * s
+    return out
 
 
 def run_exporter(eval_net, *, fmt: str, input_hw: Optional[Tuple[int, int]], file: Path) -> None:
@@ -101,13 +130,13 @@ def check_sizes(input_hw: Optional[Tuple[int, int]], cfg: SOLOv2Config) -> List[
 
 
 def check_export(native_eval, file: Path, input_hw: Optional[Tuple[int, int]], sizes: Sequence[Tuple[int, int]],
-                 score_thr: float) -> Optional[Dict[str, float]]:
+                 cfg: SOLOv2Config) -> Optional[Dict[str, float]]:
     """Run the exported `file` (static input_hw, or None: dynamic) and the native network on `test_input` of each
     size: the worst `relative_differences`, or None when the file cannot be run here (an ONNX model without
     onnxruntime). SolovError when they differ by more than CHECK_TOLERANCE or points-NMS keeps a cell above
-    score_thr in only one of them."""
+    cfg's score_thr in only one of them without a near-tie."""
     import mindspore as ms
-    from solov2.deploy.exported import MissingRuntime, network_runner
+    from solov2.deploy.runtimes import MissingRuntime, network_runner
     try:
         run = network_runner(file, input_hw)
     except MissingRuntime as e:
@@ -116,16 +145,18 @@ def check_export(native_eval, file: Path, input_hw: Optional[Tuple[int, int]], s
     diffs: Dict[str, float] = {}
     for hw in sizes:
         x = test_input(hw)
-        d = relative_differences([o.asnumpy() for o in native_eval(ms.Tensor(x))], run(x))
+        d = relative_differences([o.asnumpy() for o in native_eval(ms.Tensor(x))], run(x), cfg.head.num_grids,
+                                 pre_nms_scores(native_eval.net, x))
         diffs = {k: max(v, diffs.get(k, v)) for k, v in d.items()}
     worst = max(OUTPUT_NAMES, key=diffs.get)
     if diffs[worst] > CHECK_TOLERANCE:
         raise SolovError(f"{file.name}: the exported network differs from the native one ({worst}: "
                          f"{diffs[worst]:.2e} relative > {CHECK_TOLERANCE:g}); nothing written")
+    score_thr = cfg.test.score_thr
     if diffs["nms_flip_score"] > score_thr:
         raise SolovError(f"{file.name}: the exported network differs from the native one (points-NMS keeps a cell "
-                         f"of score {diffs['nms_flip_score']:.3g} > score_thr {score_thr:g} in only one of them); "
-                         "nothing written")
+                         f"of score {diffs['nms_flip_score']:.3g} > score_thr {score_thr:g} in only one of them, and no "
+                         "neighbour ties with it); nothing written")
     return diffs
 
 
@@ -168,13 +199,12 @@ def export_model(config: str, checkpoint: str, *, fmt: str = "MINDIR", input_siz
     native = build_model(cfg)
     load_weights(native, checkpoint)
     native.set_train(False)
-    net = native
-    if fmt == "ONNX":
-        net = build_model(cfg, portable=True)
-        not_loaded, unused = ms.load_param_into_net(net, native.parameters_dict(), strict_load=True)
-        if not_loaded or unused:   # the portable cells keep every parameter name: a bug if not
-            raise RuntimeError(f"portable model parameters differ: {not_loaded[:3]} {unused[:3]}")
-        net.set_train(False)
+    # The exported cells: the same parameters in the exportable formulation (MINDIR: the stem pool only).
+    net = build_model(cfg, portable=fmt == "ONNX", zero_pad_pool=True)
+    not_loaded, unused = ms.load_param_into_net(net, native.parameters_dict(), strict_load=True)
+    if not_loaded or unused:   # the exportable cells keep every parameter name: a bug if not
+        raise RuntimeError(f"exportable model parameters differ: {not_loaded[:3]} {unused[:3]}")
+    net.set_train(False)
     sidecar = make_sidecar(cfg, model_format=fmt, model_file=path.name, input_hw=hw,
                            class_names=resolve_class_names(cfg, checkpoint),
                            source={"config": str(Path(config).absolute()),
@@ -184,16 +214,16 @@ def export_model(config: str, checkpoint: str, *, fmt: str = "MINDIR", input_siz
     with tempfile.TemporaryDirectory(dir=path.absolute().parent, prefix=f".{path.name}.") as tmp_dir:
         tmp = Path(tmp_dir) / path.name
         run_exporter(SOLOv2Eval(net, dynamic_shape=hw is None), fmt=fmt, input_hw=hw, file=tmp)
-        diffs = check_export(SOLOv2Eval(native, dynamic_shape=hw is None), tmp, hw, check_sizes(hw, cfg),
-                             score_thr=cfg.test.score_thr) if check else None
+        diffs = (check_export(SOLOv2Eval(native, dynamic_shape=hw is None), tmp, hw, check_sizes(hw, cfg), cfg)
+                 if check else None)
         install(tmp, path, sidecar)
     shape = f"1x3x{hw[0]}x{hw[1]}" if hw else "Nx3xHxW, any size"
     print(f"{config} + {checkpoint} -> {path} ({fmt}, input {shape}) and {sidecar_path(path)}")
     if diffs:
         print("checked against the native network: max relative difference "
               + ", ".join(f"{k} {diffs[k]:.1e}" for k in OUTPUT_NAMES)
-              + f"; {diffs['nms_flips']} points-NMS near-tie(s) decided the other way (scores <= "
-                f"{diffs['nms_flip_score']:.1e})")
+              + f"; points-NMS kept {diffs['nms_flips']} cell(s) in only one of them ({diffs['nms_near_ties']} "
+                f"near-tie(s) of neighbours; the others score <= {diffs['nms_flip_score']:.1e})")
     return path
 
 

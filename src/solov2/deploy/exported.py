@@ -7,60 +7,19 @@ bottom and right up to the export size) and the post-processing is the shared Nu
 settings of the sidecar (`solov2.deploy.sidecar`).
 """
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from solov2.data.transforms import preprocess_test
 from solov2.config import SOLOv2Config
 from solov2.deploy.sidecar import check_config, read_sidecar, shapes_match, test_settings
-from solov2.errors import SolovError, first_line
+from solov2.deploy.runtimes import RUNTIMES, network_runner
+from solov2.errors import SolovError
 from solov2.models.postprocess import get_seg_single
 
 MODEL_SUFFIXES = (".mindir", ".onnx")
 NetOutputs = Tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-class MissingRuntime(SolovError):
-    """The package that runs this kind of model is not installed (onnxruntime for .onnx)."""
-
-
-def network_runner(path: Path, input_hw: Optional[Tuple[int, int]]) -> Callable[[np.ndarray], List[np.ndarray]]:
-    """x (1, 3, H, W) float32 -> [cate_scores (1, cells, C), kernels (1, cells, E), mask_feat (1, E, H/4, W/4)]
-    of the exported file: `onnx_runner` for .onnx, `mindir_runner` for .mindir. input_hw: the export's static
-    size, None for a dynamic MindIR."""
-    if path.suffix.lower() == ".onnx":
-        return onnx_runner(path, input_hw)
-    return mindir_runner(path, dynamic=input_hw is None)
-
-
-def onnx_runner(path: Path, input_hw: Tuple[int, int]) -> Callable[[np.ndarray], List[np.ndarray]]:
-    """x (1, 3, H, W) float32 -> the three outputs, through an onnxruntime CPU session of `path`."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise MissingRuntime(f"{path}: running an ONNX model needs onnxruntime: pip install -e '.[onnx]'") from None
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types for a corrupt or foreign file
-        raise SolovError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
-    inp = session.get_inputs()[0]
-    if tuple(inp.shape[2:]) != tuple(input_hw):
-        raise SolovError(f"{path}: its input is {inp.shape}, the sidecar says (1, 3, {input_hw[0]}, {input_hw[1]})")
-    return lambda x: session.run(None, {inp.name: x})
-
-
-def mindir_runner(path: Path, dynamic: bool) -> Callable[[np.ndarray], List[np.ndarray]]:
-    """x (1, 3, H, W) float32 -> the three outputs, through `nn.GraphCell(mindspore.load(path))`. dynamic: the
-    graph declares N, H and W unknown, so it compiles once for every input size (as the native `SOLOv2Eval`)."""
-    import mindspore as ms
-    try:
-        graph = ms.nn.GraphCell(ms.load(str(path)))
-    except (RuntimeError, ValueError, TypeError) as e:
-        raise SolovError(f"{path}: MindSpore cannot load it ({first_line(e)})") from None
-    if dynamic:
-        graph.set_inputs(ms.Tensor(shape=[None, 3, None, None], dtype=ms.float32))
-    return lambda x: [o.asnumpy() for o in graph(ms.Tensor(x))]
 
 
 class ExportedPredictor:
@@ -68,14 +27,19 @@ class ExportedPredictor:
 
     cfg: a config of the same model (`check_config`), whose test_cfg and class names (if it has them) are used;
     without it, the sidecar's test_cfg with `overrides` (`test_cfg.<key>=value` strings, --cfg-options).
+    runtime: what runs an .onnx model, 'onnxruntime' or 'openvino' (`solov2.deploy.runtimes`); a .mindir runs in
+    MindSpore.
     """
 
     compiled_graphs = 0   # the exported graph compiles once (one static size, or one dynamic graph)
 
-    def __init__(self, model_path, cfg: Optional[SOLOv2Config] = None, overrides: Sequence[str] = ()):
+    def __init__(self, model_path, cfg: Optional[SOLOv2Config] = None, overrides: Sequence[str] = (),
+                 runtime: str = "onnxruntime"):
         path = Path(model_path)
         if path.suffix.lower() not in MODEL_SUFFIXES:
             raise SolovError(f"{path}: --model must be an exported .mindir or .onnx file (export.py)")
+        if runtime not in RUNTIMES:
+            raise SolovError(f"--runtime {runtime}: must be one of {', '.join(RUNTIMES)}")
         if not path.is_file():
             raise SolovError(f"{path}: no such file")
         self.spec = read_sidecar(path)
@@ -88,7 +52,7 @@ class ExportedPredictor:
         else:
             self.test_cfg = test_settings(self.spec, overrides, source=str(path))
             self.class_names = list(self.spec.class_names)
-        self._run = network_runner(path, self.spec.input_hw)
+        self._run = network_runner(path, self.spec.input_hw, runtime=runtime)
 
     def prepare(self, img_bgr: np.ndarray) -> Tuple[np.ndarray, dict]:
         """img_bgr uint8 (H, W, 3) -> (x float32 (1, 3, Hp, Wp), meta): the official test pipeline, as the native

@@ -30,15 +30,18 @@ class SOLOv2(nn.Cell):
     dcn_impl: the deformable-convolution implementation, 'gather' | 'native' | 'auto' (see `solov2.models.dcn`).
     portable=True builds the ONNX-exportable formulation (`solov2.models.portable`, deformable convolutions
     'portable'): the same parameters and outputs (1e-5), static shapes, inference only. Used by the export.
+    zero_pad_pool=True (implied by portable) builds the ResNet stem pool as `StemMaxPool`, the one change a MindIR
+    with unknown H and W needs (the MindIR export).
     """
 
-    def __init__(self, cfg: SOLOv2Config, dcn_impl: str = "auto", portable: bool = False):
+    def __init__(self, cfg: SOLOv2Config, dcn_impl: str = "auto", portable: bool = False, zero_pad_pool: bool = False):
         super().__init__()
         self.portable = portable
         dcn_impl = "portable" if portable else dcn_impl
         b, n, h, m = cfg.backbone, cfg.neck, cfg.head, cfg.mask_feat
         self.backbone = ResNet(depth=b.depth, frozen_stages=b.frozen_stages, norm_eval=b.norm_eval, groups=b.groups,
-                               base_width=b.base_width, dcn=b.dcn, stage_with_dcn=b.stage_with_dcn, dcn_impl=dcn_impl)
+                               base_width=b.base_width, dcn=b.dcn, stage_with_dcn=b.stage_with_dcn, dcn_impl=dcn_impl,
+                               zero_pad_pool=zero_pad_pool or portable)
         if tuple(self.backbone.out_channels) != tuple(n.in_channels):
             raise ValueError(f"neck.in_channels {tuple(n.in_channels)} do not match ResNet-{b.depth} "
                              f"outputs {tuple(self.backbone.out_channels)}")
@@ -95,7 +98,8 @@ class SOLOv2Eval(nn.Cell):
         return flatten_levels(scores), flatten_levels(kernels), mask_feat
 
 
-def build_model(cfg: SOLOv2Config, dcn_impl: str = "auto", portable: bool = False) -> SOLOv2:
+def build_model(cfg: SOLOv2Config, dcn_impl: str = "auto", portable: bool = False,
+                zero_pad_pool: bool = False) -> SOLOv2:
     """A SOLOv2 cell from a typed config (see `solov2.config.load_config`); dcn_impl: see `solov2.models.dcn`;
-    portable: the ONNX-exportable formulation (see `SOLOv2`)."""
-    return SOLOv2(cfg, dcn_impl=dcn_impl, portable=portable)
+    portable, zero_pad_pool: the exportable formulations (see `SOLOv2`)."""
+    return SOLOv2(cfg, dcn_impl=dcn_impl, portable=portable, zero_pad_pool=zero_pad_pool)

@@ -7,7 +7,9 @@ Rows: R50 and R101 predict at the official test scale (IMG, keep-ratio into 1333
 IMG; the light-R18 train step on real batches of 2 x 448 x 768 (ANN / DIR). Every measurement is a fresh
 process (ours: GRAPH mode; the peer: its own venv), ours and the peer's in turn, `--rounds` times; the table shows
 medians over all timed runs and ratio = ours / peer. Weights are random on both sides (mmdet's init and ours), so
-post-processing sees few candidates: compare `network` first. Run nothing else at the same time.
+post-processing sees few candidates: compare `network` first. Run nothing else at the same time. --exported adds,
+per predict row, our exported model (the same random weights, export.py): a dynamic MindIR and a static ONNX of the
+row's input size, the ONNX in onnxruntime and in OpenVINO, each a fresh process in the same alternation.
 """
 import argparse
 import json
@@ -25,15 +27,18 @@ CONFIGS = {"r50": "configs/solov2/solov2_r50_fpn_8gpu_3x.py", "r101": "configs/s
            "light_r18": "configs/solov2/solov2_light_448_r18_fpn_8gpu_3x_trashcan.py"}
 
 
-def predict_once(arch: str, image: str, runs: int) -> dict:
-    """This process: our predict (GRAPH mode, random weights) on one image; medians of network / whole predict."""
+def predict_once(arch: str, image: str, runs: int, model: Optional[str] = None, runtime: str = "onnxruntime") -> dict:
+    """This process: our predict (GRAPH mode, random weights) on one image, natively or with the exported `model`
+    (run by `runtime` when it is an .onnx); medians of network / whole predict."""
     import cv2
     import numpy as np
     from solov2.config import load_config
+    from solov2.deploy.exported import ExportedPredictor
     from solov2.inference import Predictor, predict_timed
     from solov2.engine.runtime import set_runtime
     set_runtime("CPU", "graph")
-    pred = Predictor(load_config(str(REPO / CONFIGS[arch])))
+    pred = (ExportedPredictor(model, runtime=runtime) if model
+            else Predictor(load_config(str(REPO / CONFIGS[arch]))))
     img = cv2.imread(image)
     net_s, predict_s = [], []
     t = time.perf_counter()
@@ -57,9 +62,35 @@ def _json_line(cmd: List[str], what: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def ours_predict(arch: str, image: str, runs: int) -> dict:
+def ours_predict(arch: str, image: str, runs: int, model: Optional[str] = None, runtime: str = "onnxruntime") -> dict:
+    extra = ["--model", model, "--runtime", runtime] if model else []
     return _json_line([sys.executable, "-m", "solov2.tools.benchmark", "_predict", "--arch", arch, "--image", image,
-                       "--runs", str(runs)], f"our {arch} predict")
+                       "--runs", str(runs), *extra], f"our {arch} predict {model or ''} {runtime if model else ''}")
+
+
+def export_models(arch: str, sizes: Dict[str, tuple], folder: str) -> Dict[str, Dict[str, str]]:
+    """Random weights of `arch` (MindSpore's init, as `predict_once`'s native rows) saved and exported with
+    export.py: one dynamic MindIR for every size, one static ONNX per size. Returns {label: {variant: file}}."""
+    ckpt = os.path.join(folder, f"{arch}.ckpt")
+    code = ("import sys, mindspore as ms; from solov2.config import load_config; from solov2.models import build_model;"
+            "ms.save_checkpoint(build_model(load_config(sys.argv[1])), sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, str(REPO / CONFIGS[arch]), ckpt], check=True, cwd=REPO,
+                   capture_output=True)
+
+    def export(fmt: str, out: str, size=None) -> str:
+        cmd = [sys.executable, "export.py", str(REPO / CONFIGS[arch]), ckpt, "--format", fmt, "--out", out,
+               *(["--input-size", str(size[0]), str(size[1])] if size else [])]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        if r.returncode != 0:
+            raise SystemExit(f"export of {arch} to {fmt} failed:\n{r.stderr[-3000:]}")
+        return out
+
+    mindir = export("MINDIR", os.path.join(folder, f"{arch}.mindir"))
+    files = {}
+    for label, size in sizes.items():
+        onnx = export("ONNX", os.path.join(folder, f"{arch}_{size[0]}x{size[1]}.onnx"), size)
+        files[label] = {"MindIR": mindir, "onnxruntime": onnx, "OpenVINO": onnx}
+    return files
 
 
 def ours_train(a) -> dict:
@@ -80,6 +111,16 @@ def peer_train(a) -> dict:
                       "peer train step")
 
 
+def padded_input(arch: str, image: str) -> tuple:
+    """(H, W) of our preprocessed input of `image` (test scale, padded to size_divisor)."""
+    import cv2
+    from solov2.config import load_config
+    from solov2.data.transforms import preprocess_test
+    d = load_config(str(REPO / CONFIGS[arch])).data
+    x, _ = preprocess_test(cv2.imread(image), d.test_scale, d.mean, d.std, d.to_rgb, d.size_divisor)
+    return tuple(x.shape[2:])
+
+
 def square_copy(image: str, side: int, folder: str) -> str:
     import cv2
     path = os.path.join(folder, f"square_{side}.jpg")
@@ -97,15 +138,24 @@ def compare(a) -> Dict[str, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         images = {"test scale": a.image, "800x800": square_copy(a.image, 800, tmp)}
         for arch in a.archs:
+            exported = {}
+            if a.exported:   # the padded input sizes of the two images, for the static ONNX files
+                sizes = {label: padded_input(arch, img) for label, img in images.items()}
+                exported = export_models(arch, sizes, tmp)
             for label, img in images.items():
                 row = rows.setdefault(f"{arch} predict, {label}", dict(ours=[], peer=[]))
+                variants = exported.get(label, {})
+                for v in variants:
+                    row[v] = []
                 for k in range(a.rounds):
                     row["ours"].append(ours_predict(arch, img, a.runs))
+                    for v, model in variants.items():
+                        row[v].append(ours_predict(arch, img, a.runs, model, runtime="openvino" if v == "OpenVINO" else "onnxruntime"))
                     if a.peer_python:
                         row["peer"].append(peer_predict(a, arch, img))
-                    print(f"  {arch} {label} round {k + 1}: ours net {row['ours'][-1]['net_median_s']:.2f} s"
-                          + (f", peer net {row['peer'][-1]['net_median_s']:.2f} s" if a.peer_python else ""),
-                          flush=True)
+                    print(f"  {arch} {label} round {k + 1}: network "
+                          + ", ".join(f"{v} {row[v][-1]['net_median_s']:.2f} s" for v in ["ours", *variants]
+                                      + (["peer"] if a.peer_python else [])), flush=True)
         if a.ann:
             row = rows.setdefault("light_r18 train step, 2x448x768", dict(ours=[], peer=[]))
             for k in range(a.rounds):
@@ -118,7 +168,8 @@ def compare(a) -> Dict[str, dict]:
 
 
 def table(rows: Dict[str, dict]) -> str:
-    """Markdown table: per row the medians of ours and the peer's, and the ratio ours / peer."""
+    """Markdown table: per row the medians of ours (native, and each exported variant measured) and the peer's, and
+    the ratio to the peer."""
     out = ["| row | figure | ours | peer | ours / peer |", "|---|---|---|---|---|"]
 
     def line(name, figure, ours: float, peer: Optional[float], unit: str):
@@ -128,6 +179,9 @@ def table(rows: Dict[str, dict]) -> str:
 
     for name, r in rows.items():
         o, p = r["ours"], r["peer"]
+        for v in (k for k in r if k not in ("ours", "peer")):
+            for figure, key in (("network", "net_runs"), ("whole predict", "predict_runs")):
+                line(f"{name} ({v})", figure, _median(r[v], key), _median(p, key) if p else None, "s")
         if "train" in name:
             line(name, "median step", statistics.median(x["median_step_s"] for x in o),
                  statistics.median(x["median_step_s"] for x in p) if p else None, "s")
@@ -146,8 +200,10 @@ def main(argv=None) -> None:
         ap.add_argument("--arch", required=True, choices=sorted(CONFIGS))
         ap.add_argument("--image", required=True)
         ap.add_argument("--runs", type=int, default=5)
+        ap.add_argument("--model")
+        ap.add_argument("--runtime", default="onnxruntime")
         a = ap.parse_args(argv[1:])
-        print(json.dumps(predict_once(a.arch, a.image, a.runs)))
+        print(json.dumps(predict_once(a.arch, a.image, a.runs, a.model, a.runtime)))
         return
     ap = argparse.ArgumentParser(prog="python -m solov2.tools.benchmark peer", description=__doc__.splitlines()[0])
     ap.add_argument("--image", required=True, help="a photo; the test-scale rows resize it into 1333x800")
@@ -159,6 +215,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=1, help="ours/peer alternations per row")
     ap.add_argument("--runs", type=int, default=5, help="timed predicts per process, after one warm-up")
     ap.add_argument("--iters", type=int, default=8, help="train steps per process (the first two are not timed)")
+    ap.add_argument("--exported", action="store_true",
+                    help="also time the exported model: MindIR (dynamic), ONNX in onnxruntime and in OpenVINO")
     ap.add_argument("--json", help="also write every measurement here")
     a = ap.parse_args(argv[1:])
     if bool(a.ann) != bool(a.img_prefix):

@@ -1,0 +1,79 @@
+"""What runs an exported network: x (1, 3, H, W) float32 -> [cate_scores (1, cells, C), kernels (1, cells, E),
+mask_feat (1, E, H/4, W/4)] float32 arrays.
+
+A .mindir runs in MindSpore (`nn.GraphCell`); an .onnx in onnxruntime (default) or OpenVINO, both CPU, both
+optional extras (`pip install -e ".[onnx]"`, `".[openvino]"`). `solov2.deploy.exported.ExportedPredictor` puts a
+runner behind the `Predictor` stages.
+"""
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+
+from solov2.errors import SolovError, first_line
+
+RUNTIMES = ("onnxruntime", "openvino")
+Runner = Callable[[np.ndarray], List[np.ndarray]]
+
+
+class MissingRuntime(SolovError):
+    """The package that runs this kind of model is not installed (onnxruntime or openvino for .onnx)."""
+
+
+def network_runner(path: Path, input_hw: Optional[Tuple[int, int]], runtime: str = "onnxruntime") -> Runner:
+    """The runner of the exported file: `mindir_runner` for .mindir, else the ONNX `runtime`'s. input_hw: the
+    export's static size, None for a dynamic MindIR."""
+    if path.suffix.lower() != ".onnx":
+        return mindir_runner(path, dynamic=input_hw is None)
+    return openvino_runner(path, input_hw) if runtime == "openvino" else onnxruntime_runner(path, input_hw)
+
+
+def _check_input(path: Path, shape, input_hw: Tuple[int, int]) -> None:
+    if tuple(shape[2:]) != tuple(input_hw):
+        raise SolovError(f"{path}: its input is {list(shape)}, the sidecar says [1, 3, {input_hw[0]}, {input_hw[1]}]")
+
+
+def onnxruntime_runner(path: Path, input_hw: Tuple[int, int]) -> Runner:
+    """The three outputs through an onnxruntime CPU session of `path`."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingRuntime(f"{path}: running an ONNX model needs onnxruntime: pip install -e '.[onnx]'") from None
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for a corrupt or foreign file
+        raise SolovError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
+    inp = session.get_inputs()[0]
+    _check_input(path, inp.shape, input_hw)
+    return lambda x: session.run(None, {inp.name: x})
+
+
+def mindir_runner(path: Path, dynamic: bool) -> Runner:
+    """The three outputs through `nn.GraphCell(mindspore.load(path))`. dynamic: the
+    graph declares N, H and W unknown, so it compiles once for every input size (as the native `SOLOv2Eval`)."""
+    import mindspore as ms
+    try:
+        graph = ms.nn.GraphCell(ms.load(str(path)))
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise SolovError(f"{path}: MindSpore cannot load it ({first_line(e)})") from None
+    if dynamic:
+        graph.set_inputs(ms.Tensor(shape=[None, 3, None, None], dtype=ms.float32))
+    return lambda x: [o.asnumpy() for o in graph(ms.Tensor(x))]
+
+
+
+
+def openvino_runner(path: Path, input_hw: Tuple[int, int]) -> Runner:
+    """The three outputs through OpenVINO's CPU plugin reading the same .onnx, in float32: the precision hint keeps
+    OpenVINO from choosing bf16 on CPUs that have it (AMX, AVX-512 BF16), which would not give the native results."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise MissingRuntime(f"{path}: --runtime openvino needs OpenVINO: pip install -e '.[openvino]'") from None
+    try:
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own for a corrupt or foreign file
+        raise SolovError(f"{path}: OpenVINO cannot load it ({first_line(e)})") from None
+    _check_input(path, compiled.inputs[0].get_partial_shape().to_shape(), input_hw)
+    request = compiled.create_infer_request()
+    return lambda x: [np.asarray(request.infer({0: x})[o]) for o in compiled.outputs]

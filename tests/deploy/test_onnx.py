@@ -1,0 +1,145 @@
+"""ONNX export (export.py --format ONNX) and the .onnx model in onnxruntime and OpenVINO behind --model.
+
+Three models, exported through the CLI (static sizes: the ONNX graph is the portable formulation, whose resize
+matrices, coordinates and DCN sampling grids are constants of one input size):
+- light-R18 TrashCan, reference weights (100 instances per image), at its padded test scale 448x768;
+- R50 (SOLOv2Head), random weights, its test scale set to 768x448 (--cfg-options; input 448x768, for time);
+- light-512-DCN-R50 (DCNv1), random weights, at its padded test scale 512x864.
+The exported network must equal the native one on a real image (onnxruntime 1e-5 relative, OpenVINO 1e-4: it may
+fuse and reorder), and run.py / valuation.py --model must give the native instances and AP. OpenVINO tests skip
+where it is not installed; `pip install -e ".[dev]"` (CI) installs it.
+"""
+import importlib.util
+import json
+
+import cv2
+import pytest
+from conftest import DCN_CFG, MINI, R50_CFG, TRASHCAN_CFG, VAL_ANN, cli, match_instances, near_decided
+from deploy_common import IMAGES, pseudo_ground_truth
+
+from solov2.config import load_config
+from solov2.deploy.export import pre_nms_scores, relative_differences
+from solov2.deploy.exported import ExportedPredictor
+from solov2.inference import Predictor
+
+RUNTIMES = [pytest.param("onnxruntime"),
+            pytest.param("openvino", marks=pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                                               reason="openvino not installed: pip install -e '.[openvino]'"))]
+TOLERANCE = {"onnxruntime": 1e-5, "openvino": 1e-4}
+R50_SCALE = "data.test.pipeline.1.img_scale=(768, 448)"
+
+
+@pytest.fixture(scope="module")
+def onnx_models(ckpt, r50_ckpt, dcn_ckpt, tmp_path_factory):
+    """name -> (loaded config, checkpoint, .onnx, export.py stdout), exported once per module."""
+    d = tmp_path_factory.mktemp("onnx")
+    out = {}
+    for name, cfg, weights, overrides in (("r18", TRASHCAN_CFG, ckpt, []),
+                                          ("r50", R50_CFG, r50_ckpt, [R50_SCALE]), ("dcn", DCN_CFG, dcn_ckpt, [])):
+        model = d / f"{name}.onnx"
+        r = cli("export.py", cfg, weights, "--format", "onnx", "--out", model,
+                *(["--cfg-options", *overrides] if overrides else []), timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[name] = (load_config(cfg, overrides), weights, model, r.stdout)
+    return out
+
+
+def test_onnx_export_is_static_and_checked(onnx_models):
+    for name, shape in (("r18", [1, 3, 448, 768]), ("r50", [1, 3, 448, 768]), ("dcn", [1, 3, 512, 864])):
+        _, _, model, stdout = onnx_models[name]
+        side = json.loads((model.parent / (model.name + ".json")).read_text())
+        assert side["model_format"] == "ONNX" and side["input"]["shape"] == shape, name
+        assert "checked against the native network" in stdout, stdout
+
+
+@pytest.fixture(scope="module")
+def native_outputs(onnx_models):
+    """(name, mode) -> (x: the 480x270 image in the export's input, native outputs, pre-points-NMS scores, config),
+    computed once for both runtimes."""
+    done = {}
+
+    def get(name, mode):
+        if (name, mode) not in done:
+            cfg, weights, model, _ = onnx_models[name]
+            native = Predictor(cfg, str(weights))
+            x, _ = ExportedPredictor(model).prepare(cv2.imread(str(IMAGES[0])))
+            done[name, mode] = (x, native.network(x), pre_nms_scores(native.net.net, x), cfg)
+        return done[name, mode]
+    return get
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("name", ["r18", "r50", "dcn"])
+def test_onnx_network_equals_native(onnx_models, native_outputs, ms_mode, name, runtime):
+    """A real image (480x270, padded into the export size): the three outputs within TOLERANCE[runtime] of the
+    native network's (relative to each output's largest value); cells that points-NMS keeps in only one of the two
+    must either tie with a neighbour to the tolerance or score below score_thr, where post-processing drops them."""
+    x, outputs, pre_nms, cfg = native_outputs(name, ms_mode)
+    d = relative_differences(outputs, ExportedPredictor(onnx_models[name][2], runtime=runtime).network(x),
+                             cfg.head.num_grids, pre_nms)
+    print(f"\n{name} {runtime} vs native {ms_mode}: {d}")
+    assert max(d["cate_scores"], d["kernels"], d["mask_feat"]) <= TOLERANCE[runtime], d
+    assert d["nms_flip_score"] < cfg.test.score_thr, d
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_run_py_onnx_gives_the_native_instances(onnx_models, tmp_path, runtime):
+    """run.py --model r18.onnx (no config) on the 480x270 image, whose native padded input is the export size:
+    the native instances (IoU >= 0.999, scores within 1e-4 after the near-threshold rule of tests/conftest.py: the
+    native post-processing with its near-threshold mask pixels decided by the exported network)."""
+    cfg, weights, model, _ = onnx_models["r18"]
+    r = cli("run.py", "--model", model, IMAGES[0], "--out", tmp_path / "out", "--runtime", runtime)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads((tmp_path / "out" / "results.json").read_text())
+    native, exp = Predictor(cfg, str(weights)), ExportedPredictor(model, runtime=runtime)
+    img = cv2.imread(str(IMAGES[0]))
+    x, meta = native.prepare(img)
+    assert x.shape[2:] == (448, 768)
+    outputs = native.network(x)
+    head = native.cfg.head
+    expected = near_decided(outputs, exp.network(x)[1:], meta, native.cfg.test, head.num_grids, head.strides)
+    assert len(got) == 100
+    match_instances(expected, got)
+
+
+def test_valuation_onnx_gives_the_native_ap(onnx_models, native_val_results, tmp_path):
+    """valuation.py --model r18.onnx gives the AP of the native model to 1e-4, scored against the native instances
+    of score >= 0.3 (see `pseudo_ground_truth`) on 12 val images that are all 480x270 (native padding = export
+    size)."""
+    import numpy as np
+    from solov2.evaluation.coco_eval import evaluate_results, load_coco
+    model, native = onnx_models["r18"][2], native_val_results
+    gt = json.loads(VAL_ANN.read_text())
+    assert all((i["height"], i["width"]) == (270, 480) for i in gt["images"][:12])
+    pseudo, _ = pseudo_ground_truth(native, 12, tmp_path / "pseudo_gt.json")
+    r = cli("valuation.py", "--model", model, "--ann", pseudo, "--img-prefix", MINI / "val", "--max-images", "12",
+            "--out", tmp_path / "onnx.json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    coco = load_coco(str(pseudo))
+    a = evaluate_results(coco, native, ("segm", "bbox"))
+    b = evaluate_results(coco, json.loads((tmp_path / "onnx.json").read_text()), ("segm", "bbox"))
+    assert a["segm"]["AP"] > 0.3, a["segm"]
+    for t in ("segm", "bbox"):
+        np.testing.assert_allclose(b[t]["stats"], a[t]["stats"], rtol=0, atol=1e-4, err_msg=t)
+
+
+def test_points_nms_flips_count_as_ties_only_beside_an_equal_neighbour():
+    """relative_differences: a cell kept in only one network is a near-tie when its top, left or top-left
+    neighbour scored within the check tolerance of it before points-NMS; otherwise its score is reported (and
+    fails the export check above score_thr)."""
+    import numpy as np
+    kernels, mask_feat = np.ones((1, 4, 2), np.float32), np.ones((1, 2, 4, 4), np.float32)
+
+    def diffs(pre, native_cells, exported_cells):     # one 2x2 level, one class: {cell index: kept score}
+        cate = [np.zeros((1, 4, 1), np.float32) for _ in range(2)]
+        for c, cells in zip(cate, (native_cells, exported_cells)):
+            for k, v in cells.items():
+                c[0, k, 0] = v
+        return relative_differences([cate[0], kernels, mask_feat], [cate[1], kernels, mask_feat], num_grids=[2],
+                                    pre_nms=np.array(pre, np.float32).reshape(4, 1))
+
+    # cell 1 ties with its left neighbour (cell 0): kept natively, suppressed by 0.5 + 1e-7 in the export
+    d = diffs([0.5, 0.5, 0.1, 0.1], {0: 0.5, 1: 0.5}, {0: 0.5 + 1e-7})
+    assert (d["nms_flips"], d["nms_near_ties"], d["nms_flip_score"]) == (1, 1, 0.0), d
+    d = diffs([0.5, 0.6, 0.1, 0.1], {0: 0.5, 1: 0.6}, {0: 0.5})   # lost without a tie: a real difference
+    assert (d["nms_flips"], d["nms_near_ties"]) == (1, 0) and d["nms_flip_score"] == pytest.approx(0.6), d
