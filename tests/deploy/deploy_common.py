@@ -1,7 +1,8 @@
 """Paths and helpers shared by the deployment tests (their session fixtures are in tests/conftest.py)."""
 import json
 
-from conftest import MINI, VAL_ANN
+import numpy as np
+from conftest import MINI, VAL_ANN, cli
 
 # 480x270 (resized to 768x432, padded to 448x768: the TrashCan light-R18's static export size) and 480x360
 IMAGES = [MINI / "val" / "vid_000002_frame0000017.jpg", MINI / "val" / "vid_000106_frame0000032.jpg"]
@@ -19,3 +20,22 @@ def pseudo_ground_truth(results, num_images, path):
                          for k, o in enumerate(results) if o["score"] >= 0.3]
     path.write_text(json.dumps(gt))
     return path, gt
+
+
+def assert_valuation_gives_native_ap(model, native, folder, num_images=12):
+    """valuation.py --model `model` (no config) on the first `num_images` val images, scored against
+    `pseudo_ground_truth(native)`: the 12 COCO numbers and the per-class AP and AP50 of segm and bbox equal those of
+    the `native` results to 1e-4."""
+    from solov2.evaluation.coco_eval import evaluate_results, load_coco
+    pseudo, gt = pseudo_ground_truth(native, num_images, folder / "pseudo_gt.json")
+    r = cli("valuation.py", "--model", model, "--ann", pseudo, "--img-prefix", MINI / "val", "--max-images",
+            str(num_images), "--out", folder / "exported.json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    coco = load_coco(str(pseudo))
+    a = evaluate_results(coco, native, ("segm", "bbox"))
+    b = evaluate_results(coco, json.loads((folder / "exported.json").read_text()), ("segm", "bbox"))
+    assert len(gt["annotations"]) > 20 and a["segm"]["AP"] > 0.3, (len(gt["annotations"]), a["segm"])
+    for t in ("segm", "bbox"):
+        np.testing.assert_allclose(b[t]["stats"], a[t]["stats"], rtol=0, atol=1e-4, err_msg=t)
+        per_class = [[(c["AP"], c["AP50"]) for c in m[t]["per_class"]] for m in (a, b)]
+        np.testing.assert_allclose(per_class[1], per_class[0], rtol=0, atol=1e-4, err_msg=t)

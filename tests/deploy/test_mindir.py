@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import DCN_CFG, MINI, TRASHCAN_CFG, VAL_ANN, assert_bad_input, cli, match_instances
-from deploy_common import IMAGES, pseudo_ground_truth
+from deploy_common import IMAGES, assert_valuation_gives_native_ap
 
 from solov2.config import load_config
 from solov2.deploy.exported import ExportedPredictor
@@ -105,20 +105,7 @@ def test_valuation_model_gives_the_native_ap(exported, native_val_results, tmp_p
     """valuation.py --model (no config) gives the AP of valuation.py CONFIG CHECKPOINT to 1e-4. The reference
     weights are random (AP 0 on the TrashCan labels, which would compare nothing), so the ground truth is the native
     instances of score >= 0.3 on the first 12 val images: a non-zero AP that any instance change would move."""
-    from solov2.evaluation.coco_eval import evaluate_results, load_coco
-    model, native = exported["r18"][2], native_val_results
-    pseudo, gt = pseudo_ground_truth(native, 12, tmp_path / "pseudo_gt.json")
-    r = cli("valuation.py", "--model", model, "--ann", pseudo, "--img-prefix", MINI / "val", "--max-images", "12",
-            "--out", tmp_path / "exported.json")
-    assert r.returncode == 0, r.stderr[-3000:]
-    coco = load_coco(str(pseudo))
-    a = evaluate_results(coco, native, ("segm", "bbox"))
-    b = evaluate_results(coco, json.loads((tmp_path / "exported.json").read_text()), ("segm", "bbox"))
-    assert len(gt["annotations"]) > 20 and a["segm"]["AP"] > 0.3, (len(gt["annotations"]), a["segm"])
-    for t in ("segm", "bbox"):   # the 12 COCO numbers and the per-class AP, AP50
-        np.testing.assert_allclose(b[t]["stats"], a[t]["stats"], rtol=0, atol=1e-4, err_msg=t)
-        per_class = [[(c["AP"], c["AP50"]) for c in m[t]["per_class"]] for m in (a, b)]
-        np.testing.assert_allclose(per_class[1], per_class[0], rtol=0, atol=1e-4, err_msg=t)
+    assert_valuation_gives_native_ap(exported["r18"][2], native_val_results, tmp_path)
 
 
 def _copy_model(t, exported, name, with_sidecar=True):

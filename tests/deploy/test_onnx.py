@@ -14,8 +14,8 @@ import json
 
 import cv2
 import pytest
-from conftest import DCN_CFG, MINI, R50_CFG, TRASHCAN_CFG, VAL_ANN, cli, match_instances, near_decided
-from deploy_common import IMAGES, pseudo_ground_truth
+from conftest import DCN_CFG, R50_CFG, TRASHCAN_CFG, VAL_ANN, cli, match_instances, near_decided
+from deploy_common import IMAGES, assert_valuation_gives_native_ap
 
 from solov2.config import load_config
 from solov2.deploy.export import pre_nms_scores, relative_differences
@@ -106,21 +106,9 @@ def test_valuation_onnx_gives_the_native_ap(onnx_models, native_val_results, tmp
     """valuation.py --model r18.onnx gives the AP of the native model to 1e-4, scored against the native instances
     of score >= 0.3 (see `pseudo_ground_truth`) on 12 val images that are all 480x270 (native padding = export
     size)."""
-    import numpy as np
-    from solov2.evaluation.coco_eval import evaluate_results, load_coco
-    model, native = onnx_models["r18"][2], native_val_results
     gt = json.loads(VAL_ANN.read_text())
     assert all((i["height"], i["width"]) == (270, 480) for i in gt["images"][:12])
-    pseudo, _ = pseudo_ground_truth(native, 12, tmp_path / "pseudo_gt.json")
-    r = cli("valuation.py", "--model", model, "--ann", pseudo, "--img-prefix", MINI / "val", "--max-images", "12",
-            "--out", tmp_path / "onnx.json")
-    assert r.returncode == 0, r.stderr[-3000:]
-    coco = load_coco(str(pseudo))
-    a = evaluate_results(coco, native, ("segm", "bbox"))
-    b = evaluate_results(coco, json.loads((tmp_path / "onnx.json").read_text()), ("segm", "bbox"))
-    assert a["segm"]["AP"] > 0.3, a["segm"]
-    for t in ("segm", "bbox"):
-        np.testing.assert_allclose(b[t]["stats"], a[t]["stats"], rtol=0, atol=1e-4, err_msg=t)
+    assert_valuation_gives_native_ap(onnx_models["r18"][2], native_val_results, tmp_path)
 
 
 def test_points_nms_flips_count_as_ties_only_beside_an_equal_neighbour():

@@ -80,9 +80,12 @@ def export_models(arch: str, sizes: Dict[str, tuple], folder: str) -> Dict[str, 
     def export(fmt: str, out: str, size=None) -> str:
         cmd = [sys.executable, "export.py", str(REPO / CONFIGS[arch]), ckpt, "--format", fmt, "--out", out,
                *(["--input-size", str(size[0]), str(size[1])] if size else [])]
+        t = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if r.returncode != 0:
             raise SystemExit(f"export of {arch} to {fmt} failed:\n{r.stderr[-3000:]}")
+        print(f"  export.py {arch} {fmt} {size or 'dynamic'}: {time.perf_counter() - t:.0f} s (with its check), "
+              f"{os.path.getsize(out) / 2**20:.0f} MiB; {r.stdout.strip().splitlines()[-1]}", flush=True)
         return out
 
     mindir = export("MINDIR", os.path.join(folder, f"{arch}.mindir"))
@@ -150,12 +153,16 @@ def compare(a) -> Dict[str, dict]:
                 for k in range(a.rounds):
                     row["ours"].append(ours_predict(arch, img, a.runs))
                     for v, model in variants.items():
-                        row[v].append(ours_predict(arch, img, a.runs, model, runtime="openvino" if v == "OpenVINO" else "onnxruntime"))
+                        try:   # a runtime that crashes (OpenVINO 2026.4 at 800x800 here) loses its row, not the run
+                            row[v].append(ours_predict(arch, img, a.runs, model,
+                                                       runtime="openvino" if v == "OpenVINO" else "onnxruntime"))
+                        except SystemExit as e:
+                            print(f"  {v} failed: {str(e).splitlines()[0]}", flush=True)
                     if a.peer_python:
                         row["peer"].append(peer_predict(a, arch, img))
                     print(f"  {arch} {label} round {k + 1}: network "
                           + ", ".join(f"{v} {row[v][-1]['net_median_s']:.2f} s" for v in ["ours", *variants]
-                                      + (["peer"] if a.peer_python else [])), flush=True)
+                                      + (["peer"] if a.peer_python else []) if row[v]), flush=True)
         if a.ann:
             row = rows.setdefault("light_r18 train step, 2x448x768", dict(ours=[], peer=[]))
             for k in range(a.rounds):
@@ -179,7 +186,7 @@ def table(rows: Dict[str, dict]) -> str:
 
     for name, r in rows.items():
         o, p = r["ours"], r["peer"]
-        for v in (k for k in r if k not in ("ours", "peer")):
+        for v in (k for k in r if k not in ("ours", "peer") and r[k]):
             for figure, key in (("network", "net_runs"), ("whole predict", "predict_runs")):
                 line(f"{name} ({v})", figure, _median(r[v], key), _median(p, key) if p else None, "s")
         if "train" in name:
