@@ -70,8 +70,11 @@ def test_run_py_model_without_config_gives_the_native_instances(exported, tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
     r = cli("run.py", "--model", model, inp, "--out", tmp_path / "exported")
     assert r.returncode == 0, r.stderr[-3000:]
+    r = cli("run.py", cfg, "--model", model, inp, "--out", tmp_path / "with_config")   # a matching CONFIG is accepted
+    assert r.returncode == 0, r.stderr[-3000:]
     native = json.loads((tmp_path / "native" / "results.json").read_text())
     ours = json.loads((tmp_path / "exported" / "results.json").read_text())
+    assert json.loads((tmp_path / "with_config" / "results.json").read_text()) == ours
     assert len(native) == 200
     for image in IMAGES:
         match_instances([o for o in native if o["file_name"] == image.name],
@@ -156,7 +159,7 @@ BAD = [
      ["r18.mindir", "already exists", "--force"]),
     ("export.py into a missing folder",
      lambda t, e: ["export.py", TRASHCAN_CFG, e["r18"][1], "--out", t / "missing" / "r18.mindir"],
-     ["missing"]),
+     ["missing", "output folder does not exist"]),
     ("export.py --input-size not a multiple of 32",
      lambda t, e: ["export.py", TRASHCAN_CFG, e["r18"][1], "--input-size", "500", "800", "--out", t / "m.mindir"],
      ["--input-size 500 800", "multiples of 32"]),

@@ -72,7 +72,8 @@ def config_and_checkpoint(p: argparse.ArgumentParser, a: argparse.Namespace, nee
 
 
 def add_model_flag(p: argparse.ArgumentParser) -> None:
-    """--model FILE: an exported network (export.py) instead of CHECKPOINT; see `model_and_config`."""
+    """--model FILE: an exported network (export.py) instead of CHECKPOINT, and --runtime for an .onnx; see
+    `check_model_flags` and `open_predictor`."""
     p.add_argument("--model", default=None, metavar="FILE",
                    help="an exported .mindir or .onnx (export.py; FILE.json beside it) instead of CHECKPOINT. CONFIG is "
                         "then optional; when given, it must describe the same model and its test_cfg and class names "

@@ -56,4 +56,3 @@ def preprocess_test(img_bgr: np.ndarray, scale: Tuple[int, int], mean, std, to_r
     meta = dict(ori_shape=tuple(img_bgr.shape), img_shape=tuple(resized.shape),
                 pad_shape=tuple(padded.shape), scale_factor=sf)
     return x, meta
-

@@ -164,11 +164,13 @@ def install(file: Path, out: Path, sidecar: dict) -> None:
     """Copy the exported `file` to `out` and write the sidecar beside it, both atomically: `out` gets the permissions
     of a plain open(), and a failure leaves neither a partial model nor a sidecar without its model."""
     side = sidecar_path(out)
-    with atomic_write(out) as tmp:
-        shutil.copyfile(file, tmp)
-        write_json_atomic(side, dict(sidecar, model_sha256=file_sha256(tmp)), indent=1)
-    if not out.exists() and side.exists():   # the rename failed after the sidecar was written
-        side.unlink()
+    try:
+        with atomic_write(out) as tmp:
+            shutil.copyfile(file, tmp)
+            write_json_atomic(side, dict(sidecar, model_sha256=file_sha256(tmp)), indent=1)
+    except BaseException:
+        side.unlink(missing_ok=True)   # the model was not installed: no sidecar without (or beside another) model
+        raise
 
 
 def export_model(config: str, checkpoint: str, *, fmt: str = "MINDIR", input_size: Optional[Sequence[int]] = None,
@@ -203,7 +205,7 @@ def export_model(config: str, checkpoint: str, *, fmt: str = "MINDIR", input_siz
     net = build_model(cfg, portable=fmt == "ONNX", zero_pad_pool=True)
     not_loaded, unused = ms.load_param_into_net(net, native.parameters_dict(), strict_load=True)
     if not_loaded or unused:   # the exportable cells keep every parameter name: a bug if not
-        raise RuntimeError(f"exportable model parameters differ: {not_loaded[:3]} {unused[:3]}")
+        raise AssertionError(f"exportable model parameters differ: {not_loaded[:3]} {unused[:3]}")
     net.set_train(False)
     sidecar = make_sidecar(cfg, model_format=fmt, model_file=path.name, input_hw=hw,
                            class_names=resolve_class_names(cfg, checkpoint),

@@ -93,6 +93,8 @@ def read_sidecar(model_path) -> ExportSpec:
     if not path.is_file():
         raise SolovError(f"{path}: no such file; an exported model needs the JSON that export.py writes beside it")
     s = read_json(path, "export sidecar")
+    if not isinstance(s, dict):
+        raise SolovError(f"{path}: malformed export sidecar (not a JSON object)")
     try:
         if s.get("solov2_export") != VERSION:
             raise SolovError(f"{path}: not a SOLOv2 export sidecar of version {VERSION}")
@@ -113,7 +115,7 @@ def read_sidecar(model_path) -> ExportSpec:
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise SolovError(f"{path}: malformed export sidecar ({type(e).__name__}: {e})") from None
     cells = sum(g * g for g in spec.num_grids)
-    if len(spec.output_shapes) != 3 or spec.output_shapes[0][1] != cells \
+    if len(spec.output_shapes) != 3 or len(spec.output_shapes[0]) != 3 or spec.output_shapes[0][1] != cells \
             or spec.output_shapes[0][2] != len(spec.class_names):
         raise SolovError(f"{path}: outputs {spec.output_shapes} do not match {len(spec.class_names)} classes and "
                          f"grids {spec.num_grids}")
@@ -131,7 +133,7 @@ def check_config(spec: ExportSpec, cfg: SOLOv2Config, model_path) -> None:
     theirs = dict(zip(ours, (spec.output_shapes, spec.num_grids, spec.strides, spec.test_scale, spec.mean, spec.std,
                              spec.to_rgb, spec.size_divisor)))
     for name, value in ours.items():
-        if value != tuple(theirs[name]):
+        if value != theirs[name]:
             raise SolovError(f"{cfg.source or 'config'}: {name} {value} differs from the exported model's "
                              f"{theirs[name]} ({sidecar_path(model_path)}): not the config of this model")
 

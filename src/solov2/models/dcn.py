@@ -41,9 +41,13 @@ _MATMUL, _BATCH_MATMUL = ops.MatMul(), ops.BatchMatMul()
 
 
 def resolve_impl(impl: str) -> str:
-    """'auto' -> SOLOV2_DCN_IMPL if set, else 'native'; 'gather' and 'native' pass through."""
+    """'auto' -> SOLOV2_DCN_IMPL if set ('gather' or 'native'), else 'native'; 'gather', 'native' and 'portable'
+    (the ONNX export's, chosen by `SOLOv2(portable=True)` only) pass through."""
     if impl == "auto":
         impl = os.environ.get(IMPL_VAR) or "native"
+        if impl == "portable":
+            raise ValueError(f"{IMPL_VAR}=portable: the portable deformable convolution is for the ONNX export only; "
+                             "use gather or native")
     if impl not in IMPLS:
         raise ValueError(f"deformable convolution implementation must be one of {IMPLS} or 'auto', got {impl!r}"
                          + (f" (from {IMPL_VAR})" if os.environ.get(IMPL_VAR) == impl else ""))
