@@ -66,6 +66,15 @@ def official_to_ms_name(key: str) -> str:
     return key.replace(".running_mean", ".moving_mean").replace(".running_var", ".moving_variance")
 
 
+def official_name_of(ms_name: str) -> str:
+    """MindSpore parameter name -> official torch key: the naming contract inverted (norm-layer suffixes)."""
+    for ms_suffix, pt_suffix in ((".gamma", ".weight"), (".beta", ".bias"), (".moving_mean", ".running_mean"),
+                                 (".moving_variance", ".running_var")):
+        if ms_name.endswith(ms_suffix):
+            return ms_name[: -len(ms_suffix)] + pt_suffix
+    return ms_name
+
+
 def reference_config():
     """The light-448-R18 config with 23 classes that produced the reference fixtures."""
     from solov2.config import load_config
@@ -157,8 +166,16 @@ def dcn_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def r50_ckpt(tmp_path_factory):
-    """SOLOv2 R50 (the full SOLOv2Head), random weights."""
-    return random_checkpoint(R50_CFG, tmp_path_factory.mktemp("r50") / "r50.ckpt")
+    """SOLOv2 R50 (the full SOLOv2Head), random weights, as a user gets it: an official mmcv .pth (official keys)
+    converted by weight_convert.py."""
+    import torch
+    d = tmp_path_factory.mktemp("r50")
+    weights = ms.load_checkpoint(str(random_checkpoint(R50_CFG, d / "random.ckpt")))
+    sd = collections.OrderedDict((official_name_of(k), torch.from_numpy(v.asnumpy())) for k, v in weights.items())
+    torch.save({"meta": {"mmdet_version": "1.0.0"}, "state_dict": sd}, d / "r50_official.pth")
+    r = cli("weight_convert.py", d / "r50_official.pth", d / "r50.ckpt", "--config", R50_CFG)
+    assert r.returncode == 0, r.stderr
+    return d / "r50.ckpt"
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from solov2.convert import (ConvertError, check_config, config_from_arch, conver
                             infer_arch, model_parameter_shapes, official_to_mindspore_name, to_official,
                             verify_names_and_shapes)
 from solov2.models import build_model  # noqa: E402
-from conftest import REPO, SHARED
+from conftest import REPO, SHARED, official_name_of
 
 REF = SHARED / "fixtures" / "reference"
 if not (REF / "meta.json").is_file():
@@ -80,15 +80,6 @@ def to_pytorch_solov2_key(key):
         key = key.replace("conv_pred.0.conv.", "conv_pred.0.").replace("conv_pred.0.gn.", "conv_pred.1.")
         return key.replace(".conv.weight", ".0.weight").replace(".gn.", ".1.")
     return key
-
-
-def official_name_of(ms_name):
-    """Invert the naming contract (MindSpore -> official) to look a parameter up in the npz."""
-    for ms_suffix, pt_suffix in ((".gamma", ".weight"), (".beta", ".bias"), (".moving_mean", ".running_mean"),
-                                 (".moving_variance", ".running_var")):
-        if ms_name.endswith(ms_suffix):
-            return ms_name[: -len(ms_suffix)] + pt_suffix
-    return ms_name
 
 
 def read_ckpt(path):

@@ -416,9 +416,41 @@ def test_schema_keys_cover_every_key_the_readers_look_up():
     import re
 
     import solov2.config.schema as config_module
+    import solov2.config.training as training_module
     from solov2.config.keys import SCHEMA_KEYS
-    src = open(config_module.__file__).read()
+    src = open(config_module.__file__).read() + open(training_module.__file__).read()
     read = set(re.findall(r'\.(?:get|one_of|sub|check)\("([A-Za-z_0-9]+)"', src))  # the key, not the kind
     for names in re.findall(r'\.forbid\(((?:"[A-Za-z_0-9]+",?\s*)+)', src):          # forbid(k1, k2, ...)
         read |= set(re.findall(r'"([A-Za-z_0-9]+)"', names))
     assert read and read <= SCHEMA_KEYS, sorted(read - SCHEMA_KEYS)
+
+
+def test_evaluation_section_in_mmdetection_form(tmp_path):
+    """evaluation = dict(interval, metric, save_best): absent = no validation; 'auto' = the first metric's mAP."""
+    from solov2.config import EvalConfig
+    assert load_config(R101).evaluation == EvalConfig() and EvalConfig().interval == 0
+    text = (CONFIGS / "solov2_r101_fpn_8gpu_3x_trashcan.py").read_text()
+    (tmp_path / "c.py").write_text(text + "\nevaluation = dict(interval=2, metric=['bbox', 'segm'], save_best='auto')\n")
+    ev = load_config(tmp_path / "c.py").evaluation
+    assert (ev.interval, ev.metrics, ev.save_best) == (2, ("bbox", "segm"), "bbox_mAP")
+    ev = load_config(R101, ["evaluation.interval=1", "evaluation.metric=segm", "evaluation.save_best=segm_mAP_50",
+                            "data.val.max_images=3"]).evaluation
+    assert (ev.interval, ev.metrics, ev.save_best) == (1, ("segm",), "segm_mAP_50")
+    assert ev.keys() == ("segm_mAP", "segm_mAP_50", "segm_mAP_75", "segm_mAP_s", "segm_mAP_m", "segm_mAP_l")
+    assert load_config(R101, ["data.val.max_images=3"]).data.val_max_images == 3
+
+
+@pytest.mark.parametrize("override, match", [
+    ("evaluation.interval=0", r"evaluation\.interval: must be an integer >= 1, got 0"),
+    ("evaluation.interval=1.5", r"evaluation\.interval: must be an integer >= 1"),
+    ("evaluation.metric=proposal", r"evaluation\.metric: must be 'segm', 'bbox' or a list of them"),
+    ("evaluation.metric=['segm','segm']", r"evaluation\.metric: .* without repeats"),
+    ("evaluation.metric=[]", r"evaluation\.metric: must be"),
+    ("evaluation.save_best=segm_AP", r"evaluation\.save_best: 'segm_AP' is not a key this evaluation logs"),
+    ("evaluation={'metric': 'bbox', 'save_best': 'segm_mAP'}", r"evaluation\.save_best: 'segm_mAP' is not a key"),
+    ("evaluation={'intervl': 1}", r"evaluation\.intervl: unknown setting \(did you mean 'interval'\?\)"),
+    ("evaluation=3", r"evaluation: must be a dict, got 3"),
+    ("data.val.max_images=0", r"data\.val\.max_images: must be >= 1"),
+])
+def test_bad_evaluation_settings_name_the_key(override, match):
+    raises(load_config, R101, [override], match=rf"^\S*solov2_r101_fpn_8gpu_3x\.py: {match}")

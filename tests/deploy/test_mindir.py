@@ -13,7 +13,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from conftest import DCN_CFG, MINI, TRASHCAN_CFG, VAL_ANN, assert_bad_input, cli, match_instances
+from conftest import DCN_CFG, MINI, R50_CFG, TRASHCAN_CFG, VAL_ANN, assert_bad_input, cli, match_instances
 from deploy_common import IMAGES, assert_valuation_gives_native_ap
 
 from solov2.config import load_config
@@ -80,6 +80,23 @@ def test_run_py_model_without_config_gives_the_native_instances(exported, tmp_pa
         match_instances([o for o in native if o["file_name"] == image.name],
                         [o for o in ours if o["file_name"] == image.name])
     assert (tmp_path / "exported" / IMAGES[1].name).is_file()
+
+
+def test_converted_r50_through_run_py_model_without_config(r50_ckpt, tmp_path):
+    """A converted R50 checkpoint (official .pth -> weight_convert.py, `r50_ckpt`) exported to MindIR (dynamic)
+    reproduces the native instances through run.py --model with no config, at the test scale of the ONNX tests."""
+    scale = ["--cfg-options", "data.test.pipeline.1.img_scale=(768, 448)"]
+    model = tmp_path / "r50.mindir"
+    r = cli("export.py", R50_CFG, r50_ckpt, "--out", model, *scale, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "r50.mindir.json").read_text())["input"]["shape"] == [-1, 3, -1, -1]
+    r = cli("run.py", R50_CFG, r50_ckpt, IMAGES[1], "--out", tmp_path / "native", *scale)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = cli("run.py", "--model", model, IMAGES[1], "--out", tmp_path / "exported")
+    assert r.returncode == 0, r.stderr[-3000:]
+    native, ours = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("native", "exported"))
+    assert len(native) > 10, len(native)
+    match_instances(native, ours)
 
 
 def test_static_model_gives_the_native_instances_at_its_size(exported):

@@ -12,7 +12,7 @@ import mindspore as ms
 import mindspore.ops as ops
 import numpy as np
 import pytest
-from conftest import REPO, SHARED, in_mode
+from conftest import REPO, SHARED, cli, in_mode
 
 from solov2.config import load_config
 from solov2.data.coco import CocoDataset
@@ -54,9 +54,10 @@ def setup(tmp_path_factory):
 AMP = ["amp_level=O2", "fp16.loss_scale=1024."]     # static: the same scale in this process's reference
 
 
-def launch(setup, work, epochs, log_dir, wait=True, flags="", more=()):
+def launch(setup, work, epochs, log_dir, wait=True, flags="", more=(), init=None):
     d, overrides = setup
-    cmd = (f"train_multi.py --config {CFG} --work-dir {work} --seed 5 --load-from {d / 'init.ckpt'} {flags} "
+    cmd = (f"train_multi.py --config {CFG} --work-dir {work} --seed 5 --load-from {init or d / 'init.ckpt'} "
+           f"{flags} "
            f"--cfg-options {' '.join(overrides + list(more))} total_epochs={epochs}")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     args = ["bash", str(REPO / "msrun_launcher.sh"), cmd, "2", "2", "127.0.0.1", str(free_port()), "0",
@@ -151,6 +152,28 @@ def test_two_workers_with_amp_agree_with_one_process(setup, tmp_path):
         if np.abs(step_want).max() > 0:
             errors[name] = np.linalg.norm(step_got - step_want) / np.linalg.norm(step_want)
     assert len(errors) > 80 and max(errors.values()) < 0.03, sorted(errors.items(), key=lambda kv: -kv[1])[:5]
+
+
+def test_two_workers_validate_as_one_process(setup, tmp_path, ckpt, native_val_results):
+    """Validation under msrun: rank 0 evaluates while rank 1 waits, both leave together, and the val row equals
+    valuation.py (one process) on the epoch's snapshot."""
+    from deploy.deploy_common import pseudo_ground_truth
+    from engine.test_validation import SUFFIXES, val_rows, val_settings
+    from solov2.evaluation.coco_eval import evaluate_results, load_coco
+    ann, _ = pseudo_ground_truth(native_val_results, 4, tmp_path / "val4.json")
+    work = tmp_path / "work"
+    r = launch(setup, work, 1, tmp_path / "logs", init=ckpt, more=val_settings(ann))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "epoch 1 validation: 4 image(s)" in (tmp_path / "logs" / "worker_0.log").read_text()
+    rows = val_rows(work)
+    assert len(rows) == 1 and rows[0]["segm_mAP"] > 0.05, rows
+    out = tmp_path / "one_process.json"
+    v = cli("valuation.py", CFG, work / "epoch_1.ckpt", "--ann", ann, "--img-prefix", DATA / "val", "--out", out)
+    assert v.returncode == 0, v.stderr[-3000:]
+    want = evaluate_results(load_coco(str(ann)), json.loads(out.read_text()))
+    for t in ("segm", "bbox"):
+        np.testing.assert_allclose([rows[0][f"{t}_{s}"] for s in SUFFIXES], want[t]["stats"][:6], rtol=0, atol=1e-6,
+                                   err_msg=t)
 
 
 def worker_pid(work: Path, rank: int):

@@ -38,12 +38,18 @@ def test_overfit_four_trashcan_images(tmp_path):
     train = [sys.executable, str(REPO / "train.py"), "--config", str(CONFIG), "--work-dir", str(work), "--seed", "0",
              "--cfg-options", f"data.train.ann_file={ann}", f"data.train.img_prefix={DATA}/train/",
              "data.imgs_per_gpu=4", "data.train.pipeline.3.flip_ratio=0.0", "total_epochs=40",
-             "checkpoint_config.interval=20", "log_config.interval=1", *FROM_SCRATCH, *SMALL]
+             "checkpoint_config.interval=20", "log_config.interval=1", *FROM_SCRATCH, *SMALL,
+             # validation while training on the same 4 images (real labels): at epochs 20 and 40
+             "evaluation.interval=20", "evaluation.save_best=auto", f"data.val.ann_file={ann}",
+             f"data.val.img_prefix={DATA}/train/"]
     r = subprocess.run(train, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in work.glob("epoch_*.ckpt")) == ["epoch_20.ckpt", "epoch_40.ckpt"]
 
-    losses = [json.loads(s)["loss"] for s in (work / "log.json").read_text().splitlines()]
+    rows = [json.loads(s) for s in (work / "log.json").read_text().splitlines()]
+    losses = [row["loss"] for row in rows if row["mode"] == "train"]
+    evals = [row for row in rows if row["mode"] == "val"]
+    assert [row["epoch"] for row in evals] == [20, 40], evals
     assert len(losses) == 40
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.5 * first, (first, last)
@@ -56,7 +62,16 @@ def test_overfit_four_trashcan_images(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     m = re.search(r"segm AP ([\d.]+) AP50 ([\d.]+) \| bbox AP ([\d.]+) AP50 ([\d.]+)", r.stdout)
     assert m, r.stdout[-2000:]
-    assert json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results
+    # the validation row of epoch 40 is valuation.py's AP on epoch_40.ckpt
+    from solov2.evaluation.coco_eval import evaluate_results, load_coco
+    want = evaluate_results(load_coco(str(ann)), results)
+    for t in ("segm", "bbox"):
+        assert evals[1][f"{t}_mAP"] == pytest.approx(want[t]["AP"], abs=1e-6)
+        assert evals[1][f"{t}_mAP_50"] == pytest.approx(want[t]["AP50"], abs=1e-6)
+    best = 20 if evals[0]["segm_mAP"] >= evals[1]["segm_mAP"] else 40
+    assert [p.name for p in work.glob("best_*.ckpt")] == [f"best_segm_mAP_epoch_{best}.ckpt"]
     segm_ap, segm_ap50 = float(m.group(1)), float(m.group(2))
     # random weights score 0.0; 7 checkpoints (4 runs) at 30-45 iterations: AP 0.24-0.61, AP50 0.38-0.75 (6 masks)
     assert segm_ap >= 0.2 and segm_ap50 >= 0.3, m.group(0)

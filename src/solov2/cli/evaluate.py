@@ -83,18 +83,19 @@ def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = Non
         check_class_count(cfg.head.cate_out_channels, coco, cfg.source or config)
     img_ids = first_image_ids(coco, max_images)
     if results is None:
-        from solov2.evaluation.results import predict_dataset  # build the network: only on this path
+        from solov2.evaluation.results import predict_and_evaluate  # builds the network: only on this path
         predictor = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime)
-        results = predict_dataset(predictor, coco, prefix, max_images)
+        results, metrics = predict_and_evaluate(predictor, coco, prefix, iou_types, max_images)
         if predictor.compiled_graphs:
             print(f"GRAPH mode: {predictor.compiled_graphs} network graph(s) compiled")
         if out:
             write_json_atomic(out, results)
             print(f"{len(results)} results -> {out}")
+        print(f"evaluated {len(results)} results on {len(img_ids)} image(s) of {ann_file}")
     else:
         check_results(results, coco, iou_types, source=results_file)
-    print(f"evaluating {len(results)} results on {len(img_ids)} image(s) of {ann_file}")
-    metrics = evaluate_results(coco, results, iou_types, img_ids)
+        print(f"evaluating {len(results)} results on {len(img_ids)} image(s) of {ann_file}")
+        metrics = evaluate_results(coco, results, iou_types, img_ids)
     print(format_metrics(metrics))
     print(summary_line(metrics))
     return metrics

@@ -34,6 +34,7 @@ SECTIONS: Dict[str, FrozenSet[str]] = {
     "log_config": _keys("interval hooks"),
     "data": _keys("imgs_per_gpu workers_per_gpu train val test skip_bad canvas_buckets"),
     "data.train": _DATASET, "data.val": _DATASET, "data.test": _DATASET,
+    "evaluation": _keys("interval metric save_best"),
     "fp16": _keys("loss_scale"),
     "fp16.loss_scale": _keys("init_scale mode scale_factor scale_window"),
 }

@@ -6,91 +6,24 @@ official config file (``configs/solov2/*.py``, through `config.reader`, never ex
 `SOLOv2Config`; every ConfigError message starts with the config file path.
 """
 import difflib
-import math
 import os
-from typing import Any, Iterable, List, Optional
-
-from solov2.config.settings import (AmpConfig, BackboneConfig, DataConfig, HeadConfig, MaskFeatConfig,  # noqa: F401
-                                    NeckConfig, OptimConfig, SOLOv2Config, TestConfig)
-
+from typing import Iterable, List, Optional
 
 from solov2.config.keys import SCHEMA_KEYS, SECTIONS
-from solov2.config.reader import ConfigError, _is_int, _is_num, apply_overrides, load_config_dict  # noqa: F401 (API)
+from solov2.config.reader import ConfigError, _is_int, apply_overrides, load_config_dict  # noqa: F401 (API)
+from solov2.config.section import MISSING, Section
+from solov2.config.settings import (AmpConfig, BackboneConfig, DataConfig, EvalConfig, HeadConfig,  # noqa: F401
+                                    MaskFeatConfig, NeckConfig, OptimConfig, SOLOv2Config, TestConfig)
+from solov2.config.training import amp_config, evaluation_config, optim_config
 
 
 # ------------------------------------------------------------------------ typed, validated config
-_MISSING = object()
 _DCN_TYPES = ("DCN", "DCNv2")
 _STEPS = ("LoadImageFromFile", "LoadAnnotations", "Resize", "RandomFlip", "Normalize", "Pad",
           "DefaultFormatBundle", "ImageToTensor", "Collect", "MultiScaleFlipAug")
-_SEQ = (list, tuple)
-_KINDS = {  # kind -> (test, convert, description)
-    "any": (lambda v: True, lambda v: v, ""), "int": (_is_int, int, "an integer"),
-    "num": (_is_num, float, "a number"), "bool": (lambda v: isinstance(v, (bool, int)), bool, "a boolean"),
-    "str": (lambda v: isinstance(v, str), str, "a string"), "dict": (lambda v: isinstance(v, dict), dict, "a dict"),
-    "str?": (lambda v: v is None or isinstance(v, str), lambda v: v, "a string or None"),
-    "int?": (lambda v: v is None or _is_int(v), lambda v: v if v is None else int(v), "an integer or None"),
-    "names": (lambda v: isinstance(v, _SEQ) and all(isinstance(x, str) for x in v), tuple, "a list of strings"),
-    "ints": (lambda v: isinstance(v, _SEQ) and all(map(_is_int, v)), tuple, "a list of integers"),
-    "rgb": (lambda v: isinstance(v, _SEQ) and len(v) == 3 and all(map(_is_num, v)), lambda v: tuple(map(float, v)),
-            "a list of 3 numbers"),
-    "scale": (lambda v: isinstance(v, tuple) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v), tuple,
-              "a (long, short) tuple of positive integers"),
-    # ranges: a value outside them is a typo or a silent no-op (total_epochs=0 trains nothing), never a setting
-    "int>=1": (lambda v: _is_int(v) and v >= 1, int, "an integer >= 1"),
-    "int>=0": (lambda v: _is_int(v) and v >= 0, int, "an integer >= 0"),
-    "num>0": (lambda v: _is_num(v) and v > 0, float, "a number > 0"),
-    "num>=0": (lambda v: _is_num(v) and v >= 0, float, "a number >= 0"),
-    "0..1": (lambda v: _is_num(v) and 0 <= v <= 1, float, "a number in [0, 1]"),
-    "ints>=1": (lambda v: isinstance(v, _SEQ) and all(_is_int(x) and x >= 1 for x in v), tuple,
-                "a list of integers >= 1"),
-    "ranges": (lambda v: isinstance(v, _SEQ) and all(isinstance(p, _SEQ) and len(p) == 2 and all(map(_is_int, p))
-                                                     for p in v), lambda v: tuple(map(tuple, v)), "(low, high) pairs"),
-}
 
 
-class _Sec:
-    """One config dict and its dotted location; checked access whose errors name the file and the key."""
-
-    def __init__(self, path: str, d: dict, where: str = ""):
-        self.path, self.d, self.where = path, d, where
-
-    def fail(self, key: str, msg: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {self.where + '.' if self.where else ''}{key}: {msg}")
-
-    def check(self, key: str, value: Any, kind: str) -> Any:
-        """value (found at `key`) checked and converted as `kind`, a _KINDS key."""
-        test, convert, desc = _KINDS[kind]
-        if not test(value):
-            raise self.fail(key, f"must be {desc}, got {value!r}")
-        return convert(value)
-
-    def get(self, key: str, kind: str = "any", default: Any = _MISSING) -> Any:
-        """d[key] checked as `kind`; `default` if absent, else required."""
-        if key not in self.d and default is _MISSING:
-            close = difflib.get_close_matches(key, [str(k) for k in self.d], n=1)
-            raise self.fail(key, "missing (required)" + (f"; the file has {close[0]!r}: a typo?" if close else ""))
-        return self.check(key, self.d[key], kind) if key in self.d else default
-
-    def one_of(self, key: str, allowed: tuple, default: Any = _MISSING) -> Any:
-        """d[key] (a list compares as a tuple), which must be one of `allowed`."""
-        v = self.get(key, "any", default)
-        v = tuple(v) if isinstance(v, list) else v
-        if v not in allowed or isinstance(v, bool) != isinstance(allowed[0], bool):
-            raise self.fail(key, f"{v!r} is not supported by this port (supported: {', '.join(map(repr, allowed))})")
-        return v
-
-    def sub(self, key: str, default: Any = _MISSING) -> "_Sec":
-        return _Sec(self.path, self.get(key, "dict", default), f"{self.where + '.' if self.where else ''}{key}")
-
-    def forbid(self, *keys: str, msg: str = "") -> None:
-        """Settings that must be absent, falsy or a list/tuple of falsy values (e.g. stage_with_dcn)."""
-        for key in keys:
-            if self.d.get(key) and not (isinstance(self.d[key], (list, tuple)) and not any(self.d[key])):
-                raise self.fail(key, msg or f"{self.d[key]!r} is not supported by this port")
-
-
-def _dcn(sec: _Sec, key: str, allow_cfg: bool) -> Optional[str]:
+def _dcn(sec: Section, key: str, allow_cfg: bool) -> Optional[str]:
     """A deformable-conv setting -> 'DCN' | 'DCNv2' | None. allow_cfg: a dict(type=..., deformable_groups=1,
     fallback_on_stride=False) (backbone dcn, mask_feat_head conv_cfg); else a plain type string (type_dcn)."""
     v = sec.d.get(key)
@@ -112,7 +45,7 @@ def _dcn(sec: _Sec, key: str, allow_cfg: bool) -> Optional[str]:
     return kind
 
 
-def _model(top: _Sec) -> tuple:
+def _model(top: Section) -> tuple:
     """model.* -> (BackboneConfig, NeckConfig, HeadConfig, MaskFeatConfig, model.pretrained)."""
     model = top.sub("model")
     model.one_of("type", ("SOLOv2",))
@@ -128,7 +61,7 @@ def _model(top: _Sec) -> tuple:
     elif depth < 50:
         raise b.fail("depth", f"ResNeXt needs a Bottleneck depth (50 or 101), got {depth}")
     dcn, stages = _dcn(b, "dcn", allow_cfg=True), b.get("stage_with_dcn", "any", (False,) * 4)
-    if not (isinstance(stages, _SEQ) and len(stages) == 4 and all(isinstance(v, bool) for v in stages)):
+    if not (isinstance(stages, (list, tuple)) and len(stages) == 4 and all(isinstance(v, bool) for v in stages)):
         raise b.fail("stage_with_dcn", f"must be 4 booleans (res2..res5), got {stages!r}")
     if any(stages) and dcn is None:
         raise b.fail("stage_with_dcn", "is set but dcn is None")
@@ -187,7 +120,7 @@ def _model(top: _Sec) -> tuple:
     return backbone, neck, head, mask_feat, model.get("pretrained", "str?", None)
 
 
-def _steps(top: _Sec, data: _Sec, split: str) -> List[_Sec]:
+def _steps(top: Section, data: Section, split: str) -> List[Section]:
     """Pipeline steps of data.<split> (else top-level <split>_pipeline), MultiScaleFlipAug transforms inlined."""
     ds = data.d.get(split)
     todo = [(f"data.{split}.pipeline", ds["pipeline"]) if isinstance(ds, dict) and "pipeline" in ds
@@ -200,23 +133,23 @@ def _steps(top: _Sec, data: _Sec, split: str) -> List[_Sec]:
             if not isinstance(s, dict) or s.get("type") not in _STEPS:
                 raise top.fail(f"{where}[{i}]", f"pipeline step {s.get('type') if isinstance(s, dict) else s!r} "
                                                 "is not supported by this port")
-            out.append(_Sec(top.path, s, f"{where}[{i}]"))
+            out.append(Section(top.path, s, f"{where}[{i}]"))
             if s["type"] == "MultiScaleFlipAug":
                 todo.append((f"{where}[{i}].transforms", s.get("transforms")))
     return out
 
 
-def _data(top: _Sec) -> DataConfig:
+def _data(top: Section) -> DataConfig:
     data = top.sub("data")
     train, test = _steps(top, data, "train"), _steps(top, data, "test")
 
-    def find(steps: List[_Sec], kind: str) -> List[_Sec]:
+    def find(steps: List[Section], kind: str) -> List[Section]:
         return [s for s in steps if s.d["type"] == kind]
     norm = (find(test, "Normalize") or [top.sub("img_norm_cfg")])[0]
     for s in find(train + test, "Resize"):
         s.one_of("keep_ratio", (True,), True), s.forbid("ratio_range")
     ts = (find(test, "MultiScaleFlipAug") or [s for s in find(test, "Resize") if "img_scale" in s.d]
-          or [_Sec(top.path, {}, "data.test.pipeline")])[0]
+          or [Section(top.path, {}, "data.test.pipeline")])[0]
     ts.forbid("flip", msg="flip test-time augmentation is not supported by this port")
     scales = ts.get("img_scale")
     if isinstance(scales, list) and len(scales) != 1:
@@ -231,95 +164,36 @@ def _data(top: _Sec) -> DataConfig:
     if len(train_scales) > 1 and resize[0].one_of("multiscale_mode", ("value", "range"), "range") != "value":
         raise resize[0].fail("multiscale_mode", "'range' (random size between two scales) is not supported by this "
                                                 "port; use multiscale_mode='value' with a list of scales")
-    flip = (find(train, "RandomFlip") or [_Sec(top.path, {}, "")])[0]
+    flip = (find(train, "RandomFlip") or [Section(top.path, {}, "")])[0]
     flip.one_of("direction", ("horizontal",), "horizontal")
-    pad = (find(train, "Pad") or find(test, "Pad") or [_Sec(top.path, {}, "data.train.pipeline")])[0]
+    pad = (find(train, "Pad") or find(test, "Pad") or [Section(top.path, {}, "data.train.pipeline")])[0]
     if pad.get("size_divisor", "int") % 32:
         raise pad.fail("size_divisor", "must be a multiple of 32")
     files = {}
     for split in ("train", "val", "test"):
-        ds = data.sub(split, None if split != "train" else _MISSING)
+        ds = data.sub(split, None if split != "train" else MISSING)
         if ds.d is not None:
             ds.one_of("type", ("CocoDataset",))
         for key in ("ann_file", "img_prefix"):
             files[f"{split}_{key}"] = ds.get(key, "str", "") if ds.d is not None else ""
-    max_images = data.sub("train").get("max_images", "int?", None)
-    if max_images is not None and max_images < 1:
-        raise data.fail("train.max_images", "must be >= 1")
+    max_images = {}
+    for split in ("train", "val"):
+        n = data.sub(split, {}).get("max_images", "int?", None) if data.d.get(split) is not None else None
+        if n is not None and n < 1:
+            raise data.fail(f"{split}.max_images", "must be >= 1")
+        max_images[f"{split}_max_images"] = n
     return DataConfig(mean=norm.get("mean", "rgb"), std=norm.get("std", "rgb"), to_rgb=norm.get("to_rgb", "bool", True),
                       test_scale=test_scale, train_scales=train_scales,
                       flip_ratio=flip.check("flip_ratio", flip.d.get("flip_ratio") or 0.0, "num"),
                       size_divisor=pad.get("size_divisor", "int"), imgs_per_gpu=data.get("imgs_per_gpu", "int>=1"),
-                      workers_per_gpu=data.get("workers_per_gpu", "int>=0"), **files, train_max_images=max_images,
+                      workers_per_gpu=data.get("workers_per_gpu", "int>=0"), **files, **max_images,
                       skip_bad=data.get("skip_bad", "bool", False),
                       canvas_buckets=data.get("canvas_buckets", "bool", True))
 
 
-def _optim(top: _Sec) -> OptimConfig:
-    o, lc = top.sub("optimizer"), top.sub("lr_config")
-    o.one_of("type", ("SGD",)), o.forbid("paramwise_options", "nesterov")
-    oc = top.sub("optimizer_config", {})
-    clip = oc.sub("grad_clip") if oc.d.get("grad_clip") is not None else None
-    if clip:
-        clip.one_of("norm_type", (2,), 2)
-    lc.one_of("policy", ("step",)), lc.one_of("by_epoch", (True,), True)
-    warmup, total = lc.one_of("warmup", (None, "linear"), None), top.get("total_epochs", "int>=1")
-    if warmup and lc.get("warmup_iters", "int") <= 0:
-        raise lc.fail("warmup_iters", "must be > 0 when warmup is set")
-    step = lc.get("step")                                   # an int k means "every k epochs"
-    return OptimConfig(lr=o.get("lr", "num>0"), momentum=o.get("momentum", "0..1", 0.0),
-                       weight_decay=o.get("weight_decay", "num>=0", 0.0),
-                       grad_clip=clip and clip.get("max_norm", "num>0"), warmup=warmup,
-                       warmup_iters=lc.get("warmup_iters", "int>=0", 0), warmup_ratio=lc.get("warmup_ratio", "0..1", 0.1),
-                       lr_steps=tuple(range(step, total, step)) if _is_int(step) and step > 0 else lc.get("step", "ints"),
-                       lr_gamma=lc.get("gamma", "num>0", 0.1), total_epochs=total)
 
 
-
-AMP_LEVELS = ("O0", "O1", "O2", "O3")
-
-
-def _loss_scale(f: _Sec) -> tuple:
-    """fp16.loss_scale as mmcv's Fp16OptimizerHook reads it -> (mode, init_scale, scale_factor, scale_window).
-
-    Absent: static 512 (mmcv's default); a number: static; 'dynamic': mmcv's dynamic defaults (2**32, x2 after
-    1000 finite steps); dict(init_scale, mode, scale_factor, scale_window): as given (mode default 'dynamic').
-    """
-    ls = f.get("loss_scale", "any", 512.0)
-    if ls == "dynamic":
-        return "dynamic", 2.0 ** 32, 2, 1000
-    if isinstance(ls, dict):
-        d = f.sub("loss_scale")
-        mode = d.one_of("mode", ("dynamic", "static"), "dynamic")
-        init, factor = d.get("init_scale", "num>0", 2.0 ** 32), d.get("scale_factor", "num>0", 2)
-        if not (1 <= init < math.inf):
-            raise d.fail("init_scale", f"must be a finite number >= 1, got {init!r}")
-        if factor < 2 or not float(factor).is_integer():
-            raise d.fail("scale_factor", f"must be an integer >= 2 (MindSpore's DynamicLossScaler), got {factor!r}")
-        return mode, float(init), int(factor), d.get("scale_window", "int>=1", 1000)
-    if _is_num(ls) and not isinstance(ls, bool):
-        if not (1 <= ls < math.inf):
-            raise f.fail("loss_scale", f"must be a finite number >= 1, got {ls!r}")
-        return "static", float(ls), 2, 1000
-    raise f.fail("loss_scale", f"must be a number, 'dynamic' or dict(init_scale=..., mode=...), got {ls!r}")
-
-
-def _amp(top: _Sec) -> AmpConfig:
-    """amp_level (default 'O2' when the file has mmdetection's fp16 section, else 'O0') and its loss scaling.
-
-    With an fp16 section: `_loss_scale` (checked at O0 too, where it is then not used). Without one, mixed
-    precision scales dynamically from 2**16, x2 after 2000 finite steps (MindSpore's and mindyolo's defaults).
-    """
-    has_fp16 = top.d.get("fp16") is not None
-    scale = _loss_scale(top.sub("fp16")) if has_fp16 else ("dynamic", 2.0 ** 16, 2, 2000)
-    level = top.one_of("amp_level", AMP_LEVELS, "O2" if has_fp16 else "O0")
-    if level == "O0":
-        return AmpConfig()
-    mode, init, factor, window = scale
-    return AmpConfig(level=level, loss_scale=mode, init_scale=init, scale_factor=factor, scale_window=window)
-
-
-def _check_known_keys(top: _Sec) -> None:
+def _check_known_keys(top: Section) -> None:
     """Every key of a checked section is one the official files use or this port reads (config_keys.SECTIONS);
     any other is a typo or a setting this port would silently ignore: an error naming the closest key."""
     for where, allowed in SECTIONS.items():
@@ -334,7 +208,7 @@ def _check_known_keys(top: _Sec) -> None:
                                   + f"; {where} takes: {', '.join(sorted(allowed))}")
 
 
-def _test(top: _Sec) -> TestConfig:
+def _test(top: Section) -> TestConfig:
     t = top.sub("test_cfg")
     return TestConfig(nms_pre=t.get("nms_pre", "int>=1"), score_thr=t.get("score_thr", "0..1"),
                       mask_thr=t.get("mask_thr", "0..1"), update_thr=t.get("update_thr", "0..1"),
@@ -349,7 +223,7 @@ def test_config_from(test_cfg: dict, overrides: Iterable[str], source: str) -> T
     for item in overrides:
         if not item.partition("=")[0].strip().startswith("test_cfg."):
             raise ConfigError(f"{source}: override {item!r}: an exported model takes only test_cfg.* options")
-    top = _Sec(source, apply_overrides({"test_cfg": dict(test_cfg)}, overrides, source=source,
+    top = Section(source, apply_overrides({"test_cfg": dict(test_cfg)}, overrides, source=source,
                                        known_keys=SCHEMA_KEYS))
     allowed = set(SECTIONS["test_cfg"])
     unknown = sorted(set(top.d["test_cfg"]) - allowed)
@@ -365,10 +239,10 @@ def load_config(path, overrides: Iterable[str] = ()) -> SOLOv2Config:
     settings and for settings this port does not support (DCN, other heads, 'range' multi-scale, ...).
     """
     path = os.fspath(path)
-    top = _Sec(path, apply_overrides(load_config_dict(path), overrides, source=path, known_keys=SCHEMA_KEYS))
+    top = Section(path, apply_overrides(load_config_dict(path), overrides, source=path, known_keys=SCHEMA_KEYS))
     backbone, neck, head, mask_feat, pretrained = _model(top)
     test = _test(top)
-    data, optim, amp = _data(top), _optim(top), _amp(top)
+    data, optim, amp, evaluation = _data(top), optim_config(top), amp_config(top), evaluation_config(top)
     _check_known_keys(top)
     sec, key = next(((s, k) for s, k in ((top.sub("data").sub("train"), "classes"), (top, "classes"), (top, "CLASSES"))
                      if k in s.d), (top, "classes"))
@@ -384,6 +258,7 @@ def load_config(path, overrides: Iterable[str] = ()) -> SOLOv2Config:
         if intervals[field_name] < 1:
             raise sec.fail("interval", f"must be >= 1, got {intervals[field_name]}")
     return SOLOv2Config(backbone=backbone, neck=neck, head=head, mask_feat=mask_feat, test=test, data=data,
-                        optim=optim, amp=amp, class_names=names, load_from=top.get("load_from", "str?", None),
+                        optim=optim, amp=amp, evaluation=evaluation, class_names=names,
+                        load_from=top.get("load_from", "str?", None),
                         work_dir=top.get("work_dir", "str?", None), resume_from=top.get("resume_from", "str?", None),
                         pretrained=pretrained, **intervals, source=path)

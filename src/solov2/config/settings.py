@@ -95,6 +95,7 @@ class DataConfig:
     test_ann_file: str = ""
     test_img_prefix: str = ""
     train_max_images: Optional[int] = None                         # data.train.max_images: first N images only
+    val_max_images: Optional[int] = None                           # data.val.max_images: validate on the first N
     skip_bad: bool = False                                         # data.skip_bad: skip broken images with a warning
     canvas_buckets: bool = True                                    # data.canvas_buckets: fixed per-scale batch canvases
 
@@ -129,6 +130,25 @@ class AmpConfig:
     scale_window: int = 2000
 
 
+VAL_METRIC_SUFFIXES = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")   # mmdetection's log keys
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """evaluation = dict(interval, metric, save_best) (mmdetection): COCO AP on data.val while training.
+
+    interval 0 (no `evaluation` section) validates never; otherwise after every `interval` epochs and after the
+    last. save_best: the log key whose highest value keeps `best_<key>_epoch_N.ckpt` (e.g. 'segm_mAP'), or None.
+    """
+    interval: int = 0
+    metrics: Tuple[str, ...] = ("segm", "bbox")
+    save_best: Optional[str] = None
+
+    def keys(self) -> Tuple[str, ...]:
+        """The log.json keys of one evaluation: 'segm_mAP', 'segm_mAP_50', ..., 'bbox_mAP_l'."""
+        return tuple(f"{m}_{s}" for m in self.metrics for s in VAL_METRIC_SUFFIXES)
+
+
 @dataclass(frozen=True)
 class SOLOv2Config:
     """Everything the package reads from one config file; built by `load_config`, never changed afterwards."""
@@ -140,6 +160,7 @@ class SOLOv2Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     amp: AmpConfig = field(default_factory=AmpConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     class_names: Optional[Tuple[str, ...]] = None  # the config's `classes=`/`CLASSES=`, else the dataset's
     load_from: Optional[str] = None
     work_dir: Optional[str] = None

@@ -23,24 +23,36 @@ class Logger:
                 f.write(json.dumps(row) + "\n")
 
     def plot(self) -> None:
-        """Loss curves of the whole run (log.json, resumed runs included) -> loss_curve.png."""
+        """Curves of the whole run (log.json, resumed runs included) -> loss_curve.png: the losses by iteration,
+        and beside them, when the run validates, the validation mAPs by epoch."""
         if not self.enabled:
             return
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         rows = [json.loads(s) for s in (self.work_dir / "log.json").read_text().splitlines() if s.strip()]
-        if not rows:
+        train = [r for r in rows if r.get("mode", "train") == "train"]
+        val = [r for r in rows if r.get("mode") == "val"]
+        if not train:
             return
-        fig, ax = plt.subplots(figsize=(7, 4))
-        it = [r["iter"] for r in rows]
+        fig, axes = plt.subplots(1, 2 if val else 1, figsize=(12 if val else 7, 4), squeeze=False)
+        ax = axes[0][0]
+        it = [r["iter"] for r in train]
         for key in ("loss", "loss_ins", "loss_cate"):
-            ax.plot(it, [r[key] for r in rows], label=key)
+            ax.plot(it, [r[key] for r in train], label=key)
         ax.set_xlabel("iteration")
         ax.set_ylabel("loss")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
+        if val:
+            ax = axes[0][1]
+            for key in [k for k in val[-1] if k.endswith(("_mAP", "_mAP_50"))]:
+                ax.plot([r["epoch"] for r in val], [r.get(key, float("nan")) for r in val], marker="o", label=key)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("validation AP")
+            ax.grid(alpha=0.3)
+            ax.legend()
         fig.tight_layout()
         fig.savefig(self.work_dir / "loss_curve.png", dpi=100)
         plt.close(fig)

@@ -23,9 +23,11 @@ def snapshots(work_dir: Path) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_snapshot(path: Path, net, optimizer, epoch: int, seed: int, scaler=None) -> None:
+def save_snapshot(path: Path, net, optimizer, epoch: int, seed: int, scaler=None,
+                  extra: Optional[dict] = None) -> None:
     """Write weights, BN statistics, optimizer moments and global_step, the loss scaler's state (mixed precision:
-    `loss_scale.scale_value`, `loss_scale.counter`), plus the epoch and seed counters.
+    `loss_scale.scale_value`, `loss_scale.counter`), plus the epoch and seed counters and the `extra` numbers
+    (the best validation value so far, `solov2.engine.validation.best_entries`: names starting with 'best_').
 
     The file appears under its final name only when complete (temp file + os.replace), so a crash during the save
     never leaves a truncated epoch_N.ckpt behind. The per-step learning-rate table is not stored: it is rebuilt
@@ -37,26 +39,32 @@ def save_snapshot(path: Path, net, optimizer, epoch: int, seed: int, scaler=None
               if p.name not in own and p.name != "learning_rate"]
     items += [{"name": k, "data": v} for k, v in scaler_state(scaler).items()]
     # global_step itself is the optimizer's own parameter (it drives the per-step learning rate).
-    write_checkpoint(path, items, append_dict={"epoch": int(epoch), "seed": int(seed)})
+    write_checkpoint(path, items, append_dict={"epoch": int(epoch), "seed": int(seed), **(extra or {})})
 
 
 COUNTERS = ("epoch", "global_step", "seed")
 
 
+def _is_counter(name: str) -> bool:
+    return name in COUNTERS or name.startswith("best_")
+
+
 def _counters(path: Path, ckpt: dict) -> dict:
+    """The counters as ints, and the snapshot's 'best_*' validation entries as floats."""
     for key in COUNTERS:
         if key not in ckpt:
             raise SolovError(f"{path}: not a training snapshot (no '{key}' entry); use --load-from for weights")
-    return {k: int(ckpt[k].asnumpy().reshape(-1)[0]) for k in COUNTERS}
+    out = {k: float(ckpt[k].asnumpy().reshape(-1)[0]) for k in ckpt if k.startswith("best_")}
+    return {**out, **{k: int(ckpt[k].asnumpy().reshape(-1)[0]) for k in COUNTERS}}
 
 
 def read_counters(path: Path) -> dict:
-    """dict(epoch, global_step, seed) of a snapshot, read without its weights (the seed decides the data order,
-    which the loader is built with before the weights are restored)."""
+    """dict(epoch, global_step, seed[, best_*]) of a snapshot, read without its weights (the seed decides the data
+    order, which the loader is built with before the weights are restored)."""
     if not path.is_file():
         raise SolovError(f"{path}: no such snapshot file")
     try:
-        ckpt = load_checkpoint(path, choice_func=lambda name: name in COUNTERS)
+        ckpt = load_checkpoint(path, choice_func=_is_counter)
     except (ValueError, RuntimeError, TypeError, OSError) as e:
         raise SolovError(f"{path}: not a readable MindSpore snapshot ({first_line(e)})") from None
     return _counters(path, ckpt)
@@ -67,7 +75,8 @@ def load_snapshot(path: Path, net, optimizer, scaler=None) -> dict:
     scaler = what happened to the loss scale (`solov2.engine.amp.restore_scaler`)."""
     ckpt = read_checkpoint(path, "snapshot")
     meta = _counters(path, ckpt)
-    del ckpt["epoch"], ckpt["seed"]
+    for name in [k for k in ckpt if k in ("epoch", "seed") or k.startswith("best_")]:
+        del ckpt[name]
     meta["scaler"] = restore_scaler(scaler, {k: ckpt.pop(k) for k in SCALER_KEYS if k in ckpt})
     own = {p.name: p for p in [*net.get_parameters(), *optimizer.get_parameters()]}
     differ = shape_mismatches(own, ckpt)

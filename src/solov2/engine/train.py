@@ -25,6 +25,7 @@ from solov2.engine.runtime import init_distributed
 from solov2.engine.snapshot import (latest_valid_snapshot, load_snapshot, params_digest, prune_snapshots,
                                     read_counters, save_snapshot)
 from solov2.engine.train_step import make_train_step, to_tensors
+from solov2.engine.validation import Validator, best_entries, best_from_counters, run_validation, validation_set
 from solov2.errors import SolovError
 from solov2.models import build_model
 
@@ -53,13 +54,16 @@ def training_set(cfg: SOLOv2Config) -> CocoDataset:
 
 
 def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_from: Optional[str] = None,
-          seed: Optional[int] = None, mode: str = "graph", distributed: bool = False, keep_last: int = 3) -> Path:
+          seed: Optional[int] = None, mode: str = "graph", distributed: bool = False, keep_last: int = 3,
+          validate: bool = True) -> Path:
     """Fine-tune SOLOv2 as `cfg` says; returns the work dir. See README "Fine-tuning" for the recipe.
 
     resume: 'auto' (newest snapshot of work_dir, else a new run) or a snapshot path; its seed then wins over
     `seed`. load_from: initial weights (default cfg.load_from; parameters whose shape differs, e.g. the class
     channels of a COCO checkpoint, keep their fresh initialisation). mode: 'graph' jit-compiles the step.
-    keep_last: snapshots kept (0: all). MindSpore's context must be set already (`set_runtime`).
+    keep_last: snapshots kept (0: all). validate: False skips the config's `evaluation` (validation on data.val
+    every `interval` epochs and after the last, `solov2.engine.validation`; the best checkpoint is kept across
+    resumes). MindSpore's context must be set already (`set_runtime`).
     """
     rank, world = init_distributed(distributed)
     d, o = cfg.data, cfg.optim
@@ -69,6 +73,9 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
     snapshot = find_snapshot(work, resume)
     counters = read_counters(snapshot) if snapshot is not None else None
     dataset = training_set(cfg)
+    ev = cfg.evaluation
+    evaluating = validate and ev.interval > 0
+    val_set = validation_set(cfg) if evaluating else None   # its errors come before the first step
     given_seed = seed
     if counters is not None:
         seed = counters["seed"]   # the data order belongs to the snapshot's run
@@ -77,6 +84,8 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
     ms.set_seed(seed)   # same initial weights on every rank
     net = build_model(cfg)
     net.set_train(True)
+    validator = Validator(cfg, *val_set) if evaluating and rank == 0 else None   # after net: see Validator
+    best = best_from_counters(ev.save_best, counters) if evaluating else None
     loader = TrainLoader(dataset, cfg, seed=seed, world=world, rank=rank, workers=d.workers_per_gpu)
     iters, total = len(loader), o.total_epochs
     optimizer = make_optimizer(net, o, iters, total)
@@ -104,7 +113,8 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
             log.line(f"warning: {snapshot.name} comes from a loss-scaled (mixed-precision) run; continuing without "
                      f"loss scaling (amp {cfg.amp.level})")
         start_epoch, global_step = counters["epoch"], counters["global_step"]
-        log.line(f"resumed from {snapshot} at epoch {start_epoch} (global step {global_step}, seed {seed})")
+        log.line(f"resumed from {snapshot} at epoch {start_epoch} (global step {global_step}, seed {seed})"
+                 + (f"; best {ev.save_best} so far {best[0]:.4f} (epoch {best[1]})" if best else ""))
     elif resume == "auto":
         log.line(f"no snapshot in {work}; starting a new run")
     load_from = load_from or (cfg.load_from if snapshot is None else None)
@@ -120,6 +130,10 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
     log.line(f"SOLOv2 fine-tuning: {len(dataset)} images, {len(dataset.class_names)} classes, {world} device(s) x "
              f"{d.imgs_per_gpu} images, {iters} iterations/epoch, epochs {start_epoch + 1}..{total}, seed {seed}, "
              f"mode {mode}, {amp}, work dir {work}")
+    if validator is not None:
+        log.line(f"validation: every {ev.interval} epoch(s) and after the last, on {validator.num_images} image(s) "
+                 f"of {d.val_ann_file}, {' and '.join(ev.metrics)} AP" + (f", best checkpoint by {ev.save_best}"
+                                                                          if ev.save_best else ""))
     lrs = lr_schedule(o, iters, total)
     t_start, done_iters = time.time(), 0
     scale = scale_of(scaler)   # the loss scale before the next step (only a step changes it)
@@ -152,7 +166,7 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
             if (i + 1) % cfg.log_interval == 0 or i + 1 == iters:
                 sec = (time.time() - t_interval) / n_acc          # this interval (includes graph compiles)
                 eta = (time.time() - t_start) / done_iters * ((total - epoch) * iters - i - 1)
-                row = dict(epoch=epoch + 1, iter=global_step, lr=lrs[global_step - 1], loss=acc[0] / n_acc,
+                row = dict(mode="train", epoch=epoch + 1, iter=global_step, lr=lrs[global_step - 1], loss=acc[0] / n_acc,
                            loss_ins=acc[1] / n_acc, loss_cate=acc[2] / n_acc, time=sec, data_time=t_data / n_acc)
                 if scaler is not None:
                     row["loss_scale"] = scale
@@ -163,10 +177,13 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
                 acc[:], n_acc, t_data, t_interval = 0, 0, 0.0, time.time()
             t0 = time.time()
         bar.close()
+        if evaluating and ((epoch + 1) % ev.interval == 0 or epoch + 1 == total):
+            best = run_validation(validator, net, log=log, work=work, epoch=epoch + 1, global_step=global_step,
+                                  best=best, world=world)
         # checkpoint_config.interval (default 1: every epoch); the last epoch is always saved
         if rank == 0 and ((epoch + 1) % cfg.checkpoint_interval == 0 or epoch + 1 == total):
             path = work / f"epoch_{epoch + 1}.ckpt"
-            save_snapshot(path, net, optimizer, epoch + 1, seed, scaler)
+            save_snapshot(path, net, optimizer, epoch + 1, seed, scaler, extra=best_entries(ev.save_best, best))
             prune_snapshots(work, keep_last)
             log.plot()
             log.line(f"epoch {epoch + 1} done in {time.time() - t_epoch:.0f} s: saved {path} "

@@ -9,7 +9,8 @@ from tqdm import tqdm
 
 from solov2.data.images import read_image
 from solov2.errors import SolovError
-from solov2.evaluation.coco_eval import ann_name, categories, check_class_count, first_image_ids, load_coco
+from solov2.evaluation.coco_eval import (IOU_TYPES, ann_name, categories, check_class_count, evaluate_results,
+                                         first_image_ids, load_coco)
 from solov2.overlap import overlapped
 
 
@@ -116,3 +117,14 @@ def predict_dataset(predictor, ann_file: Union[str, COCO], img_prefix: str, max_
         bar.update(1)
     bar.close()
     return records
+
+
+def predict_and_evaluate(predictor, coco: COCO, img_prefix: str, iou_types: Sequence[str] = IOU_TYPES,
+                         max_images: Optional[int] = None, progress: bool = True):
+    """The model path of valuation.py, which validation while training runs too: `predict_dataset` over the
+    first `max_images` images (all when None), then `evaluate_results` on exactly those images.
+
+    Returns (results: COCO result dicts, metrics: {iou_type: dict(stats, AP, AP50, AP75, per_class, summary)}).
+    """
+    results = predict_dataset(predictor, coco, img_prefix, max_images, progress)
+    return results, evaluate_results(coco, results, iou_types, first_image_ids(coco, max_images))

@@ -1,0 +1,167 @@
+"""Validation while training (the config's `evaluation` section): COCO AP of the training net's current weights
+on data.val, computed in the training process by the code valuation.py runs (`predict_and_evaluate`).
+
+The validation network is a float32 SOLOv2 built once per run, behind a `Predictor` with dynamic shapes, so GRAPH
+mode compiles it once for every evaluation and image size; before each evaluation it receives the training net's
+current parameter values (a copy in memory, no snapshot reload). Being a separate float32 cell, it gives the AP
+that valuation.py gives on the same weights whatever the training's amp level.
+"""
+import os
+import time
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import mindspore as ms
+import numpy as np
+
+from solov2.checkpoint import write_checkpoint
+from solov2.config import SOLOv2Config
+from solov2.config.settings import VAL_METRIC_SUFFIXES
+from solov2.engine.logger import Logger
+from solov2.errors import SolovError
+from solov2.evaluation.coco_eval import check_class_count, first_image_ids, format_metrics, load_coco, summary_line
+from solov2.evaluation.results import predict_and_evaluate
+from solov2.inference import Predictor
+from solov2.models import build_model
+
+Best = Optional[Tuple[float, int]]   # (value of evaluation.save_best, epoch), None before the first evaluation
+
+
+def validation_set(cfg: SOLOv2Config):
+    """(COCO of data.val, its img_prefix), checked as a run needs them, before the first training step:
+    the annotation file readable, its categories the model's classes, at least one image, every image file there."""
+    d, where = cfg.data, cfg.source or "the config"
+    if not d.val_ann_file or not d.val_img_prefix:
+        raise SolovError(f"{where}: evaluation needs data.val with ann_file and img_prefix (or run with "
+                         f"--no-validate)")
+    coco = load_coco(d.val_ann_file)
+    check_class_count(cfg.head.cate_out_channels, coco, where)
+    ids = first_image_ids(coco, d.val_max_images)
+    if not ids:
+        raise SolovError(f"{d.val_ann_file}: no image to validate on (data.val)")
+    for i in ids:
+        path = os.path.join(d.val_img_prefix, coco.imgs[i]["file_name"])
+        if not os.path.isfile(path):
+            raise SolovError(f"{path}: no such image (data.val.img_prefix {d.val_img_prefix}, image id {i})")
+    return coco, d.val_img_prefix
+
+
+class Validator:
+    """`validator(net)` -> (metrics as `evaluate_results` returns them, seconds) for the current weights of `net`.
+
+    coco, img_prefix: the checked validation set (`validation_set`). Build it after the training net: its own
+    cell draws initial weights, which are overwritten before every evaluation.
+    """
+
+    def __init__(self, cfg: SOLOv2Config, coco, img_prefix: str):
+        self.cfg, self.coco, self.img_prefix = cfg, coco, img_prefix
+        self.predictor = Predictor(cfg, net=build_model(cfg))
+        self.params = {p.name: p for p in self.predictor.net.get_parameters()}
+
+    @property
+    def num_images(self) -> int:
+        return len(first_image_ids(self.coco, self.cfg.data.val_max_images))
+
+    @property
+    def compiled_graphs(self) -> int:
+        """Inference graphs compiled in this run (GRAPH mode: 1 after any number of evaluations)."""
+        return self.predictor.compiled_graphs
+
+    def __call__(self, net) -> Tuple[Dict[str, dict], float]:
+        t0 = time.time()
+        for p in net.get_parameters():   # the same names: the validation net is built from the same config
+            self.params[p.name].set_data(ms.Tensor(p.asnumpy().astype(np.float32)))
+        _, metrics = predict_and_evaluate(self.predictor, self.coco, self.img_prefix, self.cfg.evaluation.metrics,
+                                          self.cfg.data.val_max_images, progress=False)
+        return metrics, time.time() - t0
+
+
+def val_row(epoch: int, global_step: int, metrics: Dict[str, dict]) -> dict:
+    """The log.json row of one evaluation, in mmdetection's form: {"mode": "val", "epoch": N, "iter": ...,
+    "segm_mAP": ..., "segm_mAP_50": ..., ..., "bbox_mAP_l": ...} (pycocotools' first 6 stats; -1 = undefined)."""
+    row = dict(mode="val", epoch=epoch, iter=global_step)
+    for iou_type, m in metrics.items():
+        row.update({f"{iou_type}_{s}": m["stats"][i] for i, s in enumerate(VAL_METRIC_SUFFIXES)})
+    return row
+
+
+def best_path(work: Path, key: str, epoch: int) -> Path:
+    return work / f"best_{key}_epoch_{epoch}.ckpt"
+
+
+def keep_best(work: Path, net, key: str, row: dict, best: Best) -> Best:
+    """If row[key] beats `best` (strictly: the earliest epoch keeps a tie), write best_<key>_epoch_N.ckpt (the
+    weights, with `epoch` and `key` entries) atomically, then remove the earlier best_<key>_epoch_*.ckpt.
+    Returns the new best (value, epoch)."""
+    value, epoch = float(row[key]), int(row["epoch"])
+    if best is not None and value <= best[0]:
+        return best
+    path = best_path(work, key, epoch)
+    write_checkpoint(path, [{"name": p.name, "data": p} for p in net.get_parameters()],
+                     append_dict={"epoch": epoch, key: value})
+    for old in work.glob(f"best_{key}_epoch_*.ckpt"):
+        if old != path:
+            old.unlink()
+    return value, epoch
+
+
+def best_entries(key: Optional[str], best: Best) -> dict:
+    """The snapshot entries that carry the best so far across a resume: {best_<key>: value, best_<key>_epoch: N}."""
+    if key is None or best is None:
+        return {}
+    return {f"best_{key}": float(best[0]), f"best_{key}_epoch": int(best[1])}
+
+
+def best_from_counters(key: Optional[str], counters: Optional[dict]) -> Best:
+    """The best (value, epoch) a snapshot's counters carry for `key` (see `best_entries`), else None."""
+    if key is None or counters is None or f"best_{key}" not in counters:
+        return None
+    return counters[f"best_{key}"], int(counters[f"best_{key}_epoch"])
+
+
+def validation_status(ok: bool, world: int) -> bool:
+    """Every rank leaves an evaluation together: True if no rank failed (the ranks' failure flags all-reduced).
+
+    Under msrun, rank 0 evaluates while the others wait here; a rank-0 failure reaches every rank as False."""
+    if world == 1:
+        return ok
+    failed = ms.Tensor(np.array([0.0 if ok else 1.0], np.float32))
+    return float(ms.ops.AllReduce()(failed).asnumpy()[0]) == 0.0   # SUM: the reduction every backend has
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process (MB), logged with each evaluation: it must stay flat across them."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def run_validation(validator: Optional[Validator], net, *, log: Logger, work: Path, epoch: int, global_step: int,
+                   best: Best, world: int = 1) -> Best:
+    """One evaluation at the end of `epoch` (1-based), on every rank: rank 0 (the one with a `validator`)
+    evaluates and logs (train.log: the COCO summary and per-class table; log.json: `val_row`), keeps the best
+    checkpoint (evaluation.save_best), and returns the new best; the other ranks wait. A failure on rank 0 ends
+    every rank (`validation_status`)."""
+    ok, error, metrics, seconds = True, None, None, 0.0
+    if validator is not None:
+        try:
+            metrics, seconds = validator(net)
+        except Exception as e:  # re-raised below, after the other ranks have been told
+            ok, error = False, e
+    if not validation_status(ok, world):
+        if error is not None:
+            raise error
+        raise SolovError(f"epoch {epoch}: validation failed on rank 0 (see its log); every rank stops")
+    if validator is None:
+        return best
+    row = val_row(epoch, global_step, metrics)
+    log.line(format_metrics(metrics))
+    log.line(f"epoch {epoch} validation: {validator.num_images} image(s) in {seconds:.1f} s: {summary_line(metrics)} "
+             f"(inference graphs compiled in this run: {validator.compiled_graphs}, rss {_rss_mb():.0f} MB)")
+    log.record(row)
+    key = validator.cfg.evaluation.save_best
+    if key is None:
+        return best
+    new = keep_best(work, net, key, row, best)
+    if new != best:
+        log.line(f"epoch {epoch}: best {key} {new[0]:.4f}: saved {best_path(work, key, epoch)}")
+    return new

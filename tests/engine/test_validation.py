@@ -1,0 +1,125 @@
+"""Validation while training (the config's `evaluation`) and exact resume: a `val` row per evaluation equal to
+valuation.py on that epoch's snapshot, one inference compile per run, the best checkpoint, and the same weights,
+history and best checkpoint after a resume."""
+import json
+import re
+
+import mindspore as ms
+import numpy as np
+import pytest
+from conftest import MINI, TRASHCAN_CFG, cli
+
+from deploy.deploy_common import pseudo_ground_truth
+from engine.test_train import run_train
+
+SUFFIXES = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")   # pycocotools' first 6 stats, in order
+
+
+def val_settings(ann):
+    """Validate every epoch on `ann` (4 val images) and keep the best segm_mAP; lr 0.01 from the first step, so
+    that the reference weights move enough in 2 iterations for the two epochs' AP to differ."""
+    return ["evaluation.interval=1", "evaluation.save_best=auto", f"data.val.ann_file={ann}",
+            f"data.val.img_prefix={MINI}/val/", "optimizer.lr=0.0002", "lr_config.warmup=None"]
+
+
+def val_rows(work):
+    return [r for r in map(json.loads, (work / "log.json").read_text().splitlines()) if r.get("mode") == "val"]
+
+
+def weights(path):
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items() if "." in k}   # no counters
+
+
+@pytest.fixture(scope="module")
+def pseudo_val(ckpt, native_val_results, tmp_path_factory):
+    """The first 4 val images, annotated with the reference weights' own instances (score >= 0.3): the weights
+    being fine-tuned start near AP 1 and every update moves it (the TrashCan labels would give AP 0)."""
+    path, gt = pseudo_ground_truth(native_val_results, 4, tmp_path_factory.mktemp("val") / "val4.json")
+    assert len(gt["annotations"]) >= 8
+    return path
+
+
+def test_resume_gives_identical_weights_val_rows_and_best(tmp_path, ckpt, pseudo_val):
+    """2 epochs straight == 1 epoch, stop, `--resume auto` for epoch 2: the weights, BN stats and optimizer state,
+    and, validating every epoch, the val rows (each equal to valuation.py on that epoch's snapshot) and the best
+    checkpoint."""
+    more = val_settings(pseudo_val)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    r = run_train(straight, "--seed", "7", "--deterministic", "--load-from", str(ckpt), epochs=2, more=more)
+    log = r.stdout + r.stderr
+    rows = val_rows(straight)
+    assert [(row["epoch"], row["iter"]) for row in rows] == [(1, 2), (2, 4)], rows
+    assert set(rows[0]) == {"mode", "epoch", "iter"} | {f"{t}_{s}" for t in ("segm", "bbox") for s in SUFFIXES}
+    # one inference graph for the run, however many evaluations
+    assert re.findall(r"inference graphs compiled in this run: (\d+)", log) == ["1", "1"], log[-3000:]
+    assert "per-class segm AP" in (straight / "train.log").read_text()
+
+    # each row is valuation.py's AP on that epoch's snapshot (same weights, same code, float32)
+    from solov2.evaluation.coco_eval import evaluate_results, load_coco
+    coco = load_coco(str(pseudo_val))
+    for row in rows:
+        out = tmp_path / f"results_{row['epoch']}.json"
+        v = cli("valuation.py", TRASHCAN_CFG, straight / f"epoch_{row['epoch']}.ckpt", "--ann", pseudo_val,
+                "--img-prefix", MINI / "val", "--out", out)
+        assert v.returncode == 0, v.stderr[-3000:]
+        want = evaluate_results(coco, json.loads(out.read_text()))
+        for t in ("segm", "bbox"):
+            np.testing.assert_allclose([row[f"{t}_{s}"] for s in SUFFIXES], want[t]["stats"][:6], rtol=0,
+                                       atol=1e-6, err_msg=f"epoch {row['epoch']} {t}")
+    aps = [row["segm_mAP"] for row in rows]
+    assert 0.05 < min(aps) and max(aps) < 1.0 and aps[0] != aps[1], aps    # non-trivial, moved by training
+
+    # the best checkpoint: the epoch with the higher segm_mAP, holding that epoch's weights
+    best_epoch = 1 + int(np.argmax(aps))
+    assert sorted(p.name for p in straight.glob("best_*")) == [f"best_segm_mAP_epoch_{best_epoch}.ckpt"]
+    best = weights(straight / f"best_segm_mAP_epoch_{best_epoch}.ckpt")
+    snap = weights(straight / f"epoch_{best_epoch}.ckpt")
+    assert best.keys() <= snap.keys() and len(best) > 100
+    for k in best:
+        np.testing.assert_array_equal(best[k], snap[k], err_msg=k)
+
+    # 1 epoch, then --resume auto (with --keep-last 1, which never deletes the best checkpoint)
+    run_train(resumed, "--seed", "7", "--deterministic", "--load-from", str(ckpt), epochs=1, more=more)
+    assert sorted(p.name for p in resumed.glob("epoch_*.ckpt")) == ["epoch_1.ckpt"]
+    r = run_train(resumed, "--deterministic", "--resume", "auto", "--keep-last", "1", epochs=2, more=more)
+    log = r.stdout + r.stderr
+    assert f"resumed from {resumed / 'epoch_1.ckpt'} at epoch 1" in log, log[-3000:]
+    assert f"best segm_mAP so far {aps[0]:.4f} (epoch 1)" in log, log[-3000:]
+    a, b = ms.load_checkpoint(str(straight / "epoch_2.ckpt")), ms.load_checkpoint(str(resumed / "epoch_2.ckpt"))
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k].asnumpy(), b[k].asnumpy(), err_msg=k)
+    # the run actually trained: epoch 2 differs from epoch 1
+    e1 = snap if best_epoch == 1 else weights(straight / "epoch_1.ckpt")
+    assert any(not np.array_equal(e1[k], a[k].asnumpy()) for k in e1 if k.startswith("bbox_head."))
+    assert val_rows(resumed) == rows
+    assert sorted(p.name for p in resumed.glob("*.ckpt")) == sorted(
+        {f"best_segm_mAP_epoch_{best_epoch}.ckpt", "epoch_2.ckpt"})
+    again = weights(resumed / f"best_segm_mAP_epoch_{best_epoch}.ckpt")
+    for k in best:
+        np.testing.assert_array_equal(again[k], best[k], err_msg=k)
+    # logs, loss curve and snapshot bookkeeping
+    rows = [json.loads(s) for s in (resumed / "log.json").read_text().splitlines()]
+    assert [row["iter"] for row in rows if row["mode"] == "train"] == [1, 2, 3, 4]
+    assert (resumed / "loss_curve.png").stat().st_size > 1000
+    assert not list(resumed.glob(".*tmp*"))
+    # the work dir records the resolved config and the command line; a resume lists what changed since
+    record = json.loads((resumed / "run.json").read_text())
+    assert record["config"]["optim"]["total_epochs"] == 2 and "--resume" in record["argv"]
+    assert "1 setting(s) changed" in log and "optim.total_epochs: 1 -> 2" in log
+    r = run_train(resumed, "--resume", "auto", epochs=3, check=False,
+                  more=more + ["model.bbox_head.seg_feat_channels=64"])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "parameter shape(s) differ" in r.stderr and "head.seg_feat_channels: 256 -> 64" in r.stderr, r.stderr
+
+
+def test_no_validate_and_a_missing_validation_set(tmp_path, pseudo_val):
+    """--no-validate trains as without an evaluation section; a missing validation image is an error before the
+    first training step (no snapshot, no log row), naming the file."""
+    more = val_settings(pseudo_val)
+    r = run_train(tmp_path / "off", "--no-validate", epochs=1, images=2, more=more)
+    assert not val_rows(tmp_path / "off") and "validation" not in r.stdout + r.stderr
+    r = run_train(tmp_path / "bad", epochs=1, images=2, check=False, more=more + ["data.val.img_prefix=/nonexistent/"])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert re.search(r"error: /nonexistent/vid_\S+\.jpg: no such image \(data\.val\.img_prefix", r.stderr), r.stderr
+    assert not (tmp_path / "bad" / "log.json").exists() and not list((tmp_path / "bad").glob("*.ckpt"))
