@@ -108,8 +108,25 @@ echo "Running command: $(printf '%q ' "${ARGS[@]}")"
 # MindSpore 2.10; env MS_NODE_TIMEOUT shortens it), independent of CLUSTER_TIME_OUT.
 rc=0
 "${ARGS[@]}" || rc=$?
+
+# The cause of a failed job in one line: the first worker's `error:` line (the port's one-line errors), else the
+# last exception line of a worker's traceback, with the log it is in.
+cause() {
+  local f line
+  for f in "$LOG_DIR"/worker_*.log; do
+    line=$(grep -m1 -a '^error: ' "$f" 2>/dev/null) && { echo "${f##*/}: ${line#error: } (log: $f)"; return; }
+  done
+  for f in "$LOG_DIR"/worker_*.log; do
+    line=$(grep -a -E '^[A-Za-z_][A-Za-z0-9_.]*(Error|Exception|Interrupt): ' "$f" 2>/dev/null | tail -n 1) &&
+      { echo "${f##*/}: $line (log: $f)"; return; }
+  done
+}
 if [[ $JOIN == True ]]; then
   echo "msrun finished with exit code $rc. Logs: $LOG_DIR/scheduler.log, $LOG_DIR/worker_*.log"
+  if ((rc != 0)); then
+    why=$(cause) || true
+    [[ -n $why ]] && echo "msrun_launcher.sh: error: $why" >&2
+  fi
 else
   echo "Workers run in the background (JOIN=False). Logs: $LOG_DIR/scheduler.log, $LOG_DIR/worker_*.log"
 fi

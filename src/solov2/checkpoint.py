@@ -127,10 +127,21 @@ def load_weights(net, path, skip_mismatched: bool = False) -> List[str]:
     mismatched = shape_mismatches(own, ckpt)
     if mismatched and not skip_mismatched:
         raise shape_mismatch_error(path, mismatched, own, ckpt, "checkpoint", "another architecture or class count?")
-    for k, p in own.items():
-        if k not in mismatched:
-            p.set_data(ms.Tensor(ckpt[k].asnumpy().astype(np.float32)))
+    values = {k: ckpt[k].asnumpy().astype(np.float32) for k in own if k not in mismatched}
+    check_finite(path, values)
+    for k, v in values.items():
+        own[k].set_data(ms.Tensor(v))
     return mismatched
+
+
+def check_finite(path, values: Dict[str, np.ndarray]) -> None:
+    """SolovError naming the first parameter (and the file) that holds inf or NaN: such weights would draw confident
+    nonsense or nothing at all, and training would blame the learning rate after its first step."""
+    for name, v in values.items():
+        if not np.isfinite(v).all():
+            kinds = [k for k, bad in (("NaN", np.isnan(v).any()), ("inf", np.isinf(v).any())) if bad]
+            raise SolovError(f"{path}: parameter {name} holds non-finite values ({' and '.join(kinds)}, "
+                             f"{int((~np.isfinite(v)).sum())} of {v.size}): the weights are damaged or diverged")
 
 
 def sidecar_path(ckpt_path) -> Path:

@@ -28,7 +28,7 @@ from solov2.checkpoint_arch import (check_config, config_from_arch, describe_arc
                                     infer_arch)
 from solov2.config import SOLOv2Config
 from solov2.errors import SolovError
-from solov2.files import atomic_write, check_writable, write_json_atomic
+from solov2.files import atomic_write, check_not_an_input, check_writable, write_json_atomic
 from solov2.torch_checkpoint import ConvertError, listing, load_torch_checkpoint
 
 LAYOUTS = ("official", "mmdet3", "pytorch_solov2")
@@ -176,6 +176,8 @@ def convert_checkpoint(src: str, dst: str, config: Union[None, str, SOLOv2Config
     """
     if not dst.endswith(".ckpt"):
         raise ConvertError(f"{dst}: the output name must end in .ckpt (MindSpore refuses other suffixes)")
+    check_not_an_input([dst, dst + ".json"], {"checkpoint SRC": src, "--config": config if isinstance(config, str)
+                                                 else None})
     _check_outputs(dst, force)
     state, info = load_torch_checkpoint(src)
     layout = detect_layout(list(state), src)
@@ -199,6 +201,8 @@ def convert_checkpoint(src: str, dst: str, config: Union[None, str, SOLOv2Config
     bad_dtype = [k for k, v in ms_state.items() if v.dtype != np.float32]
     if bad_dtype:
         raise ConvertError(f"{src}: non-float parameters: {listing(bad_dtype)}")
+    from solov2.checkpoint import check_finite  # imports MindSpore, which the conversion needs next anyway
+    check_finite(src, ms_state)
     expected = model_parameter_shapes(cfg)
     verify_names_and_shapes(ms_state, expected, src)
     ms_state = {k: ms_state[k] for k in expected}  # model order: identical files for every source layout

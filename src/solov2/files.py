@@ -4,12 +4,13 @@ The outputs a user names (pictures, results.json, converted checkpoints, rank ta
 `check_writable` before the long work; those and the work-dir files that are replaced whole (snapshots, run.json,
 metrics.json) are written through `atomic_write`. Append-only logs (train.log, log.json) are not.
 """
+import errno
 import json
 import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Mapping, Optional
 
 from solov2.errors import SolovError
 
@@ -29,6 +30,24 @@ def check_writable(path, force: bool) -> None:
         raise SolovError(f"{folder}: output folder does not exist")
     if not os.access(folder, os.W_OK):
         raise SolovError(f"{folder}: output folder is not writable")
+
+
+def same_file(a, b) -> bool:
+    """True if paths `a` and `b` name one existing file: through symlinks, '..' and hard links (device and inode)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):   # either is missing (an output not yet written cannot be an input)
+        return False
+
+
+def check_not_an_input(outputs: Iterable, inputs: Mapping[str, Optional[object]]) -> None:
+    """Before any work: no output (a path about to be written) is one of the command's inputs ({what: path},
+    None for an absent one). Never allowed, even with --force: --force only ever replaces an earlier output."""
+    for out in outputs:
+        for what, path in inputs.items():
+            if path is not None and same_file(out, path):
+                raise SolovError(f"{out}: is the input {what} ({path}); an output never replaces an input, even "
+                                 f"with --force: choose another name")
 
 
 UMASK = "umask"  # atomic_write mode: what a plain open() would have created (0666 less the process umask)
@@ -93,12 +112,21 @@ def write_json_atomic(path, obj, indent: Optional[int] = None, mode=0o644) -> No
 
 
 def write_image(path, img, params=()) -> None:
-    """A picture (img: BGR uint8 (H, W, 3)) in `path`, encoded by its extension; an interrupted run leaves no half file."""
+    """A picture (img: BGR uint8 (H, W, 3)) in `path`, encoded by its extension; an interrupted run leaves no half file.
+
+    Encoded in memory, then written by Python: cv2.imwrite only returns False on a full disk, which it would not tell
+    from an extension it cannot encode."""
     import cv2  # not needed by the tools that only write JSON (hccl_tools.py runs on bare hosts)
-    with atomic_write(path) as tmp:
-        try:
-            written = cv2.imwrite(str(tmp), img, list(params))
-        except cv2.error:  # OpenCV 4.10 raises for an extension it has no encoder for
-            written = False
-        if not written:
-            raise SolovError(f"{path}: cannot write an image with this extension")
+    try:
+        ok, data = cv2.imencode(Path(path).suffix or ".", img, list(params))
+    except cv2.error:  # OpenCV 4.10 raises for an extension it has no encoder for
+        ok = False
+    if not ok:
+        raise SolovError(f"{path}: cannot write an image with this extension")
+    try:
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(data.tobytes())
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise SolovError(f"{path}: no space left on the disk (nothing half-written was left behind)") from None
+        raise

@@ -151,8 +151,9 @@ TINY_JOB = textwrap.dedent("""
     ms.set_device("CPU")
     init()  # msrun's scheduler (MS_ROLE=MS_SCHED) also runs this file: side effects only below this line
     rank, size = get_rank(), get_group_size()
-    if rank == 1 and "--fail" in sys.argv:
-        raise RuntimeError("rank 1 fails on purpose")
+    if rank == 1 and "--fail" in sys.argv:   # as the port's commands fail: one line, exit 2
+        print("error: rank 1 fails on purpose", file=sys.stderr)
+        sys.exit(2)
     total = ops.AllReduce()(Tensor([float(rank + 1)], ms.float32)).asnumpy().tolist()
     with open(f"rank_{rank}.json", "w") as f:
         json.dump({"size": size, "sum": total, "solov2": solov2.__file__}, f)
@@ -179,3 +180,20 @@ def test_failing_rank_makes_launcher_fail(tmp_path):
     assert not (tmp_path / "rank_1.json").exists()
     assert "rank 1 fails on purpose" in (tmp_path / "logs" / "worker_1.log").read_text()
     assert "Logs: logs/scheduler.log" in r.stdout
+    # the cause in one line, with the worker log's path
+    assert "msrun_launcher.sh: error: worker_1.log: rank 1 fails on purpose (log: logs/worker_1.log)" in r.stderr, \
+        r.stderr[-3000:]
+
+
+def test_a_crashing_rank_is_named_by_its_exception(tmp_path, script, fake_msrun):
+    """No `error:` line in the workers' logs: the last exception line of a traceback, with its log (the logs as
+    msrun leaves them, read after a failed job; msrun itself faked)."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "worker_0.log").write_text("training...\n")
+    (tmp_path / "logs" / "worker_1.log").write_text(
+        'Traceback (most recent call last):\n  File "job.py", line 3, in <module>\n'
+        "RuntimeError: rank 1 crashes on purpose\n")
+    r = run_launcher([f"{script}", "2", str(free_port()), "logs", "True", "60"], tmp_path, path_first=[fake_msrun])
+    assert r.returncode == 3
+    assert ("msrun_launcher.sh: error: worker_1.log: RuntimeError: rank 1 crashes on purpose "
+            "(log: logs/worker_1.log)") in r.stderr, r.stderr[-3000:]

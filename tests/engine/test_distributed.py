@@ -155,8 +155,8 @@ def test_two_workers_with_amp_agree_with_one_process(setup, tmp_path):
 
 
 def test_two_workers_validate_as_one_process(setup, tmp_path, ckpt, native_val_results):
-    """Validation under msrun: rank 0 evaluates while rank 1 waits, both leave together, and the val row equals
-    valuation.py (one process) on the epoch's snapshot."""
+    """Validation under msrun: rank 0 evaluates while rank 1 waits, both leave together, rank 0 keeps the best
+    checkpoint, and the val row equals valuation.py (one process) on the epoch's snapshot."""
     from deploy.deploy_common import pseudo_ground_truth
     from engine.test_validation import SUFFIXES, val_rows, val_settings
     from solov2.evaluation.coco_eval import evaluate_results, load_coco
@@ -167,6 +167,7 @@ def test_two_workers_validate_as_one_process(setup, tmp_path, ckpt, native_val_r
     assert "epoch 1 validation: 4 image(s)" in (tmp_path / "logs" / "worker_0.log").read_text()
     rows = val_rows(work)
     assert len(rows) == 1 and rows[0]["segm_mAP"] > 0.05, rows
+    assert sorted(p.name for p in work.glob("*.ckpt")) == ["best_segm_mAP_epoch_1.ckpt", "epoch_1.ckpt"]
     out = tmp_path / "one_process.json"
     v = cli("valuation.py", CFG, work / "epoch_1.ckpt", "--ann", ann, "--img-prefix", DATA / "val", "--out", out)
     assert v.returncode == 0, v.stderr[-3000:]

@@ -168,8 +168,10 @@ def test_no_overwrite_without_force(tmp_path, capsys, conf):
 
 
 def test_merge_two_servers(tmp_path, capsys, conf):
-    for ip in ("10.0.0.2", "10.0.0.1"):  # file order, not server ip order, decides the ranks
-        assert run(["--hccn_conf", str(conf), "--server_ip", ip], tmp_path, capsys)[0] == 0
+    other = tmp_path / "hccn_other.conf"   # the second server's devices have their own NIC addresses
+    other.write_text("".join(f"address_{i}=192.168.20{i // 4}.{10 + i}\n" for i in range(8)))
+    for ip, c in (("10.0.0.2", conf), ("10.0.0.1", other)):  # file order, not server ip order, decides the ranks
+        assert run(["--hccn_conf", str(c), "--server_ip", ip], tmp_path, capsys)[0] == 0
     a, b = (str(tmp_path / "out" / f"hccl_8p_01234567_{ip}.json") for ip in ("10.0.0.2", "10.0.0.1"))
     rc, out, err = run(["merge", a, b, "--output_dir", str(tmp_path / "merged")], tmp_path, capsys)
     assert rc == 0, err
@@ -202,3 +204,40 @@ def test_root_cli_writes_to_cwd(tmp_path, conf):
     r = subprocess.run(cli + ["--device_num", "[2,6)", "--hccn_conf", str(conf), "--server_ip", "10.1.2.3"],
                        cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "4-chip groups" in r.stderr
+
+
+def _table(path, servers):
+    """A rank table file of [(server_id, [(device_id, device_ip), ...]), ...]."""
+    path.write_text(json.dumps(hccl.rank_table(servers)))
+    return str(path)
+
+
+def test_merge_refuses_tables_that_cannot_work_together(tmp_path, capsys):
+    """Duplicate device ids in a server, a device IP used twice across the tables, a malformed IP, and an output
+    that is one of the input tables (even with --force): one line each, nothing written."""
+    good = _table(tmp_path / "a.json", [("10.0.0.1", [(0, "192.168.1.10"), (1, "192.168.1.11")])])
+    cases = [
+        ([("10.0.0.2", [(0, "192.168.2.10"), (0, "192.168.2.11")])], "lists device_id 0 more than once"),
+        ([("10.0.0.2", [(0, "192.168.1.10")])], "device_ip 192.168.1.10 appears more than once"),
+        ([("10.0.0.2", [(0, "192.168.2.300")])], "'192.168.2.300' is not an IP address"),
+        ([("server-b", [(0, "192.168.2.10")])], "server_id: 'server-b' is not an IP address"),
+    ]
+    for i, (servers, message) in enumerate(cases):
+        other = _table(tmp_path / f"b{i}.json", servers)
+        rc, _, err = run(["merge", good, other, "--output_dir", str(tmp_path / "out")], tmp_path, capsys)
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+    # the output name of a 2-server, 3-device merge is an input table's name: refused, --force or not
+    other = _table(tmp_path / "hccl_2s_3p.json", [("10.0.0.2", [(0, "192.168.2.10")])])
+    before = (tmp_path / "hccl_2s_3p.json").read_bytes()
+    rc, _, err = run(["merge", good, other, "--output_dir", str(tmp_path), "--force"], tmp_path, capsys)
+    assert rc == 2 and "is the input rank table" in err and "even with --force" in err, err
+    assert (tmp_path / "hccl_2s_3p.json").read_bytes() == before
+
+
+def test_a_non_utf8_hccn_conf_is_one_line(tmp_path, capsys):
+    conf = tmp_path / "hccn.conf"
+    conf.write_bytes(b"address_0=\xff\xfe\n")
+    rc, _, err = run(["--hccn_conf", str(conf), "--device_num", "[0,1)", "--server_ip", "10.0.0.1"], tmp_path,
+                     capsys)
+    assert rc == 2 and "not a text file (not UTF-8)" in err and len(err.strip().splitlines()) == 1, err

@@ -4,6 +4,7 @@ The command bodies (cli/train, cli/predict, cli/evaluate, cli/convert) parse wit
 function of the package; the root scripts (train.py, test.py, ...) only call their `main`.
 """
 import argparse
+import math
 import os
 import sys
 from typing import Callable, Optional, Sequence
@@ -35,6 +36,13 @@ def cli_main(fn: Callable[[], Optional[int]]) -> None:
         print(f"error: {failure_line(e)}{hint}", file=sys.stderr)
         sys.exit(2)
     sys.exit(rc or 0)
+
+
+def check_flag_range(flag: str, value, low, high) -> None:
+    """A number given on the command line is checked as the config value it stands for: SolovError naming the flag
+    unless it is finite and low <= value <= high (None: not given)."""
+    if value is not None and not (math.isfinite(value) and low <= value <= high):
+        raise SolovError(f"{flag} must be in [{low}, {high}], got {value}")
 
 
 def add_runtime_flags(p: argparse.ArgumentParser, precision: str = "parity") -> None:

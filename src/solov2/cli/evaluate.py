@@ -15,7 +15,7 @@ from solov2.config import load_config
 from solov2.errors import SolovError
 from solov2.evaluation.coco_eval import (IOU_TYPES, check_class_count, check_results, evaluate_results,
                                          first_image_ids, format_metrics, load_coco, load_results_file, summary_line)
-from solov2.files import check_writable, write_json_atomic
+from solov2.files import check_not_an_input, check_writable, write_json_atomic
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,10 +73,15 @@ def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = Non
         raise SolovError("--results scores an existing file; it cannot be combined with --model")
     if results_file is not None and out:
         raise SolovError("--out writes the model's results; it cannot be combined with --results")
+    inputs = {"--ann": ann, "--results": results_file, "CONFIG": config, "CHECKPOINT": checkpoint, "--model": model,
+              "--model sidecar": f"{model}.json" if model else None}
     if out:  # fail before the (long) model run, not after it
+        check_not_an_input([out], inputs)
         check_writable(out, force)
     cfg = load_config(config, overrides) if config else None
     ann_file, prefix = _split(cfg, ann, img_prefix, need_images=results_file is None)
+    if out:
+        check_not_an_input([out], {"annotation file": ann_file})
     results = load_results_file(results_file) if results_file is not None else None
     coco = load_coco(ann_file)
     if cfg is not None:  # cheap check before building the model

@@ -6,6 +6,8 @@
 (CONFIG and CHECKPOINT may also be given as --config / --checkpoint, as the older MindSpore port's test.py.)
 """
 import argparse
+import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -15,13 +17,13 @@ import numpy as np
 from tqdm import tqdm
 
 from solov2.cli.common import (add_config_flags, add_force_flag, add_model_flag, add_runtime_flags,
-                               add_static_shapes_flag, check_model_flags, cli_main, config_and_checkpoint,
-                               open_predictor, start_runtime)
+                               add_static_shapes_flag, check_flag_range, check_model_flags, cli_main,
+                               config_and_checkpoint, open_predictor, start_runtime)
 from solov2.config import load_config
 from solov2.data.images import file_problem, read_image
 from solov2.errors import SolovError
 from solov2.evaluation.results import instances_to_records
-from solov2.files import already_exists, check_writable, write_image, write_json_atomic
+from solov2.files import already_exists, check_not_an_input, check_writable, write_image, write_json_atomic
 from solov2.overlap import overlapped
 from solov2.visualize import draw_instances
 
@@ -39,8 +41,7 @@ def predict_image(config: Optional[str], checkpoint: Optional[str], image: str, 
     from solov2.inference import predict_timed  # MindSpore cells are built only after the cheap checks
     img = read_image(image)
     out_path = Path(out) if out else Path(f"{Path(image).stem}_result.jpg")
-    if out_path.resolve() == Path(image).resolve():
-        raise SolovError(f"{out_path}: --out is the input image; choose another file name")
+    check_not_an_input([out_path], {"image": image, "CONFIG": config, "CHECKPOINT": checkpoint, "--model": model})
     check_writable(out_path, force)
     cfg = load_config(config, overrides) if config else None
     pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime)
@@ -61,14 +62,23 @@ def picture_names(files: List[Path]) -> Dict[str, str]:
             for p in files}
 
 
+def _stat(path: Path):
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
 def check_pictures(out: Path, files: List[Path], pictures: Dict[str, str], video: Optional[Path],
                    force: bool) -> None:
     """Before any work: no output picture may be an input (never, even with --force), and none may exist
     without --force. Video frames are `<video stem>_NNNNNN.jpg`."""
-    inputs = {p.resolve() for p in files}
+    inputs = {os.path.realpath(p) for p in files}   # realpath: a symlink loop is a path, not an exception
     planned = [out / name for name in pictures.values()]
+    inodes = {(st.st_dev, st.st_ino) for st in map(_stat, files) if st is not None}   # hard links too
     for path in planned:
-        if path.resolve() in inputs:
+        st = _stat(path)
+        if os.path.realpath(path) in inputs or (st is not None and (st.st_dev, st.st_ino) in inodes):
             raise SolovError(f"{path}: the output picture would replace the input image; choose another --out")
     existing = [p for p in planned if p.exists()]
     if video is not None and out.is_dir():
@@ -111,10 +121,14 @@ def video_frames(path: Path) -> Iterator[Tuple[str, np.ndarray]]:
                 break
             yield f"{path.stem}_{i:06d}.jpg", frame
             i += 1
+        expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     finally:
         cap.release()
     if i == 0:
         raise SolovError(f"{path}: the video has no readable frames")
+    if 0 < i < expected:
+        print(f"warning: {path}: the file ended early: read {i} of the {expected} frames its header announces",
+              file=sys.stderr)
 
 
 def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, outdir: str, *,
@@ -133,15 +147,17 @@ def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, out
         raise SolovError(f"{out}: --out exists and is not a folder")
     if results_path.exists() and not force:
         raise already_exists(results_path)
-    if kind == "images" and not skip_bad:  # a bad file found now costs nothing; found at image 900 it costs hours
-        for p in files:
-            problem = file_problem(p)
-            if problem:
-                raise SolovError(f"{p}: {problem} (use --skip-bad to skip unreadable images)")
+    if kind == "images":  # a bad file found now costs nothing; found at image 900 it costs hours
+        files = [p for p in files if not bad_file(p, file_problem(p), skip_bad)]
+        if not files:
+            raise SolovError(f"{inp}: none of its images is usable (see the warnings)")
     pictures = picture_names(files) if kind == "images" else {}
     check_pictures(out, files, pictures, video=files[0] if kind == "video" else None, force=force)
+    check_not_an_input([results_path], {"CONFIG": config, "CHECKPOINT": checkpoint, "--model": model})
     cfg = load_config(config, overrides) if config else None
     pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime)
+    if kind == "images":
+        files = usable_images(files, pred, skip_bad)
     out.mkdir(parents=True, exist_ok=True)
     if kind == "video":
         cap = cv2.VideoCapture(str(files[0]))
@@ -178,19 +194,65 @@ def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, out
 
     n = 0
     bar = tqdm(total=total, unit="img", desc="SOLOv2", dynamic_ncols=True)
-    for done in overlapped(items, prepare, run, finish):
-        bar.update(1)
-        if isinstance(done, SolovError):
-            tqdm.write(f"warning: skipped {done}")
-            skipped.append(done)
-            continue
-        records += done
-        n += 1
+    try:
+        for done in overlapped(items, prepare, run, finish):
+            bar.update(1)
+            if isinstance(done, SolovError):
+                tqdm.write(f"warning: skipped {done}")
+                skipped.append(done)
+                continue
+            records += done
+            n += 1
+    except BaseException:   # a bad file found late, a full disk, Ctrl-C: keep what is done
+        bar.close()
+        save_partial_results(results_path, records, n, total)
+        raise
     bar.close()
     write_json_atomic(results_path, records)
     print(f"{n} image(s), {len(records)} instances -> {out}/ (pictures) and {results_path}"
           + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else "") + compile_note(pred))
     return results_path
+
+
+def usable_images(files: List[Path], pred, skip_bad: bool) -> List[Path]:
+    """The images the model can run on, every one decoded and prepared once before the model runs (unreadable,
+    empty, undecodable, too thin for the test scale, larger than a static export): without skip_bad the first bad
+    one is an error naming it; with it each is skipped with a warning naming it."""
+    good = []
+    for p in files:
+        try:
+            pred.prepare(read_image(p))
+        except SolovError as e:
+            bad_file(p, str(e)[len(f"{p}: "):] if str(e).startswith(f"{p}: ") else str(e), skip_bad)
+            continue
+        good.append(p)
+    if not good:
+        raise SolovError(f"none of the {len(files)} input image(s) is usable (see the warnings)")
+    return good
+
+
+def bad_file(path: Path, problem: Optional[str], skip_bad: bool) -> bool:
+    """True if `problem` (None: none) makes `path` an input to skip, with a warning naming it (skip_bad); without
+    skip_bad a problem is an error naming the file."""
+    if not problem:
+        return False
+    if not skip_bad:
+        raise SolovError(f"{path}: {problem} (use --skip-bad to skip unusable images)")
+    print(f"warning: skipped {path}: {problem}", file=sys.stderr)
+    return True
+
+
+def save_partial_results(results_path: Path, records: list, done: int, total: Optional[int]) -> None:
+    """A run stopped midway: write the results of the images already done (atomically) and say how many."""
+    if not done:
+        return
+    try:
+        write_json_atomic(results_path, records)
+        print(f"stopped after {done} of {total or '?'} image(s): their {len(records)} instance(s) are in "
+              f"{results_path}", file=sys.stderr)
+    except (OSError, SolovError) as e:   # e.g. the disk that stopped the run is still full
+        print(f"stopped after {done} of {total or '?'} image(s); their results could not be saved either "
+              f"({e})", file=sys.stderr)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -218,9 +280,10 @@ def test_main(argv=None) -> None:
         add_force_flag(p, "--out")
         a = p.parse_intermixed_args(argv)   # positionals may stand between flags
         config, checkpoint = model_sources(p, a)
+        check_flag_range("--score_thr", a.score_thr, 0, 1)
         start_runtime(a)
-        predict_image(config, checkpoint, a.dataroot, a.out, model=a.model, runtime=a.runtime, score_thr=a.score_thr, force=a.force,
-                      overrides=a.cfg_options, static_shapes=a.static_shapes)
+        predict_image(config, checkpoint, a.dataroot, a.out, model=a.model, runtime=a.runtime, score_thr=a.score_thr,
+                      force=a.force, overrides=a.cfg_options, static_shapes=a.static_shapes)
     cli_main(body)
 
 
@@ -237,7 +300,8 @@ def run_main(argv=None) -> None:
         p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
         a = p.parse_intermixed_args(argv)   # e.g. run.py CONFIG CHECKPOINT --out OUT INPUT
         config, checkpoint = model_sources(p, a)
+        check_flag_range("--score_thr", a.score_thr, 0, 1)
         start_runtime(a)
-        predict_many(config, checkpoint, a.input, a.out, model=a.model, runtime=a.runtime, score_thr=a.score_thr, force=a.force,
-                     skip_bad=a.skip_bad, overrides=a.cfg_options, static_shapes=a.static_shapes)
+        predict_many(config, checkpoint, a.input, a.out, model=a.model, runtime=a.runtime, score_thr=a.score_thr,
+                     force=a.force, skip_bad=a.skip_bad, overrides=a.cfg_options, static_shapes=a.static_shapes)
     cli_main(body)

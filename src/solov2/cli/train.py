@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
-from solov2.cli.common import add_config_flags, add_runtime_flags, cli_main, config_and_checkpoint, start_runtime
+from solov2.cli.common import (add_config_flags, add_runtime_flags, check_flag_range, cli_main, config_and_checkpoint,
+                               start_runtime)
 
 DESCRIPTIONS = {False: "Fine-tune SOLOv2 on a COCO-format dataset on one device.",
                 True: "Data-parallel SOLOv2 fine-tuning, started by msrun (see msrun_launcher.sh); resumes from the "
@@ -46,6 +47,8 @@ def main(argv: Optional[Sequence[str]] = None, distributed: bool = False) -> Non
         p = parser(distributed)
         a = p.parse_intermixed_args(argv)
         config, _ = config_and_checkpoint(p, a)
+        check_flag_range("--keep-last", a.keep_last, 0, 2 ** 31 - 1)
+        check_flag_range("--seed", a.seed, 0, 2 ** 31 - 1)
         start_runtime(a, deterministic=a.deterministic)
         from solov2.config import load_config  # after the context: training builds cells right away
         from solov2.engine.train import train

@@ -3,7 +3,7 @@ fp16), and evaluation (validation while training)."""
 import math
 
 from solov2.config.reader import _is_int, _is_num
-from solov2.config.section import Section
+from solov2.config.section import FLOAT32_MAX, Section
 from solov2.config.settings import VAL_METRIC_SUFFIXES, AmpConfig, EvalConfig, OptimConfig
 
 def optim_config(top: Section) -> OptimConfig:
@@ -49,8 +49,8 @@ def _loss_scale(f: Section) -> tuple:
             raise d.fail("scale_factor", f"must be an integer >= 2 (MindSpore's DynamicLossScaler), got {factor!r}")
         return mode, float(init), int(factor), d.get("scale_window", "int>=1", 1000)
     if _is_num(ls) and not isinstance(ls, bool):
-        if not (1 <= ls < math.inf):
-            raise f.fail("loss_scale", f"must be a finite number >= 1, got {ls!r}")
+        if not (1 <= ls <= FLOAT32_MAX):   # it becomes a float32
+            raise f.fail("loss_scale", f"must be a finite float32 number >= 1, got {ls!r}")
         return "static", float(ls), 2, 1000
     raise f.fail("loss_scale", f"must be a number, 'dynamic' or dict(init_scale=..., mode=...), got {ls!r}")
 

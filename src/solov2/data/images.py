@@ -20,11 +20,25 @@ def _truncated_jpeg(head: bytes, tail: bytes) -> bool:
     return head[:2] == _JPEG_START and _JPEG_END not in tail[-_JPEG_TAIL:]
 
 
+def _not_a_file(path: Path) -> Optional[str]:
+    """Why `path` is not a regular file to read (never open a FIFO or a device: reading one can block forever)."""
+    if path.is_symlink() and not path.exists():
+        return "broken or looping symbolic link"
+    if not path.exists():
+        return "no such image file"
+    if not path.is_file():
+        return "not a regular file (a folder, FIFO or device)"
+    if path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
 def file_problem(path) -> Optional[str]:
     """Why `path` cannot be a good image, from its first and last bytes only (cheap: no decoding), or None."""
     path = Path(path)
-    if not path.is_file():
-        return "no such image file"
+    problem = _not_a_file(path)
+    if problem:
+        return problem
     try:
         with open(path, "rb") as f:
             head = f.read(2)
@@ -43,15 +57,19 @@ def read_image(path, error=SolovError) -> np.ndarray:
     The file is read once.
     """
     path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: no such image file")
     try:
-        data = path.read_bytes()
+        problem = _not_a_file(path)
+        data = b"" if problem else path.read_bytes()
     except OSError as e:
         raise error(f"{path}: cannot read the image ({e.strerror})") from None
+    if problem:
+        raise error(f"{path}: {problem}")
     if _truncated_jpeg(data, data):
         raise error(f"{path}: {_TRUNCATED}")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:   # e.g. a header that promises more pixels than OpenCV allows
+        img = None
     if img is None:
         raise error(f"{path}: cannot decode the image (not an image, or corrupt)")
     return img

@@ -7,6 +7,8 @@ from typing import Sequence, Tuple
 import cv2
 import numpy as np
 
+from solov2.errors import SolovError
+
 
 def rescale_size(h: int, w: int, scale: Tuple[int, int]) -> Tuple[Tuple[int, int], float]:
     """Keep-ratio target size for an (h, w) image and a (long, short) scale.
@@ -50,6 +52,10 @@ def preprocess_test(img_bgr: np.ndarray, scale: Tuple[int, int], mean, std, to_r
     Returns (x, meta): x float32 (1, 3, Hp, Wp); meta with ori_shape, img_shape, pad_shape (h, w, c)
     and scale_factor.
     """
+    (nh, nw), _ = rescale_size(img_bgr.shape[0], img_bgr.shape[1], scale)
+    if min(nh, nw) < 1:   # cv2.resize would fail naming nothing
+        raise SolovError(f"a {img_bgr.shape[0]}x{img_bgr.shape[1]} image rescales to {nh}x{nw} at the test scale "
+                         f"{tuple(scale)}: too thin to detect anything in")
     resized, sf = resize_keep_ratio(img_bgr, scale)
     padded = pad_to_multiple(normalize(resized, mean, std, to_rgb), size_divisor)
     x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None])

@@ -20,7 +20,7 @@ import numpy as np
 from solov2.config import SOLOv2Config, load_config
 from solov2.deploy.sidecar import INPUT_NAME, OUTPUT_NAMES, file_sha256, make_sidecar, sidecar_path
 from solov2.errors import SolovError, first_line
-from solov2.files import atomic_write, check_writable, write_json_atomic
+from solov2.files import atomic_write, check_not_an_input, check_writable, write_json_atomic
 
 FORMATS = ("MINDIR", "ONNX")
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx"}
@@ -190,6 +190,8 @@ def export_model(config: str, checkpoint: str, *, fmt: str = "MINDIR", input_siz
     path = Path(out) if out else Path(f"{Path(checkpoint).stem}_{size_name}{SUFFIX[fmt]}")
     if path.suffix.lower() != SUFFIX[fmt]:
         raise SolovError(f"{path}: a {fmt} export must end in {SUFFIX[fmt]}")
+    check_not_an_input([path, sidecar_path(path)], {"CONFIG": config, "CHECKPOINT": checkpoint,
+                                                    "checkpoint sidecar": f"{checkpoint}.json"})
     check_writable(path, force)
     check_writable(sidecar_path(path), force)
     if not Path(checkpoint).is_file():

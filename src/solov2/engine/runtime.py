@@ -88,6 +88,34 @@ def set_ascend_precision(precision: str) -> None:
             raise SolovError(f"--precision {precision}: could not set {name}={value} ({first_line(e)})") from None
 
 
+def env_int(name: str, low: int, high: int) -> Optional[int]:
+    """The integer in environment variable `name` (None if unset or empty); SolovError naming the variable unless it
+    is an integer in [low, high]: MindSpore would otherwise abort the process on it, naming nothing."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise SolovError(f"environment variable {name}={text!r}: must be an integer in [{low}, {high}]")
+    return value
+
+
+def check_environment() -> None:
+    """The environment variables of distributed runs, checked before MindSpore reads them: DEVICE_ID, RANK_ID <
+    RANK_SIZE, RANK_TABLE_FILE an existing file (SOLOV2_DCN_IMPL is checked where it is read, models/dcn.py)."""
+    env_int("DEVICE_ID", 0, 4095)
+    rank, size = env_int("RANK_ID", 0, 2 ** 20), env_int("RANK_SIZE", 1, 2 ** 20)
+    if rank is not None and size is not None and rank >= size:
+        raise SolovError(f"environment variables RANK_ID={rank} and RANK_SIZE={size}: the rank must be below the size")
+    table = os.environ.get("RANK_TABLE_FILE")
+    if table is not None and not os.path.isfile(table):
+        raise SolovError(f"environment variable RANK_TABLE_FILE={table!r}: no such file (a rank table from "
+                         f"hccl_tools.py)")
+
+
 def set_runtime(device_target: str = "CPU", mode: str = "graph", device_id: Optional[int] = None,
                 deterministic: bool = False, precision: str = "parity") -> None:
     """Select the device and execution mode, once per process, before any cell is built.
@@ -100,13 +128,14 @@ def set_runtime(device_target: str = "CPU", mode: str = "graph", device_id: Opti
     if device_target not in ("CPU", "GPU", "Ascend"):
         raise SolovError(f"--device_target must be CPU, GPU or Ascend, got {device_target!r}")
     ascend_precision(precision)  # validate before anything is set
+    check_environment()
     if device_target == "CPU":
         cap_cpu_isa()
     set_mode(mode)
     if deterministic:
         ms.set_context(deterministic="ON")
     if device_id is None:
-        device_id = int(os.environ.get("DEVICE_ID", 0))
+        device_id = env_int("DEVICE_ID", 0, 4095) or 0
     try:
         ms.set_device(device_target, device_id)
     except (RuntimeError, ValueError) as e:  # e.g. GPU or Ascend asked of a CPU-only MindSpore build

@@ -7,8 +7,8 @@ from typing import List, Optional
 import mindspore as ms
 import numpy as np
 
-from solov2.checkpoint import (load_checkpoint, read_checkpoint, shape_mismatch_error, shape_mismatches,
-                               write_checkpoint)
+from solov2.checkpoint import (check_finite, load_checkpoint, read_checkpoint, shape_mismatch_error,
+                               shape_mismatches, write_checkpoint)
 from solov2.engine.amp import SCALER_KEYS, restore_scaler, scaler_state
 from solov2.errors import SolovError, first_line
 
@@ -83,6 +83,7 @@ def load_snapshot(path: Path, net, optimizer, scaler=None) -> dict:
     if differ:  # MindSpore would raise a RuntimeError naming neither the file nor the setting
         raise shape_mismatch_error(path, differ, own, ckpt, "snapshot", "the snapshot was made with other model "
                                    "settings, e.g. channels or classes; resume with its config")
+    check_finite(path, {p.name: ckpt[p.name].asnumpy() for p in net.get_parameters() if p.name in ckpt})
     not_loaded, _ = ms.load_param_into_net(net, ckpt, strict_load=True)
     if not_loaded:
         raise SolovError(f"{path}: snapshot does not match the model: {len(not_loaded)} parameter(s) missing, "

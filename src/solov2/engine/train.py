@@ -6,7 +6,7 @@ boundary with exactly the state of the run that wrote the snapshot (weights, opt
 """
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import mindspore as ms
 import numpy as np
@@ -19,14 +19,16 @@ from solov2.data.coco_file import check_class_count
 from solov2.data.loader import TrainLoader
 from solov2.engine.amp import make_loss_scaler, mixed_precision, scale_of
 from solov2.engine.logger import Logger
-from solov2.engine.optim import lr_schedule, make_optimizer
+from solov2.engine.optim import check_schedule, lr_schedule, make_optimizer
 from solov2.engine.run_record import changes_since_last_run, record_run
 from solov2.engine.runtime import init_distributed
-from solov2.engine.snapshot import (latest_valid_snapshot, load_snapshot, params_digest, prune_snapshots,
+from solov2.engine.snapshot import (SNAPSHOT_RE, latest_valid_snapshot, load_snapshot, params_digest, prune_snapshots,
                                     read_counters, save_snapshot)
 from solov2.engine.train_step import make_train_step, to_tensors
 from solov2.engine.validation import Validator, best_entries, best_from_counters, run_validation, validation_set
+from solov2.engine.workdir import lock_work_dir, remove_stale_temporaries, unlock_work_dir
 from solov2.errors import SolovError
+from solov2.files import same_file
 from solov2.models import build_model
 
 
@@ -40,6 +42,16 @@ def find_snapshot(work: Path, resume: Optional[str]) -> Optional[Path]:
             raise SolovError(f"{snapshot}: no such snapshot to resume from")
         return snapshot
     return None
+
+
+def check_load_from(load_from: Optional[str], work: Path) -> None:
+    """--load-from must not be a file this run writes or prunes: an epoch_N.ckpt or best_*.ckpt of its work dir."""
+    if not load_from or not work.is_dir():
+        return
+    path = Path(load_from)
+    if same_file(path.parent, work) and (SNAPSHOT_RE.match(path.name) or path.name.startswith("best_")):
+        raise SolovError(f"{load_from}: --load-from is a snapshot of the work dir {work}, which this run writes and "
+                         f"prunes: an output never replaces an input; copy it elsewhere (or continue it with --resume)")
 
 
 def training_set(cfg: SOLOv2Config) -> CocoDataset:
@@ -66,10 +78,29 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
     resumes). MindSpore's context must be set already (`set_runtime`).
     """
     rank, world = init_distributed(distributed)
-    d, o = cfg.data, cfg.optim
     work = Path(work_dir)
     if work.exists() and not work.is_dir():
         raise SolovError(f"{work}: --work-dir exists and is not a folder")
+    check_load_from(load_from or cfg.load_from, work)
+    args = dict(rank=rank, world=world, resume=resume, load_from=load_from, seed=seed, mode=mode, keep_last=keep_last,
+                validate=validate)
+    if rank != 0:   # rank 0 owns the work dir
+        return _train(cfg, work, removed=[], **args)
+    created = not work.exists()
+    work.mkdir(parents=True, exist_ok=True)
+    lock = lock_work_dir(work)
+    try:
+        return _train(cfg, work, removed=remove_stale_temporaries(work), **args)
+    finally:
+        unlock_work_dir(work, lock)
+        if created and not any(work.iterdir()):   # a run that failed before writing anything leaves nothing
+            work.rmdir()
+
+
+def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Optional[str], load_from: Optional[str],
+           seed: Optional[int], mode: str, keep_last: int, validate: bool, removed: List[str]) -> Path:
+    """The body of `train`, with the work dir locked (rank 0); removed: stale temporary files it deleted."""
+    d, o = cfg.data, cfg.optim
     snapshot = find_snapshot(work, resume)
     counters = read_counters(snapshot) if snapshot is not None else None
     dataset = training_set(cfg)
@@ -88,11 +119,12 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
     best = best_from_counters(ev.save_best, counters) if evaluating else None
     loader = TrainLoader(dataset, cfg, seed=seed, world=world, rank=rank, workers=d.workers_per_gpu)
     iters, total = len(loader), o.total_epochs
+    check_schedule(total, iters)
     optimizer = make_optimizer(net, o, iters, total)
     scaler = make_loss_scaler(cfg.amp)
     log = Logger(work, rank == 0)
-    if rank == 0:
-        work.mkdir(parents=True, exist_ok=True)
+    if removed:
+        log.line(f"removed {len(removed)} temporary file(s) of an interrupted save: {', '.join(removed)}")
     start_epoch, global_step = 0, 0
     if snapshot is not None:
         changed = changes_since_last_run(work, cfg)

@@ -139,20 +139,25 @@ def run_validation(validator: Optional[Validator], net, *, log: Logger, work: Pa
                    best: Best, world: int = 1) -> Best:
     """One evaluation at the end of `epoch` (1-based), on every rank: rank 0 (the one with a `validator`)
     evaluates and logs (train.log: the COCO summary and per-class table; log.json: `val_row`), keeps the best
-    checkpoint (evaluation.save_best), and returns the new best; the other ranks wait. A failure on rank 0 ends
-    every rank (`validation_status`)."""
-    ok, error, metrics, seconds = True, None, None, 0.0
+    checkpoint (evaluation.save_best), and returns the new best; the other ranks wait. Any failure on rank 0 (the
+    evaluation, the log, the best checkpoint's write) ends every rank (`validation_status`), never a hang."""
+    ok, error = True, None
     if validator is not None:
         try:
-            metrics, seconds = validator(net)
+            best = _evaluate_and_keep(validator, net, log=log, work=work, epoch=epoch, global_step=global_step,
+                                      best=best)
         except Exception as e:  # re-raised below, after the other ranks have been told
             ok, error = False, e
     if not validation_status(ok, world):
         if error is not None:
             raise error
         raise SolovError(f"epoch {epoch}: validation failed on rank 0 (see its log); every rank stops")
-    if validator is None:
-        return best
+    return best
+
+
+def _evaluate_and_keep(validator: Validator, net, *, log: Logger, work: Path, epoch: int, global_step: int,
+                       best: Best) -> Best:
+    metrics, seconds = validator(net)
     row = val_row(epoch, global_step, metrics)
     log.line(format_metrics(metrics))
     log.line(f"epoch {epoch} validation: {validator.num_images} image(s) in {seconds:.1f} s: {summary_line(metrics)} "

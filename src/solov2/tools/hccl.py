@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from solov2.errors import SolovError
-from solov2.files import UMASK, check_writable, write_json_atomic
+from solov2.files import UMASK, check_not_an_input, check_writable, write_json_atomic
 
 DEFAULT_HCCN_CONF = "/etc/hccn.conf"
 
@@ -85,7 +85,13 @@ def _ips_from_hccn_tool(tool: str, ids: Sequence[int]) -> Dict[int, str]:
 def _ips_from_hccn_conf(path: Path, ids: Sequence[int]) -> Dict[int, str]:
     # hccn.conf holds lines like address_0=192.168.100.101 (plus netmask_0=..., etc.)
     found = {}
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise HcclError(f"{path}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise HcclError(f"{path}: not a text file (not UTF-8); expected address_<id>=<ip> lines") from None
+    for line in text.splitlines():
         m = re.fullmatch(r"\s*address_(\d+)\s*=\s*(\S+)\s*", line)
         if m:
             found[int(m.group(1))] = m.group(2)
@@ -176,6 +182,14 @@ def _read_servers(path: str) -> List[Tuple[str, List[Tuple[str, str]]]]:
         raise HcclError(f"{path} is not a rank table (expected server_list[].server_id/device[])") from None
     if not servers or not all(devs for _, devs in servers):
         raise HcclError(f"{path} has no servers or a server without devices")
+    for sid, devs in servers:   # what merge then puts together must be able to work together
+        _valid_ip(str(sid), f"{path} server_id")
+        ids = [str(d) for d, _ in devs]
+        dup = sorted({d for d in ids if ids.count(d) > 1})
+        if dup:
+            raise HcclError(f"{path}: server {sid} lists device_id {', '.join(dup)} more than once")
+        for d, ip in devs:
+            _valid_ip(str(ip), f"{path} server {sid} device {d} device_ip")
     return servers
 
 
@@ -188,9 +202,16 @@ def merge_tables(paths: Sequence[str], output_dir: str, force: bool) -> Path:
     dup = sorted({sid for sid in ids if ids.count(sid) > 1})
     if dup:
         raise HcclError(f"server_id {', '.join(dup)} appears in more than one table")
+    ips = [ip for _, devs in servers for _, ip in devs]
+    dup = sorted({ip for ip in ips if ips.count(ip) > 1})
+    if dup:
+        raise HcclError(f"device_ip {', '.join(dup)} appears more than once across the tables: two devices cannot "
+                        "share a NIC address")
     table = rank_table(servers)
     n = sum(len(devs) for _, devs in servers)
-    return write_table(table, Path(output_dir) / f"hccl_{len(servers)}s_{n}p.json", force)
+    out = Path(output_dir) / f"hccl_{len(servers)}s_{n}p.json"
+    check_not_an_input([out], {f"rank table {p}": p for p in paths})
+    return write_table(table, out, force)
 
 
 def _parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
