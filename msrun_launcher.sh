@@ -106,19 +106,23 @@ ARGS+=("${TASK[@]}")
 echo "Running command: $(printf '%q ' "${ARGS[@]}")"
 # With JOIN=True a crashed worker ends the job only once the scheduler's node timeout expires (about 30 s on
 # MindSpore 2.10; env MS_NODE_TIMEOUT shortens it), independent of CLUSTER_TIME_OUT.
+mkdir -p "$LOG_DIR"
+STARTED=$(mktemp "$LOG_DIR/.launch.XXXXXX")   # the logs of this job are newer than this file
 rc=0
 "${ARGS[@]}" || rc=$?
 
 # The cause of a failed job in one line: the first worker's `error:` line (the port's one-line errors), else the
-# last exception line of a worker's traceback, with the log it is in.
+# last exception line of a worker's traceback, with the log it is in. Only this job's logs; progress bars end their
+# lines with \r, so a line is what lies between \r and \n too.
 cause() {
-  local f line
-  for f in "$LOG_DIR"/worker_*.log; do
-    line=$(grep -m1 -a '^error: ' "$f" 2>/dev/null) && { echo "${f##*/}: ${line#error: } (log: $f)"; return; }
+  local f line logs=()
+  mapfile -t logs < <(find "$LOG_DIR" -maxdepth 1 -name 'worker_*.log' -newer "$STARTED" | sort)
+  for f in "${logs[@]}"; do
+    line=$(tr '\r' '\n' < "$f" | grep -m1 -a '^error: ') && { echo "${f##*/}: ${line#error: } (log: $f)"; return; }
   done
-  for f in "$LOG_DIR"/worker_*.log; do
-    line=$(grep -a -E '^[A-Za-z_][A-Za-z0-9_.]*(Error|Exception|Interrupt): ' "$f" 2>/dev/null | tail -n 1) &&
-      { echo "${f##*/}: $line (log: $f)"; return; }
+  for f in "${logs[@]}"; do
+    line=$(tr '\r' '\n' < "$f" | grep -a -E '^[A-Za-z_][A-Za-z0-9_.]*(Error|Exception|Interrupt): ' | tail -n 1) &&
+      [[ -n $line ]] && { echo "${f##*/}: $line (log: $f)"; return; }
   done
 }
 if [[ $JOIN == True ]]; then
@@ -130,4 +134,5 @@ if [[ $JOIN == True ]]; then
 else
   echo "Workers run in the background (JOIN=False). Logs: $LOG_DIR/scheduler.log, $LOG_DIR/worker_*.log"
 fi
+rm -f "$STARTED"
 exit "$rc"

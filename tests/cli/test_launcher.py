@@ -185,15 +185,25 @@ def test_failing_rank_makes_launcher_fail(tmp_path):
         r.stderr[-3000:]
 
 
-def test_a_crashing_rank_is_named_by_its_exception(tmp_path, script, fake_msrun):
-    """No `error:` line in the workers' logs: the last exception line of a traceback, with its log (the logs as
-    msrun leaves them, read after a failed job; msrun itself faked)."""
+def test_a_crashing_rank_is_named_by_its_exception(tmp_path, script):
+    """No `error:` line in this job's worker logs: the last exception line of a traceback, with its log (msrun faked:
+    it writes the logs a crashed job leaves, a progress bar's \\r included, and exits 3). An older log in the same
+    folder, from an earlier job, is not this job's cause."""
     (tmp_path / "logs").mkdir()
-    (tmp_path / "logs" / "worker_0.log").write_text("training...\n")
-    (tmp_path / "logs" / "worker_1.log").write_text(
-        'Traceback (most recent call last):\n  File "job.py", line 3, in <module>\n'
-        "RuntimeError: rank 1 crashes on purpose\n")
-    r = run_launcher([f"{script}", "2", str(free_port()), "logs", "True", "60"], tmp_path, path_first=[fake_msrun])
+    (tmp_path / "logs" / "worker_5.log").write_text("error: an earlier job's failure\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "msrun"
+    exe.write_text(f"#!{sys.executable}\nimport sys, time\ntime.sleep(0.05)\n"
+                   "open('logs/worker_0.log', 'w').write('epoch 1/2: 40%|####  | 2/5\\r')\n"
+                   "open('logs/worker_1.log', 'w').write('Traceback (most recent call last):\\n'\n"
+                   "                                     '  File \"job.py\", line 3\\n'\n"
+                   "                                     'RuntimeError: rank 1 crashes on purpose\\n')\n"
+                   "sys.exit(3)\n")
+    exe.chmod(0o755)
+    r = run_launcher([f"{script}", "2", str(free_port()), "logs", "True", "60"], tmp_path, path_first=[bin_dir])
     assert r.returncode == 3
-    assert ("msrun_launcher.sh: error: worker_1.log: RuntimeError: rank 1 crashes on purpose "
-            "(log: logs/worker_1.log)") in r.stderr, r.stderr[-3000:]
+    errors = [s for s in r.stderr.splitlines() if "msrun_launcher.sh: error:" in s]
+    assert errors == ["msrun_launcher.sh: error: worker_1.log: RuntimeError: rank 1 crashes on purpose "
+                      "(log: logs/worker_1.log)"], r.stderr[-3000:]
+    assert not list((tmp_path / "logs").glob(".launch.*"))

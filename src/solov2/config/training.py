@@ -50,7 +50,8 @@ def _loss_scale(f: Section) -> tuple:
         return mode, float(init), int(factor), d.get("scale_window", "int>=1", 1000)
     if _is_num(ls) and not isinstance(ls, bool):
         if not (1 <= ls <= FLOAT32_MAX):   # it becomes a float32
-            raise f.fail("loss_scale", f"must be a finite float32 number >= 1, got {ls!r}")
+            raise f.fail("loss_scale", f"must be a finite number >= 1, got {ls!r}"
+                                       + (" (beyond float32)" if 1 <= ls < math.inf else ""))
         return "static", float(ls), 2, 1000
     raise f.fail("loss_scale", f"must be a number, 'dynamic' or dict(init_scale=..., mode=...), got {ls!r}")
 

@@ -105,15 +105,11 @@ def env_int(name: str, low: int, high: int) -> Optional[int]:
 
 def check_environment() -> None:
     """The environment variables of distributed runs, checked before MindSpore reads them: DEVICE_ID, RANK_ID <
-    RANK_SIZE, RANK_TABLE_FILE an existing file (SOLOV2_DCN_IMPL is checked where it is read, models/dcn.py)."""
+    RANK_SIZE (RANK_TABLE_FILE by `init_distributed`, SOLOV2_DCN_IMPL where models/dcn.py reads it)."""
     env_int("DEVICE_ID", 0, 4095)
     rank, size = env_int("RANK_ID", 0, 2 ** 20), env_int("RANK_SIZE", 1, 2 ** 20)
     if rank is not None and size is not None and rank >= size:
         raise SolovError(f"environment variables RANK_ID={rank} and RANK_SIZE={size}: the rank must be below the size")
-    table = os.environ.get("RANK_TABLE_FILE")
-    if table is not None and not os.path.isfile(table):
-        raise SolovError(f"environment variable RANK_TABLE_FILE={table!r}: no such file (a rank table from "
-                         f"hccl_tools.py)")
 
 
 def set_runtime(device_target: str = "CPU", mode: str = "graph", device_id: Optional[int] = None,
@@ -152,6 +148,10 @@ def init_distributed(distributed: bool) -> Tuple[int, int]:
         return 0, 1
     if not launched:
         raise SolovError("distributed training needs a launcher: use msrun_launcher.sh (see README)")
+    table = os.environ.get("RANK_TABLE_FILE")
+    if "MS_ROLE" not in os.environ and table is not None and not os.path.isfile(table):
+        raise SolovError(f"environment variable RANK_TABLE_FILE={table!r}: no such file (a rank table from "
+                         f"hccl_tools.py)")
     from mindspore.communication import get_group_size, get_rank, init
     init()
     world = get_group_size()

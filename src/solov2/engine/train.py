@@ -116,7 +116,7 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
     net = build_model(cfg)
     net.set_train(True)
     validator = Validator(cfg, *val_set) if evaluating and rank == 0 else None   # after net: see Validator
-    best = best_from_counters(ev.save_best, counters) if evaluating else None
+    best = best_from_counters(ev.save_best, counters)   # kept through a --no-validate run too
     loader = TrainLoader(dataset, cfg, seed=seed, world=world, rank=rank, workers=d.workers_per_gpu)
     iters, total = len(loader), o.total_epochs
     check_schedule(total, iters)

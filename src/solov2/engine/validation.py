@@ -7,6 +7,7 @@ current parameter values (a copy in memory, no snapshot reload). Being a separat
 that valuation.py gives on the same weights whatever the training's amp level.
 """
 import os
+import re
 import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -31,7 +32,7 @@ def validation_set(cfg: SOLOv2Config):
     """(COCO of data.val, its img_prefix), checked as a run needs them, before the first training step:
     the annotation file readable, its categories the model's classes, at least one image, every image file there."""
     d, where = cfg.data, cfg.source or "the config"
-    if not d.val_ann_file or not d.val_img_prefix:
+    if not d.val_ann_file:
         raise SolovError(f"{where}: evaluation needs data.val with ann_file and img_prefix (or run with "
                          f"--no-validate)")
     coco = load_coco(d.val_ann_file)
@@ -99,8 +100,9 @@ def keep_best(work: Path, net, key: str, row: dict, best: Best) -> Best:
     path = best_path(work, key, epoch)
     write_checkpoint(path, [{"name": p.name, "data": p} for p in net.get_parameters()],
                      append_dict={"epoch": epoch, key: value})
-    for old in work.glob(f"best_{key}_epoch_*.ckpt"):
-        if old != path:
+    mine = re.compile(rf"^best_{re.escape(key)}_epoch_\d+\.ckpt$")   # never a user's copy beside it
+    for old in work.iterdir():
+        if mine.match(old.name) and old != path:
             old.unlink()
     return value, epoch
 
@@ -131,8 +133,11 @@ def validation_status(ok: bool, world: int) -> bool:
 
 def _rss_mb() -> float:
     """Resident memory of this process (MB), logged with each evaluation: it must stay flat across them."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError, IndexError):   # a log figure must never stop a run
+        return float("nan")
 
 
 def run_validation(validator: Optional[Validator], net, *, log: Logger, work: Path, epoch: int, global_step: int,

@@ -1,11 +1,13 @@
 """The training work dir as one run's own: a lock that refuses a second run, and the removal of the temporary files
 that an interrupted save of an earlier run left behind."""
+import errno
 import fcntl
 import os
 import re
+import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from solov2.errors import SolovError
 
@@ -15,7 +17,7 @@ LOCK = ".train.lock"
 STALE_TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp(\.[A-Za-z0-9]+)?(\.tmp)?$")
 
 
-def lock_work_dir(work: Path) -> int:
+def lock_work_dir(work: Path) -> Optional[int]:
     """Take the work dir's lock until `unlock_work_dir` (or until this process ends: the kernel releases it when the
     process exits, crashed or not, so a lock is never stale); returns its file descriptor.
 
@@ -26,7 +28,14 @@ def lock_work_dir(work: Path) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as e:
+            if e.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                os.close(fd)   # e.g. NFS mounted nolock, Lustre without -o flock: train as before, unlocked
+                print(f"warning: {work}: this file system has no locks ({e.strerror}); a second run in this work "
+                      f"dir would not be detected", file=sys.stderr)
+                return None
+            if not isinstance(e, BlockingIOError):
+                raise
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise SolovError(f"{work}: another training run is using this work dir ({holder}); wait for it to end "
@@ -46,8 +55,10 @@ def _same_inode(fd: int, path: Path) -> bool:
         return False
 
 
-def unlock_work_dir(work: Path, fd: int) -> None:
+def unlock_work_dir(work: Path, fd: Optional[int]) -> None:
     """Remove the lock file (while still holding it, so no one can take the removed file's lock) and release it."""
+    if fd is None:
+        return
     if _same_inode(fd, work / LOCK):
         (work / LOCK).unlink()
     os.close(fd)
