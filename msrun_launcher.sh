@@ -95,6 +95,43 @@ except OSError:
     die "MASTER_PORT $MASTER_PORT is already in use on this node: stop the job that holds it or choose another port"
 fi
 
+# Multi-node: msrun starts the scheduler on the node that owns MASTER_ADDR, whatever NODE_RANK says, and a node that
+# cannot reach it waits CLUSTER_TIME_OUT before failing with tracebacks. Check the address the way msrun reads it.
+if ((10#$WORKER_NUM != 10#$LOCAL_WORKER_NUM)); then
+  if ! why=$("$PY" -c 'import errno, socket, sys
+addr, port, node_rank = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+try:
+    family, _, _, _, where = socket.getaddrinfo(addr.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+except OSError as e:
+    sys.exit(f"MASTER_ADDR {addr!r} is neither an IP address nor a host name this node can resolve ({e.strerror})")
+try:
+    socket.socket(family).bind((where[0], 0))
+    local = True
+except OSError:
+    local = False
+if node_rank == 0 and not local:
+    sys.exit(f"MASTER_ADDR {addr} is not an address of this node, but NODE_RANK 0 hosts the scheduler: give "
+             "this node'"'"'s own IP here and on every other node")
+if node_rank > 0 and local:
+    sys.exit(f"MASTER_ADDR {addr} is an address of this node, so msrun would start a second scheduler here: give "
+             "the IP of the NODE_RANK 0 node")
+if node_rank > 0:
+    s = socket.socket(family)
+    s.settimeout(3)
+    try:
+        s.connect(where)
+    except socket.timeout:
+        print(f"msrun_launcher.sh: warning: {addr}:{port} does not answer within 3 s (a firewall, or node 0 not "
+              "up yet); msrun waits CLUSTER_TIME_OUT for it", file=sys.stderr)
+    except OSError as e:   # refused: reachable, the scheduler is not listening yet (node 0 may start later)
+        if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
+            sys.exit(f"MASTER_ADDR {addr} cannot be reached from this node ({e.strerror})")' \
+    "$MASTER_ADDR" "$MASTER_PORT" "$NODE_RANK" 2>&1 >/dev/null); then
+    die "$why"
+  fi
+  if [[ -n $why ]]; then echo "$why" >&2; fi   # a warning
+fi
+
 ARGS=(msrun "--worker_num=$WORKER_NUM" "--local_worker_num=$LOCAL_WORKER_NUM")
 if ((10#$WORKER_NUM != 10#$LOCAL_WORKER_NUM)); then
   ARGS+=("--master_addr=$MASTER_ADDR" "--node_rank=$NODE_RANK")

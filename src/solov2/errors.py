@@ -2,6 +2,7 @@
 line, and a JSON reader using it."""
 import json
 import os
+from typing import Optional
 
 
 class SolovError(Exception):
@@ -14,12 +15,25 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def not_a_file(path, what: str) -> Optional[str]:
+    """Why `path` cannot be read as a `what` (e.g. 'config file'), or None if it is a regular file. FIFOs and
+    devices are refused without being opened: reading one can block forever."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return "broken or looping symbolic link"
+    if not os.path.exists(path):
+        return f"no such {what}"
+    if not os.path.isfile(path):
+        return f"not a regular file (a folder, FIFO or device), so not a {what}"
+    return None
+
+
 def read_json(path, what: str, error=SolovError):
     """Parse a JSON file; a missing, unreadable or malformed file raises `error` "<path>: <problem>" (what: e.g.
     'annotation file')."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise error(f"{path}: no such {what}")
+    problem = not_a_file(path, what)
+    if problem:
+        raise error(f"{path}: {problem}")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)

@@ -7,7 +7,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from solov2.errors import SolovError, first_line
+from solov2.errors import SolovError, first_line, not_a_file
 
 
 class ConvertError(SolovError):
@@ -73,8 +73,9 @@ def load_torch_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
     info: 'container' ('state_dict' | 'model' | 'bare'), 'ignored' (other top-level entries), 'classes'
     (list of str from mmdet ``meta['CLASSES']`` or mmdet3 ``meta['dataset_meta']['classes']``, else None).
     """
-    if not os.path.isfile(path):
-        raise ConvertError(f"{path}: no such file")
+    problem = not_a_file(path, "file")
+    if problem:
+        raise ConvertError(f"{path}: {problem}")
     with open(path, "rb") as f:
         head = f.read(4)
     # torch.save writes a zip archive (>= 1.6) or a protocol-2 pickle (legacy); anything else is not a .pth.

@@ -67,6 +67,14 @@ def test_wrong_argument_count_prints_usage(tmp_path, script, nargs):
     (["2", "70000", "log", "True", "60"], "MASTER_PORT must be an integer in 1..65535"),
     (["2", "8118", "log", "True", "1m"], "CLUSTER_TIME_OUT must be an integer"),
     (["4", "2", "10.0.0.1", "8118", "2", "log", "True", "60"], "NODE_RANK 2 is too large"),
+    # multi-node: msrun puts the scheduler where MASTER_ADDR is local, and a node that cannot find it waits
+    # CLUSTER_TIME_OUT (.invalid never resolves, RFC 6761; 192.0.2.1 is a documentation address, RFC 5737)
+    (["4", "2", "nosuchhost.invalid", "8118", "1", "log", "True", "60"],
+     "MASTER_ADDR 'nosuchhost.invalid' is neither an IP address nor a host name this node can resolve"),
+    (["4", "2", "192.0.2.1", "8118", "0", "log", "True", "60"],
+     "MASTER_ADDR 192.0.2.1 is not an address of this node, but NODE_RANK 0 hosts the scheduler"),
+    (["4", "2", "127.0.0.1", "8118", "1", "log", "True", "60"],
+     "MASTER_ADDR 127.0.0.1 is an address of this node, so msrun would start a second scheduler here"),
 ])
 def test_bad_values(tmp_path, script, args, message):
     r = run_launcher([script, *args], tmp_path)

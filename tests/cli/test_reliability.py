@@ -59,6 +59,13 @@ def nan_snapshot(c, t):
     return work
 
 
+def fifo(path):
+    """A named pipe nobody writes to: opening it for reading would block forever."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
 def folder_with(t, bad):
     """A folder of one good image and the bad file(s) `bad(folder)` makes."""
     d = t / "photos"
@@ -157,6 +164,19 @@ CASES = [
     ("run.py on a symlink loop",
      lambda t, c: ["run.py", TRASHCAN_CFG, c, folder_with(t, loop), "--out", t / "o"],
      ["loop.jpg", "looping symbolic link"]),
+    # 5. inputs that are not regular files are refused unopened (never a hang)
+    ("run.py CONFIG a FIFO",
+     lambda t, c: ["run.py", fifo(t / "cfg.py"), c, VAL_IMG, "--out", t / "o"],
+     ["cfg.py", "not a regular file (a folder, FIFO or device), so not a config file"]),
+    ("run.py CHECKPOINT a FIFO",
+     lambda t, c: ["run.py", TRASHCAN_CFG, fifo(t / "m.ckpt"), VAL_IMG, "--out", t / "o"],
+     ["m.ckpt", "not a regular file", "checkpoint file"]),
+    ("valuation.py --ann a FIFO",
+     lambda t, c: ["valuation.py", TRASHCAN_CFG, c, "--ann", fifo(t / "gt.json"), "--img-prefix", MINI / "val"],
+     ["gt.json", "not a regular file", "annotation file"]),
+    ("weight_convert.py SRC a FIFO",
+     lambda t, c: ["weight_convert.py", fifo(t / "m.pth"), t / "m.ckpt", "--config", TRASHCAN_CFG],
+     ["m.pth", "not a regular file"]),
 ]
 
 
@@ -201,9 +221,40 @@ def test_full_disk_is_named_and_the_done_results_are_kept(tmp_path, ckpt):
             assert "their results could not be saved either" in r.stderr, r.stderr[-2000:]
 
 
+def test_ctrl_c_after_the_first_compile_keeps_the_done_results(tmp_path, ckpt):
+    """Ctrl-C while run.py works through a folder: the images done are in results.json, one `interrupted` line,
+    exit 130. After the first network call MindSpore owns SIGINT and turns it into SIGTERM, which used to kill the
+    process silently (exit -15, no results.json)."""
+    src = tmp_path / "photos"
+    for i in range(40):
+        copy(VAL_IMG, src / f"{i:02d}.jpg")
+    err = tmp_path / "stderr.txt"
+    with err.open("w") as f:
+        job = subprocess.Popen([sys.executable, str(REPO / "run.py"), str(TRASHCAN_CFG), str(ckpt), str(src), "--out",
+                                str(tmp_path / "o")], stdout=subprocess.DEVNULL, stderr=f, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not re.search(r"\b[2-9]/40 ", err.read_text()):     # two images done: well after the first compile
+            assert job.poll() is None and time.time() < deadline, err.read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(job.pid, signal.SIGINT)
+        job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    text = err.read_text()
+    assert job.returncode == 130 and text.splitlines()[-1] == "interrupted" and "Traceback" not in text, text[-3000:]
+    m = re.search(r"stopped after (\d+) of 40 image\(s\)", text)
+    kept = {o["file_name"] for o in json.loads((tmp_path / "o" / "results.json").read_text())}
+    assert m and 2 <= len(kept) == int(m.group(1)) < 40, text[-2000:]
+    assert kept <= {p.name for p in (tmp_path / "o").glob("*.jpg")}
+
+
 def test_one_run_per_work_dir_and_stale_temporaries_are_removed(tmp_path, ckpt):
     """A running train.py holds its work dir: a second one is refused in one line naming the first (its pid), and
-    the first, started in a work dir where an interrupted save left a temporary file, removed it and said so."""
+    the first, started in a work dir where an interrupted save left a temporary file, removed it and said so. Ctrl-C
+    then ends the first run cleanly (exit 130, `interrupted`), and its lock ends with it."""
     work = tmp_path / "work"
     work.mkdir()
     stale = work / ".epoch_3.ckpt.0123456789ab.tmp.tmp"     # what a kill during a snapshot save leaves
@@ -226,10 +277,16 @@ def test_one_run_per_work_dir_and_stale_temporaries_are_removed(tmp_path, ckpt):
         assert r.returncode == 2 and len(errors) == 1, r.stderr[-3000:]
         assert "another training run is using this work dir" in errors[0] and f"pid {first.pid}" in errors[0]
         assert log == (work / "train.log").read_text()[:len(log)]   # the second run wrote nothing to the log
+        # Ctrl-C (to the process group, as a terminal sends it) after the compile ends the run cleanly
+        os.killpg(first.pid, signal.SIGINT)
+        out = first.communicate(timeout=120)[0]
+        assert first.returncode == 130 and out.splitlines()[-1] == "interrupted", out[-3000:]
+        assert "Traceback" not in out
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    # killed, the first run's lock went with its process: a new run takes the work dir (and stops, on purpose, at a
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    # ended, the first run's lock went with its process: a new run takes the work dir (and stops, on purpose, at a
     # check made with the lock held)
     r = cli("train.py", "--config", TRASHCAN_CFG, "--work-dir", work, "--resume", tmp_path / "none.ckpt",
             "--cfg-options", *TRAIN, timeout=300)

@@ -6,6 +6,7 @@ function of the package; the root scripts (train.py, test.py, ...) only call the
 import argparse
 import math
 import os
+import signal
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -24,6 +25,7 @@ def cli_main(fn: Callable[[], Optional[int]]) -> None:
     """
     import cv2
     expected = (SolovError, OSError, MemoryError, ValueError, RuntimeError, cv2.error)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         rc = fn()
     except KeyboardInterrupt:
@@ -36,6 +38,14 @@ def cli_main(fn: Callable[[], Optional[int]]) -> None:
         print(f"error: {failure_line(e)}{hint}", file=sys.stderr)
         sys.exit(2)
     sys.exit(rc or 0)
+
+
+def _interrupt(signum, frame):
+    """SIGTERM ends a run as Ctrl-C does (partial results kept, `interrupted`, exit 130). It must: every MindSpore
+    graph run installs its own SIGINT handler (DefaultIntHandler in libmindspore_common), which turns Ctrl-C into
+    kill(getpid(), SIGTERM), so after the first network call a Ctrl-C arrives here. Python runs this between
+    bytecodes, i.e. once the current MindSpore call has returned."""
+    raise KeyboardInterrupt
 
 
 def check_flag_range(flag: str, value, low, high) -> None:

@@ -7,7 +7,7 @@ import operator
 import os
 from typing import AbstractSet, Any, Dict, Iterable, Optional
 
-from solov2.errors import SolovError
+from solov2.errors import SolovError, not_a_file
 
 
 class ConfigError(SolovError, ValueError):
@@ -120,8 +120,9 @@ def load_config_dict(path) -> Dict[str, Any]:
     dict/range/list/tuple, attribute access, lambdas, f-strings, `_base_`, ...); "<path>: no such config file".
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path}: no such config file")
+    problem = not_a_file(path, "config file")
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
     try:
         with open(path, encoding="utf-8") as f:
             return _Evaluator(path).run(ast.parse(f.read(), filename=path))

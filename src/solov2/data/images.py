@@ -5,7 +5,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from solov2.errors import SolovError
+from solov2.errors import SolovError, not_a_file
 
 # In JPEG scan data every 0xFF byte is followed by 0x00 or a restart marker, so the end-of-image marker FF D9 can
 # only be the real end; a file cut short lacks it near its end. Some writers append a little padding or metadata.
@@ -21,16 +21,11 @@ def _truncated_jpeg(head: bytes, tail: bytes) -> bool:
 
 
 def _not_a_file(path: Path) -> Optional[str]:
-    """Why `path` is not a regular file to read (never open a FIFO or a device: reading one can block forever)."""
-    if path.is_symlink() and not path.exists():
-        return "broken or looping symbolic link"
-    if not path.exists():
-        return "no such image file"
-    if not path.is_file():
-        return "not a regular file (a folder, FIFO or device)"
-    if path.stat().st_size == 0:
-        return "empty file (0 bytes)"
-    return None
+    """Why `path` is not a non-empty regular file to read, or None."""
+    problem = not_a_file(path, "image file")
+    if problem or path.stat().st_size:
+        return problem
+    return "empty file (0 bytes)"
 
 
 def file_problem(path) -> Optional[str]:

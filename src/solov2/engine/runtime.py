@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import mindspore as ms
 
-from solov2.errors import SolovError, first_line
+from solov2.errors import SolovError, first_line, not_a_file
 
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 
@@ -149,8 +149,9 @@ def init_distributed(distributed: bool) -> Tuple[int, int]:
     if not launched:
         raise SolovError("distributed training needs a launcher: use msrun_launcher.sh (see README)")
     table = os.environ.get("RANK_TABLE_FILE")
-    if "MS_ROLE" not in os.environ and table is not None and not os.path.isfile(table):
-        raise SolovError(f"environment variable RANK_TABLE_FILE={table!r}: no such file (a rank table from "
+    problem = not_a_file(table, "file") if table is not None and "MS_ROLE" not in os.environ else None
+    if problem:
+        raise SolovError(f"environment variable RANK_TABLE_FILE={table!r}: {problem} (a rank table from "
                          f"hccl_tools.py)")
     from mindspore.communication import get_group_size, get_rank, init
     init()

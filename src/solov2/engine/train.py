@@ -27,7 +27,7 @@ from solov2.engine.snapshot import (SNAPSHOT_RE, latest_valid_snapshot, load_sna
 from solov2.engine.train_step import make_train_step, to_tensors
 from solov2.engine.validation import Validator, best_entries, best_from_counters, run_validation, validation_set
 from solov2.engine.workdir import lock_work_dir, remove_stale_temporaries, unlock_work_dir
-from solov2.errors import SolovError
+from solov2.errors import SolovError, not_a_file
 from solov2.files import same_file
 from solov2.models import build_model
 
@@ -38,8 +38,9 @@ def find_snapshot(work: Path, resume: Optional[str]) -> Optional[Path]:
         return latest_valid_snapshot(work)
     if resume:
         snapshot = Path(resume)
-        if not snapshot.is_file():
-            raise SolovError(f"{snapshot}: no such snapshot to resume from")
+        problem = not_a_file(snapshot, "snapshot to resume from")
+        if problem:
+            raise SolovError(f"{snapshot}: {problem}")
         return snapshot
     return None
 
@@ -170,45 +171,45 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
     t_start, done_iters = time.time(), 0
     scale = scale_of(scaler)   # the loss scale before the next step (only a step changes it)
     for epoch in range(start_epoch, total):
-        bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{total}", disable=rank != 0, dynamic_ncols=True,
-                   leave=False)
         acc, t_data, t_epoch = np.zeros(3), 0.0, time.time()
         n_acc = 0
         t0 = t_interval = time.time()
-        for i, batch in enumerate(loader.epoch(epoch)):
-            t_data += time.time() - t0
-            loss, li, lc, finite = step(*to_tensors(batch))
-            acc += [float(loss.asnumpy()), float(li.asnumpy()), float(lc.asnumpy())]
-            if scaler is not None:
-                skipped, new_scale = not bool(finite.asnumpy()), scale_of(scaler)
-                if skipped or new_scale != scale:
-                    log.line(f"epoch [{epoch + 1}][{i + 1}/{iters}] " + ("gradients not finite (float16 overflow): "
-                             "update skipped, " if skipped else "") + f"loss scale {scale:g} -> {new_scale:g}")
-                scale = new_scale
-            n_acc += 1
-            global_step += 1
-            done_iters += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{acc[0] / n_acc:.3f}")
-            if not np.isfinite(acc).all():
-                raise SolovError(f"loss is not finite at epoch {epoch + 1} iteration {i + 1}; lower the lr "
-                                 f"(optimizer.lr) or check the data" + (" (or use --amp O2: O3 runs the norm "
-                                                                         "layers in float16)" if cfg.amp.level == "O3"
-                                                                        else ""))
-            if (i + 1) % cfg.log_interval == 0 or i + 1 == iters:
-                sec = (time.time() - t_interval) / n_acc          # this interval (includes graph compiles)
-                eta = (time.time() - t_start) / done_iters * ((total - epoch) * iters - i - 1)
-                row = dict(mode="train", epoch=epoch + 1, iter=global_step, lr=lrs[global_step - 1], loss=acc[0] / n_acc,
-                           loss_ins=acc[1] / n_acc, loss_cate=acc[2] / n_acc, time=sec, data_time=t_data / n_acc)
+        # closed on any exit, so that an error or `interrupted` starts on a line of its own
+        with tqdm(total=iters, desc=f"epoch {epoch + 1}/{total}", disable=rank != 0, dynamic_ncols=True,
+                  leave=False) as bar:
+            for i, batch in enumerate(loader.epoch(epoch)):
+                t_data += time.time() - t0
+                loss, li, lc, finite = step(*to_tensors(batch))
+                acc += [float(loss.asnumpy()), float(li.asnumpy()), float(lc.asnumpy())]
                 if scaler is not None:
-                    row["loss_scale"] = scale
-                log.record(row)
-                log.line(f"epoch [{epoch + 1}][{i + 1}/{iters}] lr {row['lr']:.2e} loss {row['loss']:.4f} "
-                         f"(ins {row['loss_ins']:.4f}, cate {row['loss_cate']:.4f}) {sec:.2f} s/it "
-                         f"(data {row['data_time']:.2f} s) eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
-                acc[:], n_acc, t_data, t_interval = 0, 0, 0.0, time.time()
-            t0 = time.time()
-        bar.close()
+                    skipped, new_scale = not bool(finite.asnumpy()), scale_of(scaler)
+                    if skipped or new_scale != scale:
+                        log.line(f"epoch [{epoch + 1}][{i + 1}/{iters}] " + ("gradients not finite (float16 overflow): "
+                                 "update skipped, " if skipped else "") + f"loss scale {scale:g} -> {new_scale:g}")
+                    scale = new_scale
+                n_acc += 1
+                global_step += 1
+                done_iters += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{acc[0] / n_acc:.3f}")
+                if not np.isfinite(acc).all():
+                    o3 = " (or use --amp O2: O3 runs the norm layers in float16)" if cfg.amp.level == "O3" else ""
+                    raise SolovError(f"loss is not finite at epoch {epoch + 1} iteration {i + 1}; lower the lr "
+                                     f"(optimizer.lr) or check the data{o3}")
+                if (i + 1) % cfg.log_interval == 0 or i + 1 == iters:
+                    sec = (time.time() - t_interval) / n_acc          # this interval (includes graph compiles)
+                    eta = (time.time() - t_start) / done_iters * ((total - epoch) * iters - i - 1)
+                    row = dict(mode="train", epoch=epoch + 1, iter=global_step, lr=lrs[global_step - 1],
+                               loss=acc[0] / n_acc, loss_ins=acc[1] / n_acc, loss_cate=acc[2] / n_acc, time=sec,
+                               data_time=t_data / n_acc)
+                    if scaler is not None:
+                        row["loss_scale"] = scale
+                    log.record(row)
+                    log.line(f"epoch [{epoch + 1}][{i + 1}/{iters}] lr {row['lr']:.2e} loss {row['loss']:.4f} "
+                             f"(ins {row['loss_ins']:.4f}, cate {row['loss_cate']:.4f}) {sec:.2f} s/it "
+                             f"(data {row['data_time']:.2f} s) eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+                    acc[:], n_acc, t_data, t_interval = 0, 0, 0.0, time.time()
+                t0 = time.time()
         if evaluating and ((epoch + 1) % ev.interval == 0 or epoch + 1 == total):
             best = run_validation(validator, net, log=log, work=work, epoch=epoch + 1, global_step=global_step,
                                   best=best, world=world)

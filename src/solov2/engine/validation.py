@@ -19,7 +19,7 @@ from solov2.checkpoint import write_checkpoint
 from solov2.config import SOLOv2Config
 from solov2.config.settings import VAL_METRIC_SUFFIXES
 from solov2.engine.logger import Logger
-from solov2.errors import SolovError
+from solov2.errors import SolovError, not_a_file
 from solov2.evaluation.coco_eval import check_class_count, first_image_ids, format_metrics, load_coco, summary_line
 from solov2.evaluation.results import predict_and_evaluate
 from solov2.inference import Predictor
@@ -42,8 +42,9 @@ def validation_set(cfg: SOLOv2Config):
         raise SolovError(f"{d.val_ann_file}: no image to validate on (data.val)")
     for i in ids:
         path = os.path.join(d.val_img_prefix, coco.imgs[i]["file_name"])
-        if not os.path.isfile(path):
-            raise SolovError(f"{path}: no such image (data.val.img_prefix {d.val_img_prefix}, image id {i})")
+        problem = not_a_file(path, "image")
+        if problem:
+            raise SolovError(f"{path}: {problem} (data.val.img_prefix {d.val_img_prefix}, image id {i})")
     return coco, d.val_img_prefix
 
 
