@@ -86,6 +86,17 @@ def loop(d):
     (d / "loop.jpg").symlink_to(d / "loop.jpg")
 
 
+def thin_ann(t):
+    """An annotation file of one image, thin.png (1x4000), with the TrashCan categories."""
+    (t / "photos").mkdir()
+    thin(t / "photos")
+    cats = json.loads(VAL_ANN.read_text())["categories"]
+    ann = {"images": [{"id": 1, "file_name": "thin.png", "height": 1, "width": 4000}], "annotations": [],
+           "categories": cats}
+    (t / "thin.json").write_text(json.dumps(ann))
+    return t / "thin.json"
+
+
 OFFICIAL = lambda c: c.parent / "official.pth"  # noqa: E731  (written by the ckpt fixture)
 
 # (id, argv from (tmp_path, converted checkpoint), texts the one error line must contain)
@@ -164,6 +175,9 @@ CASES = [
     ("run.py on a symlink loop",
      lambda t, c: ["run.py", TRASHCAN_CFG, c, folder_with(t, loop), "--out", t / "o"],
      ["loop.jpg", "looping symbolic link"]),
+    ("valuation.py on an image too thin for the test scale",
+     lambda t, c: ["valuation.py", TRASHCAN_CFG, c, "--ann", thin_ann(t), "--img-prefix", t / "photos"],
+     ["photos/thin.png", "too thin"]),
     # 5. inputs that are not regular files are refused unopened (never a hang)
     ("run.py CONFIG a FIFO",
      lambda t, c: ["run.py", fifo(t / "cfg.py"), c, VAL_IMG, "--out", t / "o"],

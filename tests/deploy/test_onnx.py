@@ -11,6 +11,8 @@ where it is not installed; `pip install -e ".[dev]"` (CI) installs it.
 """
 import importlib.util
 import json
+import os
+import re
 
 import cv2
 import pytest
@@ -131,3 +133,47 @@ def test_points_nms_flips_count_as_ties_only_beside_an_equal_neighbour():
     assert (d["nms_flips"], d["nms_near_ties"], d["nms_flip_score"]) == (1, 1, 0.0), d
     d = diffs([0.5, 0.6, 0.1, 0.1], {0: 0.5, 1: 0.6}, {0: 0.5})   # lost without a tie: a real difference
     assert (d["nms_flips"], d["nms_near_ties"]) == (1, 0) and d["nms_flip_score"] == pytest.approx(0.6), d
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
+def test_openvino_compiles_without_the_onednn_cap_and_infers_once(onnx_models, monkeypatch):
+    """OpenVINO's own oneDNN reads ONEDNN_MAX_CPU_ISA, the variable that caps MindSpore's at AVX2: capped, OpenVINO
+    crashed (exit -11) at 800x800 on an AMD EPYC Zen 4. The runner compiles without it and puts it back for
+    MindSpore. And one network call is one inference (reading the three outputs once each from it had run the
+    network three times: R50 800x800 5.3 s instead of 1.8 s)."""
+    import openvino as ov
+    seen, infers = [], []
+    compile_model, infer = ov.Core.compile_model, ov.InferRequest.infer
+
+    def spy_compile(self, *args, **kwargs):
+        seen.append(os.environ.get("ONEDNN_MAX_CPU_ISA"))
+        return compile_model(self, *args, **kwargs)
+
+    def spy_infer(self, *args, **kwargs):
+        infers.append(1)
+        return infer(self, *args, **kwargs)
+    monkeypatch.setattr(ov.Core, "compile_model", spy_compile)
+    monkeypatch.setattr(ov.InferRequest, "infer", spy_infer)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    pred = ExportedPredictor(onnx_models["r18"][2], runtime="openvino")
+    assert seen == [None] and os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    outputs = pred.network(pred.prepare(cv2.imread(str(IMAGES[0])))[0])
+    assert len(infers) == 1 and len(outputs) == 3
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_profile_lists_where_the_time_goes(onnx_models, capsys, runtime):
+    """`python -m solov2.tools.benchmark profile r18.onnx`: the operator types by time, which sum to about the
+    measured run time, and (onnxruntime) the convolutions' GFLOP from their shapes: light-R18 at 448x768 does
+    ~100 GFLOP (README "Per stage": 25 + 35 + 43), so the count must be in that range."""
+    from solov2.tools.benchmark import main
+    main(["profile", str(onnx_models["r18"][2]), "--runtime", runtime, "--runs", "2"])
+    out = capsys.readouterr().out
+    m = re.search(r"([\d.]+) s per run \(median of 2\); operators sum to ([\d.]+) s", out)
+    # the per-operator times and the wall time of a call differ by the call's own overhead and by the one run
+    # in three that is slower; a profile that misses half of the time or counts it twice fails
+    assert m and 0.5 < float(m.group(2)) / float(m.group(1)) < 2, out
+    assert re.search(r"^  (Conv|Convolution) ", out, re.M), out
+    if runtime == "onnxruntime":
+        g = re.search(r"convolutions \+ matrix products: ([\d.]+) GFLOP in", out)
+        assert g and 80 < float(g.group(1)) < 130, out

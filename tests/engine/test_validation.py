@@ -115,7 +115,8 @@ def test_resume_gives_identical_weights_val_rows_and_best(tmp_path, ckpt, pseudo
 
 def test_no_validate_and_a_missing_validation_set(tmp_path, pseudo_val):
     """--no-validate trains as without an evaluation section; a missing validation image is an error before the
-    first training step (no snapshot, no log row), naming the file."""
+    first training step (no snapshot, no log row), naming the file; one that breaks during an evaluation ends the
+    run naming it, after the epoch's training is saved (checkpoint interval 5: saved for the failure only)."""
     more = val_settings(pseudo_val)
     r = run_train(tmp_path / "off", "--no-validate", epochs=1, images=2, more=more)
     assert not val_rows(tmp_path / "off") and "validation" not in r.stdout + r.stderr
@@ -123,3 +124,15 @@ def test_no_validate_and_a_missing_validation_set(tmp_path, pseudo_val):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert re.search(r"error: /nonexistent/vid_\S+\.jpg: no such image \(data\.val\.img_prefix", r.stderr), r.stderr
     assert not (tmp_path / "bad" / "log.json").exists() and not list((tmp_path / "bad").glob("*.ckpt"))
+    images = tmp_path / "val"
+    images.mkdir()
+    for im in json.loads(pseudo_val.read_text())["images"]:
+        (images / im["file_name"]).write_bytes((MINI / "val" / im["file_name"]).read_bytes())
+    broken = images / json.loads(pseudo_val.read_text())["images"][-1]["file_name"]
+    broken.write_bytes(b"not an image, yet a regular file that exists")
+    r = run_train(tmp_path / "late", epochs=2, images=2, check=False,
+                  more=more + [f"data.val.img_prefix={images}/", "checkpoint_config.interval=5"])
+    errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and broken.name in errors[0], r.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "late").glob("*.ckpt")) == ["epoch_1.ckpt"]
+    assert "its evaluation did not complete" in (tmp_path / "late" / "train.log").read_text()

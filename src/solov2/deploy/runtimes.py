@@ -66,14 +66,20 @@ def mindir_runner(path: Path, dynamic: bool) -> Runner:
 def openvino_runner(path: Path, input_hw: Tuple[int, int]) -> Runner:
     """The three outputs through OpenVINO's CPU plugin reading the same .onnx, in float32: the precision hint keeps
     OpenVINO from choosing bf16 on CPUs that have it (AMX, AVX-512 BF16), which would not give the native results."""
+    from solov2.engine.runtime import onednn_isa_unset
     try:
-        import openvino as ov
+        with onednn_isa_unset():   # MindSpore's AVX2 cap made OpenVINO slow and crash: it picks its own kernels
+            import openvino as ov
+            compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     except ImportError:
         raise MissingRuntime(f"{path}: --runtime openvino needs OpenVINO: pip install -e '.[openvino]'") from None
-    try:
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own for a corrupt or foreign file
         raise SolovError(f"{path}: OpenVINO cannot load it ({first_line(e)})") from None
     _check_input(path, compiled.inputs[0].get_partial_shape().to_shape(), input_hw)
     request = compiled.create_infer_request()
-    return lambda x: [np.asarray(request.infer({0: x})[o]) for o in compiled.outputs]
+    outputs = compiled.outputs
+
+    def run(x: np.ndarray) -> List[np.ndarray]:
+        result = request.infer({0: x})   # one inference, then its three outputs (not one inference per output)
+        return [np.asarray(result[o]) for o in outputs]
+    return run

@@ -1,4 +1,5 @@
 """Process-level MindSpore setup: the CPU convolution cap, device and mode, distributed initialisation."""
+import contextlib
 import os
 import platform
 import sys
@@ -46,6 +47,21 @@ def cap_cpu_isa() -> Optional[str]:
               f"its AVX-512 convolution path is 100x slower; set {ONEDNN_ISA_VAR}=ALL to turn this off",
               file=sys.stderr)
     return ONEDNN_ISA_CAP
+
+
+@contextlib.contextmanager
+def onednn_isa_unset():
+    """ONEDNN_MAX_CPU_ISA removed from the environment inside the block, put back after it. OpenVINO compiles its
+    networks with a oneDNN of its own that reads the same variable: capped at AVX2 on an AVX-512 CPU it picked
+    2.3x slower kernels and crashed (segmentation fault) at some input sizes (AMD EPYC Zen 4, OpenVINO 2026.4),
+    uncapped it matches onnxruntime. MindSpore's oneDNN has read the variable at its first kernel or will read it
+    after the block, so the cap keeps applying to MindSpore."""
+    value = os.environ.pop(ONEDNN_ISA_VAR, None)
+    try:
+        yield
+    finally:
+        if value is not None:
+            os.environ[ONEDNN_ISA_VAR] = value
 
 
 def set_mode(mode: str) -> None:

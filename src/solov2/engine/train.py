@@ -82,7 +82,6 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
     work = Path(work_dir)
     if work.exists() and not work.is_dir():
         raise SolovError(f"{work}: --work-dir exists and is not a folder")
-    check_load_from(load_from or cfg.load_from, work)
     args = dict(rank=rank, world=world, resume=resume, load_from=load_from, seed=seed, mode=mode, keep_last=keep_last,
                 validate=validate)
     if rank != 0:   # rank 0 owns the work dir
@@ -103,6 +102,8 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
     """The body of `train`, with the work dir locked (rank 0); removed: stale temporary files it deleted."""
     d, o = cfg.data, cfg.optim
     snapshot = find_snapshot(work, resume)
+    if snapshot is None:   # a resumed run does not read load_from
+        check_load_from(load_from or cfg.load_from, work)
     counters = read_counters(snapshot) if snapshot is not None else None
     dataset = training_set(cfg)
     ev = cfg.evaluation
@@ -210,15 +211,22 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
                              f"(data {row['data_time']:.2f} s) eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
                     acc[:], n_acc, t_data, t_interval = 0, 0, 0.0, time.time()
                 t0 = time.time()
+        stopped = None   # an evaluation that failed or was interrupted: it ends the run once the epoch is saved
         if evaluating and ((epoch + 1) % ev.interval == 0 or epoch + 1 == total):
-            best = run_validation(validator, net, log=log, work=work, epoch=epoch + 1, global_step=global_step,
-                                  best=best, world=world)
-        # checkpoint_config.interval (default 1: every epoch); the last epoch is always saved
-        if rank == 0 and ((epoch + 1) % cfg.checkpoint_interval == 0 or epoch + 1 == total):
+            try:
+                best = run_validation(validator, net, log=log, work=work, epoch=epoch + 1, global_step=global_step,
+                                      best=best, world=world)
+            except (Exception, KeyboardInterrupt) as e:
+                stopped = e
+        # checkpoint_config.interval (default 1: every epoch); the last epoch is always saved, and so is an epoch
+        # whose evaluation failed (its training is not lost; the snapshot keeps the best as it was before)
+        if rank == 0 and (stopped is not None or (epoch + 1) % cfg.checkpoint_interval == 0 or epoch + 1 == total):
             path = work / f"epoch_{epoch + 1}.ckpt"
             save_snapshot(path, net, optimizer, epoch + 1, seed, scaler, extra=best_entries(ev.save_best, best))
             prune_snapshots(work, keep_last)
             log.plot()
             log.line(f"epoch {epoch + 1} done in {time.time() - t_epoch:.0f} s: saved {path} "
-                     f"(weights {params_digest(net)})")
+                     f"(weights {params_digest(net)})" + ("; its evaluation did not complete" if stopped else ""))
+        if stopped is not None:
+            raise stopped
     return work

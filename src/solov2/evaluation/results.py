@@ -103,7 +103,10 @@ def predict_dataset(predictor, ann_file: Union[str, COCO], img_prefix: str, max_
         if img.shape[:2] != (info["height"], info["width"]):
             raise SolovError(f"{path}: image is {img.shape[0]}x{img.shape[1]} but {ann_name(coco)} says "
                              f"{info['height']}x{info['width']}")
-        return predictor.prepare(img)
+        try:
+            return predictor.prepare(img)
+        except SolovError as e:   # too thin for the test scale, larger than a static export: name the image
+            raise SolovError(f"{path}: {e}") from None
 
     def finish(img_id, prepared, outputs):
         res = predictor.finish(outputs, prepared[1])
@@ -111,11 +114,11 @@ def predict_dataset(predictor, ann_file: Union[str, COCO], img_prefix: str, max_
                                     names, image_id=img_id, category_ids=cat_ids)
 
     records: List[dict] = []
-    bar = tqdm(total=len(ids), unit="img", desc="evaluate", dynamic_ncols=True, disable=not progress)
-    for recs in overlapped(ids, prepare, lambda prepared: predictor.network(prepared[0]), finish):
-        records += recs
-        bar.update(1)
-    bar.close()
+    # closed on any exit, so that an error starts on a line of its own
+    with tqdm(total=len(ids), unit="img", desc="evaluate", dynamic_ncols=True, disable=not progress) as bar:
+        for recs in overlapped(ids, prepare, lambda prepared: predictor.network(prepared[0]), finish):
+            records += recs
+            bar.update(1)
     return records
 
 

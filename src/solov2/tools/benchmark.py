@@ -5,7 +5,9 @@ achieved GFLOP/s against this machine's float32 matrix-multiply peak (measured h
         configs/solov2/solov2_light_448_r18_fpn_8gpu_3x.py --repeat 3
 
 Weights are random (speed does not depend on them); post-processing gets the network's real outputs.
-The comparison with mmdetection (`python -m solov2.tools.benchmark peer ...`) is in `solov2.tools.benchmark_peer`.
+The comparison with mmdetection (`python -m solov2.tools.benchmark peer ...`) is in `solov2.tools.benchmark_peer`,
+the operator profile of an exported .onnx (`python -m solov2.tools.benchmark profile MODEL.onnx`) in
+`solov2.tools.profile_exported`.
 """
 import argparse
 import dataclasses
@@ -122,6 +124,9 @@ def main(argv: List[str] = None) -> None:
     if argv[:1] == ["peer"] or argv[:1] == ["_predict"]:
         from solov2.tools.benchmark_peer import main as peer_main
         return peer_main(argv)
+    if argv[:1] == ["profile"]:
+        from solov2.tools.profile_exported import main as profile_main
+        return profile_main(argv[1:])
     if argv[:1] == ["stages"]:
         argv = argv[1:]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
