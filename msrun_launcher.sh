@@ -23,6 +23,8 @@ Defaults: WORKER_NUM=8, LOCAL_WORKER_NUM=WORKER_NUM, MASTER_ADDR=127.0.0.1, MAST
   LOG_DIR=output/msrun_log, JOIN=True, CLUSTER_TIME_OUT=600 (seconds; negative = wait forever).
 JOIN=True (default here; mindformers uses False): wait for all workers and exit with the job's status.
 JOIN=False: return right after spawning; the workers keep running in the background.
+Multi-node: MASTER_ADDR is checked first (resolvable, node 0's own address on NODE_RANK 0 only, routable);
+  MSRUN_LAUNCHER_NO_ADDR_CHECK=1 skips the check.
 Logs: LOG_DIR/scheduler.log and LOG_DIR/worker_<rank>.log.
 EOF
 }
@@ -96,17 +98,19 @@ except OSError:
 fi
 
 # Multi-node: msrun starts the scheduler on the node that owns MASTER_ADDR, whatever NODE_RANK says, and a node that
-# cannot reach it waits CLUSTER_TIME_OUT before failing with tracebacks. Check the address the way msrun reads it.
-if ((10#$WORKER_NUM != 10#$LOCAL_WORKER_NUM)); then
+# cannot reach it waits CLUSTER_TIME_OUT before failing with tracebacks. Check the address the way msrun reads it
+# (MSRUN_LAUNCHER_NO_ADDR_CHECK=1 skips this, for networks where the check is wrong).
+if ((10#$WORKER_NUM != 10#$LOCAL_WORKER_NUM)) && [[ ${MSRUN_LAUNCHER_NO_ADDR_CHECK:-0} != 1 ]]; then
   if ! why=$("$PY" -c 'import errno, socket, sys
 addr, port, node_rank = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 try:
     family, _, _, _, where = socket.getaddrinfo(addr.strip("[]"), port, type=socket.SOCK_STREAM)[0]
 except OSError as e:
     sys.exit(f"MASTER_ADDR {addr!r} is neither an IP address nor a host name this node can resolve ({e.strerror})")
-try:
-    socket.socket(family).bind((where[0], 0))
-    local = True
+try:   # as msrun decides (its fallback): the source address the kernel picks to reach it is the address itself
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    probe.connect(where)
+    local = probe.getsockname()[0] == where[0]
 except OSError:
     local = False
 if node_rank == 0 and not local:

@@ -23,7 +23,7 @@ def not_a_file(path, what: str) -> Optional[str]:
     if not os.path.exists(path):
         return f"no such {what}"
     if not os.path.isfile(path):
-        return f"not a regular file (a folder, FIFO or device), so not a {what}"
+        return "not a regular file (a folder, FIFO or device)"
     return None
 
 

@@ -116,7 +116,8 @@ def test_resume_gives_identical_weights_val_rows_and_best(tmp_path, ckpt, pseudo
 def test_no_validate_and_a_missing_validation_set(tmp_path, pseudo_val):
     """--no-validate trains as without an evaluation section; a missing validation image is an error before the
     first training step (no snapshot, no log row), naming the file; one that breaks during an evaluation ends the
-    run naming it, after the epoch's training is saved (checkpoint interval 5: saved for the failure only)."""
+    run naming it, after the epoch's training is saved (checkpoint interval 5: saved for the failure only), and a
+    resume makes up that evaluation first."""
     more = val_settings(pseudo_val)
     r = run_train(tmp_path / "off", "--no-validate", epochs=1, images=2, more=more)
     assert not val_rows(tmp_path / "off") and "validation" not in r.stdout + r.stderr
@@ -136,3 +137,9 @@ def test_no_validate_and_a_missing_validation_set(tmp_path, pseudo_val):
     assert r.returncode == 2 and len(errors) == 1 and broken.name in errors[0], r.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "late").glob("*.ckpt")) == ["epoch_1.ckpt"]
     assert "its evaluation did not complete" in (tmp_path / "late" / "train.log").read_text()
+    # the image mended, --resume auto first makes up epoch 1's evaluation, then trains and evaluates epoch 2
+    broken.write_bytes((MINI / "val" / broken.name).read_bytes())
+    r = run_train(tmp_path / "late", "--resume", "auto", epochs=2, images=2,
+                  more=more + [f"data.val.img_prefix={images}/", "checkpoint_config.interval=5"])
+    assert "epoch 1: evaluating it first" in r.stdout + r.stderr, r.stderr[-3000:]
+    assert [row["epoch"] for row in val_rows(tmp_path / "late")] == [1, 2]

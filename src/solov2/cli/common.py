@@ -44,7 +44,9 @@ def _interrupt(signum, frame):
     """SIGTERM ends a run as Ctrl-C does (partial results kept, `interrupted`, exit 130). It must: every MindSpore
     graph run installs its own SIGINT handler (DefaultIntHandler in libmindspore_common), which turns Ctrl-C into
     kill(getpid(), SIGTERM), so after the first network call a Ctrl-C arrives here. Python runs this between
-    bytecodes, i.e. once the current MindSpore call has returned."""
+    bytecodes, i.e. once the current MindSpore call has returned; a second SIGTERM (or Ctrl-C, which MindSpore
+    turns into one) meanwhile kills the process at once, as before."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise KeyboardInterrupt
 
 

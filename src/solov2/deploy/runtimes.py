@@ -10,6 +10,7 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
+from solov2.cpu import onednn_isa_unset
 from solov2.errors import SolovError, first_line
 
 RUNTIMES = ("onnxruntime", "openvino")
@@ -63,18 +64,25 @@ def mindir_runner(path: Path, dynamic: bool) -> Runner:
 
 
 
+def openvino_compiled(path: Path, **config):
+    """`path` compiled by OpenVINO's CPU plugin in float32 (plus `config`, e.g. PERF_COUNT=True). Compiled without
+    ONEDNN_MAX_CPU_ISA (`solov2.cpu.onednn_isa_unset`): OpenVINO's own oneDNN reads it too, and under MindSpore's
+    AVX2 cap it crashed."""
+    with onednn_isa_unset():
+        try:
+            import openvino as ov
+        except ImportError:
+            raise MissingRuntime(f"{path}: --runtime openvino needs OpenVINO: pip install -e '.[openvino]'") from None
+        try:
+            return ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", **config})
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own for a corrupt or foreign file
+            raise SolovError(f"{path}: OpenVINO cannot load it ({first_line(e)})") from None
+
+
 def openvino_runner(path: Path, input_hw: Tuple[int, int]) -> Runner:
     """The three outputs through OpenVINO's CPU plugin reading the same .onnx, in float32: the precision hint keeps
     OpenVINO from choosing bf16 on CPUs that have it (AMX, AVX-512 BF16), which would not give the native results."""
-    from solov2.engine.runtime import onednn_isa_unset
-    try:
-        with onednn_isa_unset():   # MindSpore's AVX2 cap made OpenVINO slow and crash: it picks its own kernels
-            import openvino as ov
-            compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    except ImportError:
-        raise MissingRuntime(f"{path}: --runtime openvino needs OpenVINO: pip install -e '.[openvino]'") from None
-    except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own for a corrupt or foreign file
-        raise SolovError(f"{path}: OpenVINO cannot load it ({first_line(e)})") from None
+    compiled = openvino_compiled(path)
     _check_input(path, compiled.inputs[0].get_partial_shape().to_shape(), input_hw)
     request = compiled.create_infer_request()
     outputs = compiled.outputs

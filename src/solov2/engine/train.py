@@ -25,7 +25,8 @@ from solov2.engine.runtime import init_distributed
 from solov2.engine.snapshot import (SNAPSHOT_RE, latest_valid_snapshot, load_snapshot, params_digest, prune_snapshots,
                                     read_counters, save_snapshot)
 from solov2.engine.train_step import make_train_step, to_tensors
-from solov2.engine.validation import Validator, best_entries, best_from_counters, run_validation, validation_set
+from solov2.engine.validation import (Validator, best_entries, best_from_counters, evaluated_epochs, run_validation,
+                                     validation_set)
 from solov2.engine.workdir import lock_work_dir, remove_stale_temporaries, unlock_work_dir
 from solov2.errors import SolovError, not_a_file
 from solov2.files import same_file
@@ -168,6 +169,12 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
         log.line(f"validation: every {ev.interval} epoch(s) and after the last, on {validator.num_images} image(s) "
                  f"of {d.val_ann_file}, {' and '.join(ev.metrics)} AP" + (f", best checkpoint by {ev.save_best}"
                                                                           if ev.save_best else ""))
+    if evaluating and 0 < start_epoch and (start_epoch % ev.interval == 0 or start_epoch == total) \
+            and start_epoch not in evaluated_epochs(work):   # the run that saved the snapshot stopped in it
+        log.line(f"epoch {start_epoch}: evaluating it first: its evaluation did not complete in the run that saved "
+                 f"{snapshot.name}")
+        best = run_validation(validator, net, log=log, work=work, epoch=start_epoch, global_step=global_step,
+                              best=best, world=world)
     lrs = lr_schedule(o, iters, total)
     t_start, done_iters = time.time(), 0
     scale = scale_of(scaler)   # the loss scale before the next step (only a step changes it)
@@ -222,7 +229,12 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
         # whose evaluation failed (its training is not lost; the snapshot keeps the best as it was before)
         if rank == 0 and (stopped is not None or (epoch + 1) % cfg.checkpoint_interval == 0 or epoch + 1 == total):
             path = work / f"epoch_{epoch + 1}.ckpt"
-            save_snapshot(path, net, optimizer, epoch + 1, seed, scaler, extra=best_entries(ev.save_best, best))
+            try:
+                save_snapshot(path, net, optimizer, epoch + 1, seed, scaler, extra=best_entries(ev.save_best, best))
+            except Exception as e:
+                if stopped is None:
+                    raise
+                raise stopped from e   # the evaluation's failure is what the user must see first
             prune_snapshots(work, keep_last)
             log.plot()
             log.line(f"epoch {epoch + 1} done in {time.time() - t_epoch:.0f} s: saved {path} "

@@ -6,6 +6,7 @@ mode compiles it once for every evaluation and image size; before each evaluatio
 current parameter values (a copy in memory, no snapshot reload). Being a separate float32 cell, it gives the AP
 that valuation.py gives on the same weights whatever the training's amp level.
 """
+import json
 import os
 import re
 import time
@@ -120,6 +121,21 @@ def best_from_counters(key: Optional[str], counters: Optional[dict]) -> Best:
     if key is None or counters is None or f"best_{key}" not in counters:
         return None
     return counters[f"best_{key}"], int(counters[f"best_{key}_epoch"])
+
+
+def evaluated_epochs(work: Path) -> set:
+    """The epochs that have a `val` row in work/log.json (every rank can read it: the work dir is shared)."""
+    try:
+        lines = (work / "log.json").read_text().splitlines()
+    except OSError:
+        return set()
+    rows = []
+    for s in lines:
+        try:
+            rows.append(json.loads(s))
+        except ValueError:   # a line cut by a kill; the others still count
+            continue
+    return {r.get("epoch") for r in rows if isinstance(r, dict) and r.get("mode") == "val"}
 
 
 def validation_status(ok: bool, world: int) -> bool:

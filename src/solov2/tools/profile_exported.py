@@ -9,6 +9,7 @@ already run near the GEMM peak, a float32 network cannot get faster on this CPU 
 import argparse
 import collections
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -24,10 +25,10 @@ def onnxruntime_profile(path: Path, x: np.ndarray, runs: int) -> Tuple[float, Di
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.enable_profiling = True
-    so.profile_file_prefix = str(Path("/tmp") / f"solov2_ort_profile_{path.stem}")
+    so.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"solov2_ort_profile_{path.stem}")
     session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x}
-    session.run(None, feed)                       # warm-up: the profile below holds it too, so it is counted apart
+    session.run(None, feed)                       # warm-up: the trace holds it too; it is left out below
     times = []
     for _ in range(runs):
         t = time.perf_counter()
@@ -38,20 +39,23 @@ def onnxruntime_profile(path: Path, x: np.ndarray, runs: int) -> Tuple[float, Di
               if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     trace.unlink()
     by_op: Dict[str, float] = collections.Counter()
-    flop = 0.0
+    flop, seen = 0.0, set()
     for e in events:
+        if e["name"] not in seen:   # each node's first event is the warm-up's
+            seen.add(e["name"])
+            continue
         op = e["args"]["op_name"]
-        by_op[op] += e["dur"] * 1e-6 / (runs + 1)
-        flop += _gemm_flop(op, e["args"]) / (runs + 1)
+        by_op[op] += e["dur"] * 1e-6 / runs
+        flop += _gemm_flop(op, e["args"]) / runs
     return float(np.median(times)), dict(by_op), flop / 1e9
 
 
 def _gemm_flop(op: str, args: dict) -> float:
-    """2 x multiply-adds of a Conv (weight (Co, Ci/g, kh, kw), output (N, Co, Ho, Wo)) or a MatMul ((.., M, K) x
+    """2 x multiply-adds of a Conv or FusedConv (weight (Co, Ci/g, kh, kw), output (N, Co, Ho, Wo)) or a MatMul ((.., M, K) x
     (K, N)); 0 for other operators."""
     shapes = [list(s.values())[0] for s in args.get("input_type_shape", [])]
     out = [list(s.values())[0] for s in args.get("output_type_shape", [])]
-    if op == "Conv" and len(shapes) > 1 and out:
+    if op in ("Conv", "FusedConv") and len(shapes) > 1 and out:
         return 2.0 * float(np.prod(out[0])) * float(np.prod(shapes[1][1:]))
     if op in ("MatMul", "Gemm") and len(shapes) > 1 and out:
         return 2.0 * float(np.prod(out[0])) * float(shapes[0][-1])
@@ -61,10 +65,8 @@ def _gemm_flop(op: str, args: dict) -> float:
 def openvino_profile(path: Path, x: np.ndarray, runs: int) -> Tuple[float, Dict[str, float], float]:
     """(median seconds per run, {layer type: seconds per run}, nan) from OpenVINO's performance counters (they give
     no shapes, so no GFLOP), compiled as `solov2.deploy.runtimes.openvino_runner` compiles it."""
-    from solov2.engine.runtime import onednn_isa_unset
-    with onednn_isa_unset():
-        import openvino as ov
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True})
+    from solov2.deploy.runtimes import openvino_compiled
+    compiled = openvino_compiled(path, PERF_COUNT=True)
     request = compiled.create_infer_request()
     request.infer({0: x})
     times, by_op = [], collections.Counter()
@@ -78,6 +80,7 @@ def openvino_profile(path: Path, x: np.ndarray, runs: int) -> Tuple[float, Dict[
 
 
 def main(argv: List[str]) -> None:
+    """`python -m solov2.tools.benchmark profile ...` (argv without 'profile'): prints the profile."""
     ap = argparse.ArgumentParser(prog="python -m solov2.tools.benchmark profile", description=__doc__.splitlines()[0])
     ap.add_argument("model", type=Path, help="an .onnx written by export.py (its .json sidecar beside it)")
     ap.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino"])
@@ -89,7 +92,7 @@ def main(argv: List[str]) -> None:
         ap.error(f"{a.model}: not an exported .onnx (its sidecar says {spec.model_format})")
     h, w = spec.input_hw
     x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
-    from solov2.engine.runtime import cpu_kind
+    from solov2.cpu import cpu_kind
     from solov2.tools.benchmark import matmul_peak
     peak = matmul_peak()["numpy"]
     run = onnxruntime_profile if a.runtime == "onnxruntime" else openvino_profile
@@ -99,7 +102,7 @@ def main(argv: List[str]) -> None:
           f"(median of {a.runs}); operators sum to {total:.3f} s")
     for op, s in sorted(by_op.items(), key=lambda kv: -kv[1])[:a.top]:
         print(f"  {op:24s} {s * 1000:9.1f} ms  {100 * s / total:5.1f}%")
-    gemm = by_op.get("Conv", 0.0) + by_op.get("MatMul", 0.0) + by_op.get("Gemm", 0.0)
+    gemm = sum(by_op.get(op, 0.0) for op in ("Conv", "FusedConv", "MatMul", "Gemm"))
     if np.isfinite(gflop) and gemm > 0:
         print(f"convolutions + matrix products: {gflop:.1f} GFLOP in {gemm:.3f} s = {gflop / gemm:.0f} GFLOP/s; "
               f"this machine's float32 GEMM peak (NumPy/BLAS, 2048x2048): {peak:.0f} GFLOP/s "
