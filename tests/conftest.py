@@ -30,7 +30,7 @@ NORM = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), to_rgb=
 def pytest_configure(config):
     if not REF.is_dir():
         raise pytest.UsageError(f"test data not found: {REF} (set SOLOV2_SHARED to the shared/ folder)")
-    from solov2.engine.runtime import cap_cpu_isa
+    from solov2.cpu import cap_cpu_isa
     cap_cpu_isa()  # before the first kernel: the suite runs its models in-process, bypassing set_runtime
     ms.set_device("CPU")
 

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 import mindspore as ms
 import numpy as np
 
-from solov2.errors import SolovError, failure_line, first_line, not_a_file
+from solov2.errors import SolovError, check_file, failure_line, first_line
 from solov2.files import atomic_write
 
 
@@ -90,9 +90,7 @@ def load_checkpoint(path, **kwargs) -> Dict[str, ms.Parameter]:
 def read_checkpoint(path, what: str = "checkpoint") -> Dict[str, ms.Parameter]:
     """Read a MindSpore .ckpt; missing or unreadable files raise SolovError naming the file (what: 'snapshot')."""
     path = Path(path)
-    problem = not_a_file(path, f"{what} file")
-    if problem:
-        raise SolovError(f"{path}: {problem}")
+    check_file(path, f"{what} file")
     try:
         return load_checkpoint(path)
     except (ValueError, RuntimeError, TypeError, OSError) as e:

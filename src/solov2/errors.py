@@ -27,13 +27,18 @@ def not_a_file(path, what: str) -> Optional[str]:
     return None
 
 
+def check_file(path, what: str, error=SolovError, hint: str = "") -> None:
+    """Raise `error` "<path>: <problem><hint>" unless `path` is a regular file (see `not_a_file`)."""
+    problem = not_a_file(path, what)
+    if problem:
+        raise error(f"{os.fspath(path)}: {problem}{hint}")
+
+
 def read_json(path, what: str, error=SolovError):
     """Parse a JSON file; a missing, unreadable or malformed file raises `error` "<path>: <problem>" (what: e.g.
     'annotation file')."""
     path = os.fspath(path)
-    problem = not_a_file(path, what)
-    if problem:
-        raise error(f"{path}: {problem}")
+    check_file(path, what, error)
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)

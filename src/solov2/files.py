@@ -10,7 +10,7 @@ import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional
+from typing import Iterable, Iterator, Mapping, Optional, Tuple
 
 from solov2.errors import SolovError
 
@@ -34,20 +34,33 @@ def check_writable(path, force: bool) -> None:
 
 def same_file(a, b) -> bool:
     """True if paths `a` and `b` name one existing file: through symlinks, '..' and hard links (device and inode)."""
+    return _identity(a) is not None and _identity(a) == _identity(b)
+
+
+def _identity(path) -> Optional[Tuple[int, int]]:
+    """(device, inode) of the file `path` names through symlinks; None if it names none (missing, a loop)."""
     try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError):   # either is missing (an output not yet written cannot be an input)
-        return False
+        st = os.stat(path)
+    except (OSError, ValueError):   # an output not yet written cannot be an input
+        return None
+    return st.st_dev, st.st_ino
 
 
-def check_not_an_input(outputs: Iterable, inputs: Mapping[str, Optional[object]]) -> None:
-    """Before any work: no output (a path about to be written) is one of the command's inputs ({what: path},
-    None for an absent one). Never allowed, even with --force: --force only ever replaces an earlier output."""
+def check_not_an_input(outputs: Iterable, inputs: Mapping[str, object]) -> None:
+    """Before any work: no output (a path about to be written) is one of the command's inputs: {what: path, None
+    for an absent one, or a list of paths}. Compared by device and inode, so symlinks, '..' and hard links count,
+    in one stat per path. Never allowed, even with --force: --force only ever replaces an earlier output."""
+    known = {}
+    for what, paths in inputs.items():
+        for path in (paths if isinstance(paths, (list, tuple)) else [paths]):
+            ident = _identity(path) if path is not None else None
+            if ident is not None:
+                known.setdefault(ident, (what, path))
     for out in outputs:
-        for what, path in inputs.items():
-            if path is not None and same_file(out, path):
-                raise SolovError(f"{out}: is the input {what} ({path}); an output never replaces an input, even "
-                                 f"with --force: choose another name")
+        hit = known.get(_identity(out))
+        if hit is not None:
+            raise SolovError(f"{out}: is the input {hit[0]} ({hit[1]}); an output never replaces an input, even "
+                             f"with --force: choose another name")
 
 
 UMASK = "umask"  # atomic_write mode: what a plain open() would have created (0666 less the process umask)

@@ -2,12 +2,11 @@
 
 Used by the converter (`solov2.convert`); torch is imported only here, and only when a file is read.
 """
-import os
 from typing import Dict, List, Tuple
 
 import numpy as np
 
-from solov2.errors import SolovError, first_line, not_a_file
+from solov2.errors import SolovError, check_file, first_line
 
 
 class ConvertError(SolovError):
@@ -73,9 +72,7 @@ def load_torch_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
     info: 'container' ('state_dict' | 'model' | 'bare'), 'ignored' (other top-level entries), 'classes'
     (list of str from mmdet ``meta['CLASSES']`` or mmdet3 ``meta['dataset_meta']['classes']``, else None).
     """
-    problem = not_a_file(path, "file")
-    if problem:
-        raise ConvertError(f"{path}: {problem}")
+    check_file(path, "file", ConvertError)
     with open(path, "rb") as f:
         head = f.read(4)
     # torch.save writes a zip archive (>= 1.6) or a protocol-2 pickle (legacy); anything else is not a .pth.

@@ -49,7 +49,7 @@ def two_point_polygon_ann(t):
 CASES = [
     ("run.py --out is the input folder",
      lambda t, c: ["run.py", TRASHCAN_CFG, c, photos(t / "photos"), "--out", t / "photos", "--force"],
-     ["b.jpg", "would replace the input image"]),
+     ["b.jpg", "is the input image", "even with --force"]),
     ("run.py --out holds an earlier picture",
      lambda t, c: ["run.py", TRASHCAN_CFG, c, photos(t / "photos"), "--out", out_with_earlier_picture(t)],
      ["b.jpg", "already exists", "--force"]),

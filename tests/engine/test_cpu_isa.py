@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from solov2.engine.runtime import ONEDNN_ISA_VAR, cpu_kind
+from solov2.cpu import ONEDNN_ISA_VAR, cpu_kind
 
 # A conv forward + backward through the project's own entry point (set_runtime), in a fresh process so that the
 # ISA decision is made there, as in every CLI.
@@ -72,7 +72,7 @@ def test_uncapped_oneDNN_is_caught_on_avx512(tmp_path):
 
 
 def test_user_setting_wins(monkeypatch):
-    from solov2.engine.runtime import cap_cpu_isa
+    from solov2.cpu import cap_cpu_isa
     monkeypatch.setenv(ONEDNN_ISA_VAR, "AVX")
     assert cap_cpu_isa() is None and os.environ[ONEDNN_ISA_VAR] == "AVX"
 

@@ -155,8 +155,9 @@ def test_two_workers_with_amp_agree_with_one_process(setup, tmp_path):
 
 
 def test_two_workers_validate_as_one_process(setup, tmp_path, ckpt, native_val_results):
-    """Validation under msrun: rank 0 evaluates while rank 1 waits, both leave together, rank 0 keeps the best
-    checkpoint, and the val row equals valuation.py (one process) on the epoch's snapshot."""
+    """Validation under msrun: each rank predicts 2 of the 4 images, rank 0 gathers and evaluates them, both leave
+    together, rank 0 keeps the best checkpoint, and the val row equals valuation.py (one process) on the epoch's
+    snapshot (an image predicted twice or not at all would change the AP)."""
     from deploy.deploy_common import pseudo_ground_truth
     from engine.test_validation import SUFFIXES, val_rows, val_settings
     from solov2.evaluation.coco_eval import evaluate_results, load_coco
@@ -164,7 +165,7 @@ def test_two_workers_validate_as_one_process(setup, tmp_path, ckpt, native_val_r
     work = tmp_path / "work"
     r = launch(setup, work, 1, tmp_path / "logs", init=ckpt, more=val_settings(ann))
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert "epoch 1 validation: 4 image(s)" in (tmp_path / "logs" / "worker_0.log").read_text()
+    assert "epoch 1 validation: 4 image(s) on 2 devices in" in (tmp_path / "logs" / "worker_0.log").read_text()
     rows = val_rows(work)
     assert len(rows) == 1 and rows[0]["segm_mAP"] > 0.05, rows
     assert sorted(p.name for p in work.glob("*.ckpt")) == ["best_segm_mAP_epoch_1.ckpt", "epoch_1.ckpt"]

@@ -6,7 +6,6 @@
 (CONFIG and CHECKPOINT may also be given as --config / --checkpoint, as the older MindSpore port's test.py.)
 """
 import argparse
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -62,24 +61,12 @@ def picture_names(files: List[Path]) -> Dict[str, str]:
             for p in files}
 
 
-def _stat(path: Path):
-    try:
-        return path.stat()
-    except OSError:
-        return None
-
-
 def check_pictures(out: Path, files: List[Path], pictures: Dict[str, str], video: Optional[Path],
                    force: bool) -> None:
     """Before any work: no output picture may be an input (never, even with --force), and none may exist
     without --force. Video frames are `<video stem>_NNNNNN.jpg`."""
-    inputs = {os.path.realpath(p) for p in files}   # realpath: a symlink loop is a path, not an exception
     planned = [out / name for name in pictures.values()]
-    inodes = {(st.st_dev, st.st_ino) for st in map(_stat, files) if st is not None}   # hard links too
-    for path in planned:
-        st = _stat(path)
-        if os.path.realpath(path) in inputs or (st is not None and (st.st_dev, st.st_ino) in inodes):
-            raise SolovError(f"{path}: the output picture would replace the input image; choose another --out")
+    check_not_an_input(planned, {"image": files})
     existing = [p for p in planned if p.exists()]
     if video is not None and out.is_dir():
         existing = sorted(out.glob(f"{video.stem}_" + "[0-9]" * 6 + ".jpg"))

@@ -7,7 +7,7 @@ import operator
 import os
 from typing import AbstractSet, Any, Dict, Iterable, Optional
 
-from solov2.errors import SolovError, not_a_file
+from solov2.errors import SolovError, check_file
 
 
 class ConfigError(SolovError, ValueError):
@@ -120,9 +120,7 @@ def load_config_dict(path) -> Dict[str, Any]:
     dict/range/list/tuple, attribute access, lambdas, f-strings, `_base_`, ...); "<path>: no such config file".
     """
     path = os.fspath(path)
-    problem = not_a_file(path, "config file")
-    if problem:
-        raise ConfigError(f"{path}: {problem}")
+    check_file(path, "config file", ConfigError)
     try:
         with open(path, encoding="utf-8") as f:
             return _Evaluator(path).run(ast.parse(f.read(), filename=path))

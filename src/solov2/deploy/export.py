@@ -19,7 +19,7 @@ import numpy as np
 
 from solov2.config import SOLOv2Config, load_config
 from solov2.deploy.sidecar import INPUT_NAME, OUTPUT_NAMES, file_sha256, make_sidecar, sidecar_path
-from solov2.errors import SolovError, first_line, not_a_file
+from solov2.errors import SolovError, check_file, first_line
 from solov2.files import atomic_write, check_not_an_input, check_writable, write_json_atomic
 
 FORMATS = ("MINDIR", "ONNX")
@@ -194,9 +194,7 @@ def export_model(config: str, checkpoint: str, *, fmt: str = "MINDIR", input_siz
                                                     "checkpoint sidecar": f"{checkpoint}.json"})
     check_writable(path, force)
     check_writable(sidecar_path(path), force)
-    problem = not_a_file(checkpoint, "checkpoint")
-    if problem:
-        raise SolovError(f"{checkpoint}: {problem}")
+    check_file(checkpoint, "checkpoint")
     import mindspore as ms
     from solov2.checkpoint import load_weights
     from solov2.inference import resolve_class_names

@@ -15,7 +15,7 @@ from solov2.data.transforms import preprocess_test
 from solov2.config import SOLOv2Config
 from solov2.deploy.sidecar import check_config, read_sidecar, shapes_match, test_settings
 from solov2.deploy.runtimes import RUNTIMES, network_runner
-from solov2.errors import SolovError, not_a_file
+from solov2.errors import SolovError, check_file
 from solov2.models.postprocess import get_seg_single
 
 MODEL_SUFFIXES = (".mindir", ".onnx")
@@ -40,9 +40,7 @@ class ExportedPredictor:
             raise SolovError(f"{path}: --model must be an exported .mindir or .onnx file (export.py)")
         if runtime not in RUNTIMES:
             raise SolovError(f"--runtime {runtime}: must be one of {', '.join(RUNTIMES)}")
-        problem = not_a_file(path, "file")
-        if problem:
-            raise SolovError(f"{path}: {problem}")
+        check_file(path, "file")
         self.spec = read_sidecar(path)
         self.path = path
         self.source = str(path)   # named by class-count errors

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from solov2.config import SOLOv2Config, TestConfig
-from solov2.errors import SolovError, not_a_file, read_json
+from solov2.errors import SolovError, check_file, read_json
 
 VERSION = 1
 INPUT_NAME = "image"
@@ -90,9 +90,7 @@ class ExportSpec:
 def read_sidecar(model_path) -> ExportSpec:
     """The sidecar of `model_path`; SolovError '<sidecar>: ...' when it is missing, malformed or for another file."""
     path = sidecar_path(model_path)
-    problem = not_a_file(path, "file")
-    if problem:
-        raise SolovError(f"{path}: {problem}; an exported model needs the JSON that export.py writes beside it")
+    check_file(path, "file", hint="; an exported model needs the JSON that export.py writes beside it")
     s = read_json(path, "export sidecar")
     if not isinstance(s, dict):
         raise SolovError(f"{path}: malformed export sidecar (not a JSON object)")

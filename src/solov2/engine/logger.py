@@ -5,6 +5,22 @@ from pathlib import Path
 from tqdm import tqdm
 
 
+def read_log_rows(work_dir: Path) -> list:
+    """The rows of work_dir/log.json (dicts; none when it is missing). A line cut by a kill is skipped: a resumed
+    run appends after it, and the other rows still count."""
+    try:
+        lines = (work_dir / "log.json").read_text().splitlines()
+    except OSError:
+        return []
+    rows = []
+    for s in lines:
+        try:
+            rows.append(json.loads(s))
+        except ValueError:
+            continue
+    return [r for r in rows if isinstance(r, dict)]
+
+
 class Logger:
     """Rank-0 log: human lines on the console (through tqdm) and train.log, one JSON object per line in log.json."""
 
@@ -30,7 +46,7 @@ class Logger:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        rows = [json.loads(s) for s in (self.work_dir / "log.json").read_text().splitlines() if s.strip()]
+        rows = read_log_rows(self.work_dir)
         train = [r for r in rows if r.get("mode", "train") == "train"]
         val = [r for r in rows if r.get("mode") == "val"]
         if not train:

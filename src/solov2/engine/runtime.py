@@ -4,7 +4,7 @@ from typing import Optional, Tuple
 
 import mindspore as ms
 
-from solov2.cpu import ONEDNN_ISA_VAR, cap_cpu_isa, cpu_kind  # noqa: F401 (their home before solov2.cpu)
+from solov2.cpu import cap_cpu_isa
 from solov2.errors import SolovError, first_line, not_a_file
 
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}

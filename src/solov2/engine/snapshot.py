@@ -10,7 +10,7 @@ import numpy as np
 from solov2.checkpoint import (check_finite, load_checkpoint, read_checkpoint, shape_mismatch_error,
                                shape_mismatches, write_checkpoint)
 from solov2.engine.amp import SCALER_KEYS, restore_scaler, scaler_state
-from solov2.errors import SolovError, first_line, not_a_file
+from solov2.errors import SolovError, check_file, first_line
 
 SNAPSHOT_RE = re.compile(r"^epoch_(\d+)\.ckpt$")
 
@@ -61,9 +61,7 @@ def _counters(path: Path, ckpt: dict) -> dict:
 def read_counters(path: Path) -> dict:
     """dict(epoch, global_step, seed[, best_*]) of a snapshot, read without its weights (the seed decides the data
     order, which the loader is built with before the weights are restored)."""
-    problem = not_a_file(path, "snapshot file")
-    if problem:
-        raise SolovError(f"{path}: {problem}")
+    check_file(path, "snapshot file")
     try:
         ckpt = load_checkpoint(path, choice_func=_is_counter)
     except (ValueError, RuntimeError, TypeError, OSError) as e:

@@ -25,10 +25,10 @@ from solov2.engine.runtime import init_distributed
 from solov2.engine.snapshot import (SNAPSHOT_RE, latest_valid_snapshot, load_snapshot, params_digest, prune_snapshots,
                                     read_counters, save_snapshot)
 from solov2.engine.train_step import make_train_step, to_tensors
-from solov2.engine.validation import (Validator, best_entries, best_from_counters, evaluated_epochs, run_validation,
-                                     validation_set)
+from solov2.engine.validation import (Validator, best_entries, best_from_counters, evaluated_epochs, evaluation_due,
+                                     run_validation, validation_set)
 from solov2.engine.workdir import lock_work_dir, remove_stale_temporaries, unlock_work_dir
-from solov2.errors import SolovError, not_a_file
+from solov2.errors import SolovError, check_file
 from solov2.files import same_file
 from solov2.models import build_model
 
@@ -39,9 +39,7 @@ def find_snapshot(work: Path, resume: Optional[str]) -> Optional[Path]:
         return latest_valid_snapshot(work)
     if resume:
         snapshot = Path(resume)
-        problem = not_a_file(snapshot, "snapshot to resume from")
-        if problem:
-            raise SolovError(f"{snapshot}: {problem}")
+        check_file(snapshot, "snapshot to resume from")
         return snapshot
     return None
 
@@ -118,7 +116,7 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
     ms.set_seed(seed)   # same initial weights on every rank
     net = build_model(cfg)
     net.set_train(True)
-    validator = Validator(cfg, *val_set) if evaluating and rank == 0 else None   # after net: see Validator
+    validator = Validator(cfg, *val_set, rank=rank, world=world) if evaluating else None   # after net: see Validator
     best = best_from_counters(ev.save_best, counters)   # kept through a --no-validate run too
     loader = TrainLoader(dataset, cfg, seed=seed, world=world, rank=rank, workers=d.workers_per_gpu)
     iters, total = len(loader), o.total_epochs
@@ -169,7 +167,7 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
         log.line(f"validation: every {ev.interval} epoch(s) and after the last, on {validator.num_images} image(s) "
                  f"of {d.val_ann_file}, {' and '.join(ev.metrics)} AP" + (f", best checkpoint by {ev.save_best}"
                                                                           if ev.save_best else ""))
-    if evaluating and 0 < start_epoch and (start_epoch % ev.interval == 0 or start_epoch == total) \
+    if evaluating and 0 < start_epoch and evaluation_due(start_epoch, ev.interval, total) \
             and start_epoch not in evaluated_epochs(work):   # the run that saved the snapshot stopped in it
         log.line(f"epoch {start_epoch}: evaluating it first: its evaluation did not complete in the run that saved "
                  f"{snapshot.name}")
@@ -219,7 +217,7 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
                     acc[:], n_acc, t_data, t_interval = 0, 0, 0.0, time.time()
                 t0 = time.time()
         stopped = None   # an evaluation that failed or was interrupted: it ends the run once the epoch is saved
-        if evaluating and ((epoch + 1) % ev.interval == 0 or epoch + 1 == total):
+        if evaluating and evaluation_due(epoch + 1, ev.interval, total):
             try:
                 best = run_validation(validator, net, log=log, work=work, epoch=epoch + 1, global_step=global_step,
                                       best=best, world=world)

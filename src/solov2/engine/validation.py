@@ -10,6 +10,7 @@ import json
 import os
 import re
 import time
+from functools import partial
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -17,10 +18,11 @@ import mindspore as ms
 import numpy as np
 
 from solov2.checkpoint import write_checkpoint
+from solov2.engine.collective import gather_bytes
 from solov2.config import SOLOv2Config
 from solov2.config.settings import VAL_METRIC_SUFFIXES
-from solov2.engine.logger import Logger
-from solov2.errors import SolovError, not_a_file
+from solov2.engine.logger import Logger, read_log_rows
+from solov2.errors import SolovError, check_file
 from solov2.evaluation.coco_eval import check_class_count, first_image_ids, format_metrics, load_coco, summary_line
 from solov2.evaluation.results import predict_and_evaluate
 from solov2.inference import Predictor
@@ -43,21 +45,21 @@ def validation_set(cfg: SOLOv2Config):
         raise SolovError(f"{d.val_ann_file}: no image to validate on (data.val)")
     for i in ids:
         path = os.path.join(d.val_img_prefix, coco.imgs[i]["file_name"])
-        problem = not_a_file(path, "image")
-        if problem:
-            raise SolovError(f"{path}: {problem} (data.val.img_prefix {d.val_img_prefix}, image id {i})")
+        check_file(path, "image", hint=f" (data.val.img_prefix {d.val_img_prefix}, image id {i})")
     return coco, d.val_img_prefix
 
 
 class Validator:
-    """`validator(net)` -> (metrics as `evaluate_results` returns them, seconds) for the current weights of `net`.
+    """`validator(net)` -> (metrics as `evaluate_results` returns them, None on ranks > 0; seconds) for the
+    current weights of `net`. Every rank has one: each predicts its shard of the images (rank, rank + world, ...)
+    and rank 0 evaluates them all (`gather_records`), with the results of one process.
 
     coco, img_prefix: the checked validation set (`validation_set`). Build it after the training net: its own
     cell draws initial weights, which are overwritten before every evaluation.
     """
 
-    def __init__(self, cfg: SOLOv2Config, coco, img_prefix: str):
-        self.cfg, self.coco, self.img_prefix = cfg, coco, img_prefix
+    def __init__(self, cfg: SOLOv2Config, coco, img_prefix: str, *, rank: int = 0, world: int = 1):
+        self.cfg, self.coco, self.img_prefix, self.rank, self.world = cfg, coco, img_prefix, rank, world
         self.predictor = Predictor(cfg, net=build_model(cfg))
         self.params = {p.name: p for p in self.predictor.net.get_parameters()}
 
@@ -70,13 +72,27 @@ class Validator:
         """Inference graphs compiled in this run (GRAPH mode: 1 after any number of evaluations)."""
         return self.predictor.compiled_graphs
 
-    def __call__(self, net) -> Tuple[Dict[str, dict], float]:
+    def __call__(self, net) -> Tuple[Optional[Dict[str, dict]], float]:
         t0 = time.time()
         for p in net.get_parameters():   # the same names: the validation net is built from the same config
             self.params[p.name].set_data(ms.Tensor(p.asnumpy().astype(np.float32)))
+        gather = partial(gather_records, rank=self.rank, world=self.world) if self.world > 1 else None
         _, metrics = predict_and_evaluate(self.predictor, self.coco, self.img_prefix, self.cfg.evaluation.metrics,
-                                          self.cfg.data.val_max_images, progress=False)
+                                          self.cfg.data.val_max_images, progress=False,
+                                          shard=(self.rank, self.world), gather=gather)
         return metrics, time.time() - t0
+
+
+def gather_records(records: list, failure: Optional[BaseException], *, rank: int, world: int) -> Optional[list]:
+    """Every rank's validation records (JSON through `gather_bytes`) on rank 0, in rank order; None on the
+    others. A rank's failure is raised on that rank and, as a SolovError naming it, on every other one."""
+    failed, payloads = gather_bytes(json.dumps(records).encode() if failure is None else b"", failure is None,
+                                    rank=rank, world=world)
+    if failure is not None:
+        raise failure
+    if failed:
+        raise SolovError(f"validation failed on rank {', '.join(map(str, failed))} (see its log); every rank stops")
+    return None if payloads is None else [json.loads(p) for p in payloads]
 
 
 def val_row(epoch: int, global_step: int, metrics: Dict[str, dict]) -> dict:
@@ -123,25 +139,21 @@ def best_from_counters(key: Optional[str], counters: Optional[dict]) -> Best:
     return counters[f"best_{key}"], int(counters[f"best_{key}_epoch"])
 
 
+def evaluation_due(epoch: int, interval: int, total: int) -> bool:
+    """Whether epoch (1-based) ends with an evaluation: every `interval` epochs and after the last."""
+    return epoch % interval == 0 or epoch == total
+
+
 def evaluated_epochs(work: Path) -> set:
     """The epochs that have a `val` row in work/log.json (every rank can read it: the work dir is shared)."""
-    try:
-        lines = (work / "log.json").read_text().splitlines()
-    except OSError:
-        return set()
-    rows = []
-    for s in lines:
-        try:
-            rows.append(json.loads(s))
-        except ValueError:   # a line cut by a kill; the others still count
-            continue
-    return {r.get("epoch") for r in rows if isinstance(r, dict) and r.get("mode") == "val"}
+    return {r.get("epoch") for r in read_log_rows(work) if r.get("mode") == "val"}
 
 
 def validation_status(ok: bool, world: int) -> bool:
     """Every rank leaves an evaluation together: True if no rank failed (the ranks' failure flags all-reduced).
 
-    Under msrun, rank 0 evaluates while the others wait here; a rank-0 failure reaches every rank as False."""
+    Under msrun, rank 0 evaluates the gathered shards while the others wait here; a rank-0 failure reaches every
+    rank as False."""
     if world == 1:
         return ok
     failed = ms.Tensor(np.array([0.0 if ok else 1.0], np.float32))
@@ -159,9 +171,9 @@ def _rss_mb() -> float:
 
 def run_validation(validator: Optional[Validator], net, *, log: Logger, work: Path, epoch: int, global_step: int,
                    best: Best, world: int = 1) -> Best:
-    """One evaluation at the end of `epoch` (1-based), on every rank: rank 0 (the one with a `validator`)
-    evaluates and logs (train.log: the COCO summary and per-class table; log.json: `val_row`), keeps the best
-    checkpoint (evaluation.save_best), and returns the new best; the other ranks wait. Any failure on rank 0 (the
+    """One evaluation at the end of `epoch` (1-based), on every rank: each predicts its shard of the images, rank 0
+    evaluates them all and logs (train.log: the COCO summary and per-class table; log.json: `val_row`), keeps the
+    best checkpoint (evaluation.save_best), and returns the new best. Any failure on any rank (an image, the
     evaluation, the log, the best checkpoint's write) ends every rank (`validation_status`), never a hang."""
     ok, error = True, None
     if validator is not None:
@@ -180,10 +192,14 @@ def run_validation(validator: Optional[Validator], net, *, log: Logger, work: Pa
 def _evaluate_and_keep(validator: Validator, net, *, log: Logger, work: Path, epoch: int, global_step: int,
                        best: Best) -> Best:
     metrics, seconds = validator(net)
+    if metrics is None:   # a rank > 0: its shard went to rank 0
+        return best
     row = val_row(epoch, global_step, metrics)
     log.line(format_metrics(metrics))
-    log.line(f"epoch {epoch} validation: {validator.num_images} image(s) in {seconds:.1f} s: {summary_line(metrics)} "
-             f"(inference graphs compiled in this run: {validator.compiled_graphs}, rss {_rss_mb():.0f} MB)")
+    devices = f" on {validator.world} devices" if validator.world > 1 else ""
+    log.line(f"epoch {epoch} validation: {validator.num_images} image(s){devices} in {seconds:.1f} s: "
+             f"{summary_line(metrics)} (inference graphs compiled in this run: {validator.compiled_graphs}, "
+             f"rss {_rss_mb():.0f} MB)")
     log.record(row)
     key = validator.cfg.evaluation.save_best
     if key is None:

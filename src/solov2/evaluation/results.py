@@ -1,6 +1,6 @@
 """SOLOv2 instances as COCO results: RLE masks, boxes, JSON-ready records, and a model run over a whole split."""
 import os
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from pycocotools import mask as mask_util
@@ -77,8 +77,9 @@ def instances_to_records(file_name: str, masks: np.ndarray, labels: np.ndarray, 
 
 
 def predict_dataset(predictor, ann_file: Union[str, COCO], img_prefix: str, max_images: Optional[int] = None,
-                    progress: bool = True) -> List[dict]:
-    """Run `predictor` over every image of the annotation file (file order; the first `max_images` if given).
+                    progress: bool = True, shard: Tuple[int, int] = (0, 1)) -> List[dict]:
+    """Run `predictor` over every image of the annotation file (file order; the first `max_images` if given;
+    with shard=(rank, world) over images rank, rank + world, ... of those).
 
     Args:
         predictor: a `solov2.inference.Predictor` or `solov2.deploy.exported.ExportedPredictor` (its prepare /
@@ -94,7 +95,7 @@ def predict_dataset(predictor, ann_file: Union[str, COCO], img_prefix: str, max_
     coco = ann_file if isinstance(ann_file, COCO) else load_coco(ann_file)
     check_class_count(len(predictor.class_names), coco, predictor.source)
     cat_ids, names = categories(coco)
-    ids = first_image_ids(coco, max_images)
+    ids = first_image_ids(coco, max_images)[shard[0]::shard[1]]
 
     def prepare(img_id):
         info = coco.imgs[img_id]
@@ -123,11 +124,38 @@ def predict_dataset(predictor, ann_file: Union[str, COCO], img_prefix: str, max_
 
 
 def predict_and_evaluate(predictor, coco: COCO, img_prefix: str, iou_types: Sequence[str] = IOU_TYPES,
-                         max_images: Optional[int] = None, progress: bool = True):
+                         max_images: Optional[int] = None, progress: bool = True, shard: Tuple[int, int] = (0, 1),
+                         gather: Optional[Callable] = None):
     """The model path of valuation.py, which validation while training runs too: `predict_dataset` over the
     first `max_images` images (all when None), then `evaluate_results` on exactly those images.
 
+    Sharded (validation on several devices): this process predicts its `shard` (rank, world) of the images, and
+    `gather(records, failure)`, called once on every rank with its records or the exception that stopped them,
+    returns every rank's records in rank order on rank 0 (None on the others, which return (None, None)). Rank 0
+    evaluates them in file order: the results and metrics of one process.
+
     Returns (results: COCO result dicts, metrics: {iou_type: dict(stats, AP, AP50, AP75, per_class, summary)}).
     """
-    results = predict_dataset(predictor, coco, img_prefix, max_images, progress)
-    return results, evaluate_results(coco, results, iou_types, first_image_ids(coco, max_images))
+    ids = first_image_ids(coco, max_images)
+    if gather is None:
+        results = predict_dataset(predictor, coco, img_prefix, max_images, progress)
+    else:
+        try:
+            mine, failure = predict_dataset(predictor, coco, img_prefix, max_images, progress, shard), None
+        except Exception as e:   # the other ranks must hear of it, or they would wait for this shard forever
+            mine, failure = [], e
+        shards = gather(mine, failure)
+        if shards is None:
+            return None, None
+        results = in_file_order(shards, ids)
+    return results, evaluate_results(coco, results, iou_types, ids)
+
+
+def in_file_order(shards: Sequence[List[dict]], ids: Sequence[int]) -> List[dict]:
+    """The records of every shard, image by image in the order of `ids`, each image's in its predictor's order
+    (the order of one process: pycocotools breaks score ties by it)."""
+    by_image = {}
+    for records in shards:
+        for r in records:
+            by_image.setdefault(r["image_id"], []).append(r)
+    return [r for i in ids for r in by_image.get(i, [])]

@@ -228,7 +228,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv[1:])
     if bool(a.ann) != bool(a.img_prefix):
         raise SystemExit("error: --ann and --img-prefix go together")
-    from solov2.engine.runtime import cpu_kind
+    from solov2.cpu import cpu_kind
     print(f"CPU: {cpu_kind()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}", flush=True)
     rows = compare(a)
     print(table(rows))

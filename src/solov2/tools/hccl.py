@@ -210,7 +210,7 @@ def merge_tables(paths: Sequence[str], output_dir: str, force: bool) -> Path:
     table = rank_table(servers)
     n = sum(len(devs) for _, devs in servers)
     out = Path(output_dir) / f"hccl_{len(servers)}s_{n}p.json"
-    check_not_an_input([out], {f"rank table {p}": p for p in paths})
+    check_not_an_input([out], {"rank table": list(paths)})
     return write_table(table, out, force)
 
 

@@ -1,0 +1,52 @@
+"""Rank 0 gathers every rank's bytes (the validation shards' COCO records) with the one collective every
+backend has: AllReduce SUM on float32 (HCCL on Ascend, MCCL on CPU under msrun).
+
+Each rank writes its payload into its own slice of a zero buffer; summing the buffers is then a concatenation,
+and exact: every element has one non-zero addend, an integer below 2**24 (three bytes per float32).
+"""
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+_SPLIT = 2 ** 20   # a payload length as two float32 integers (hi * 2**20 + lo), exact up to 2**44 bytes
+
+
+def pack(payload: bytes) -> np.ndarray:
+    """bytes -> float32 (ceil(n / 3),): three bytes per value, zero-padded, each value an exact integer < 2**24."""
+    data = np.frombuffer(payload + b"\0" * (-len(payload) % 3), np.uint8).reshape(-1, 3).astype(np.uint32)
+    return ((data[:, 0] << 16) | (data[:, 1] << 8) | data[:, 2]).astype(np.float32)
+
+
+def unpack(values: np.ndarray, length: int) -> bytes:
+    """The inverse of `pack`: float32 (m,) -> the first `length` bytes."""
+    v = values.astype(np.uint32)
+    return np.stack([v >> 16, (v >> 8) & 255, v & 255], axis=1).astype(np.uint8).tobytes()[:length]
+
+
+def _sum(values: np.ndarray) -> np.ndarray:
+    import mindspore as ms
+    return ms.ops.AllReduce()(ms.Tensor(values)).asnumpy()
+
+
+def gather_bytes(payload: bytes, ok: bool, *, rank: int, world: int) -> Tuple[List[int], Optional[List[bytes]]]:
+    """Every rank calls it once, with its payload and whether it has one (ok False: it failed, payload unused).
+
+    Returns (failed ranks, payloads): when no rank failed, every rank's payload in rank order on rank 0 and None
+    on the others; when any failed, no payload is sent and every rank gets (the failed ranks, None).
+    """
+    header = np.zeros(3 * world, np.float32)   # [failed_0 .. failed_w-1, hi_0, lo_0, hi_1, lo_1, ...]: bytes
+    header[rank] = 0.0 if ok else 1.0
+    header[world + 2 * rank:world + 2 * rank + 2] = divmod(len(payload) if ok else 0, _SPLIT)
+    header = _sum(header)
+    failed = [r for r in range(world) if header[r] != 0]
+    if failed:
+        return failed, None
+    lengths = [int(hi) * _SPLIT + int(lo) for hi, lo in header[world:].reshape(world, 2)]
+    starts = np.cumsum([0] + [-(-n // 3) for n in lengths])   # each payload's slice of packed values
+    buffer = np.zeros(int(starts[-1]), np.float32)
+    buffer[starts[rank]:starts[rank + 1]] = pack(payload)
+    if len(buffer):   # every rank knows the total: all skip together
+        buffer = _sum(buffer)
+    if rank != 0:
+        return [], None
+    return [], [unpack(buffer[starts[r]:starts[r + 1]], lengths[r]) for r in range(world)]

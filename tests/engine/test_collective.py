@@ -1,0 +1,113 @@
+"""Validation shards gathered on rank 0: the byte packing, the protocol on simulated ranks (threads whose AllReduce
+is a barrier and a sum), and the sharded predict_and_evaluate equal to one process. The real collective runs in
+tests/engine/test_distributed.py (msrun, 2 workers)."""
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from solov2.engine import collective
+from solov2.engine.collective import gather_bytes, pack, unpack
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 1000])
+def test_pack_is_exact_and_below_float32_integer_range(n):
+    payload = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
+    values = pack(payload)
+    assert values.dtype == np.float32 and len(values) == -(-n // 3)
+    assert unpack(values, n) == payload
+    assert pack(payload + b"\xff" * (3 - n % 3) + b"\xff" * 3)[-1] == 2 ** 24 - 1   # the largest a triple gives
+
+
+def simulated_ranks(world, call, monkeypatch):
+    """Run call(rank) on `world` threads whose collective._sum is an AllReduce SUM across the threads.
+    Returns (each rank's result or exception, the number of collective calls)."""
+    barrier, arrays, results, calls = threading.Barrier(world), {}, {}, []
+
+    def fake_sum(values):
+        rank = int(threading.current_thread().name)
+        calls.append(rank)
+        arrays[rank] = values.copy()
+        barrier.wait()
+        total = np.sum([arrays[r] for r in range(world)], axis=0, dtype=np.float32)
+        barrier.wait()   # everyone has read before the next call overwrites
+        return total
+    monkeypatch.setattr(collective, "_sum", fake_sum)
+
+    def run(rank):
+        try:
+            results[rank] = call(rank)
+        except Exception as e:   # compared by the caller
+            results[rank] = e
+    threads = [threading.Thread(target=run, args=(r,), name=str(r)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a rank hangs"
+    return [results[r] for r in range(world)], len(calls) // world
+
+
+def test_rank_0_gets_every_payload_in_rank_order(monkeypatch):
+    payloads = [json.dumps([{"score": 0.1 + 0.2, "name": "côte"}]).encode(), b"", b"[1, 2]" * 1001]
+    got, calls = simulated_ranks(3, lambda r: gather_bytes(payloads[r], True, rank=r, world=3), monkeypatch)
+    assert got == [([], payloads), ([], None), ([], None)] and calls == 2   # the header, then the data
+
+
+def test_a_failed_rank_is_named_everywhere_and_nothing_is_sent(monkeypatch):
+    got, calls = simulated_ranks(3, lambda r: gather_bytes(b"x" * 10, r != 1, rank=r, world=3), monkeypatch)
+    assert got == [([1], None)] * 3 and calls == 1   # the header only
+
+
+def test_gather_records_raises_the_failure_on_its_rank_and_names_it_on_the_others(monkeypatch):
+    from solov2.engine.validation import gather_records
+    from solov2.errors import SolovError
+    records = [[{"image_id": 1, "score": 0.5}], [], [{"image_id": 3, "score": 1 / 3}]]
+    got, _ = simulated_ranks(3, lambda r: gather_records(records[r], None, rank=r, world=3), monkeypatch)
+    assert got == [records, None, None]
+    own = OSError("val/x.jpg: disk gone")
+    got, _ = simulated_ranks(3, lambda r: gather_records([], own if r == 2 else None, rank=r, world=3),
+                             monkeypatch)
+    assert got[2] is own
+    for e in got[:2]:
+        assert isinstance(e, SolovError) and str(e) == "validation failed on rank 2 (see its log); every rank stops"
+
+
+# ------------------------------------------------------------------------ sharded predict_and_evaluate
+def test_sharded_predict_and_evaluate_equals_one_process(monkeypatch):
+    """2 shards of 3 images (images 1 and 3 on rank 0, image 2 on rank 1) gathered on rank 0 give the records, in
+    the same order, and the metrics of one process; a rank's failure reaches the gather."""
+    from evaluation.test_evaluate import VAL_ANN, VAL_IMG, _gt_predictor
+    from conftest import reference_config
+    from solov2.evaluation.coco_eval import load_coco
+    from solov2.evaluation.results import predict_and_evaluate, predict_dataset
+    gt = load_coco(VAL_ANN)
+    pred = _gt_predictor(gt, reference_config())
+    one = predict_and_evaluate(pred, gt, str(VAL_IMG), max_images=3, progress=False)
+    shards = [predict_dataset(pred, gt, str(VAL_IMG), 3, progress=False, shard=(r, 2)) for r in range(2)]
+    ids = [im["id"] for im in gt.dataset["images"][:3]]
+    assert [sorted({o["image_id"] for o in s}) for s in shards] == [sorted(ids[0::2]), ids[1:2]]
+    assert shards[0] + shards[1] != one[0]    # rank order is not file order: the merge must reorder
+    seen = []
+
+    def gather(records, failure):
+        seen.append((records, failure))
+        return [records] + shards[1:]
+    results, metrics = predict_and_evaluate(pred, gt, str(VAL_IMG), max_images=3, progress=False, shard=(0, 2),
+                                            gather=gather)
+    assert seen == [(shards[0], None)]
+    assert results == one[0]
+    for t in ("segm", "bbox"):
+        np.testing.assert_array_equal(metrics[t]["stats"], one[1][t]["stats"])
+    assert metrics["segm"]["AP"] == 1.0
+    assert predict_and_evaluate(pred, gt, str(VAL_IMG), max_images=3, progress=False, shard=(1, 2),
+                                gather=lambda records, failure: None) == (None, None)
+
+    def broken(img):
+        raise RuntimeError("disk gone")
+    failures = []
+    monkeypatch.setattr(pred, "prepare", broken)
+    predict_and_evaluate(pred, gt, str(VAL_IMG), max_images=3, progress=False, shard=(1, 2),
+                         gather=lambda records, failure: failures.append(failure))
+    assert len(failures) == 1 and "disk gone" in str(failures[0])
