@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from solov2.engine import collective
-from solov2.engine.collective import gather_bytes, pack, unpack
+from solov2.engine.collective import gather_bytes, pack, share_from_rank0, unpack
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 1000])
@@ -58,6 +58,22 @@ def test_rank_0_gets_every_payload_in_rank_order(monkeypatch):
 def test_a_failed_rank_is_named_everywhere_and_nothing_is_sent(monkeypatch):
     got, calls = simulated_ranks(3, lambda r: gather_bytes(b"x" * 10, r != 1, rank=r, world=3), monkeypatch)
     assert got == [([1], None)] * 3 and calls == 1   # the header only
+
+
+def test_rank_0_shares_its_weights_and_a_failure_is_named(monkeypatch):
+    """Each rank's BatchNorm statistics may differ (norm_eval False): every rank validates rank 0's."""
+    shapes = [(2, 3), (4,), ()]
+    mine = [[np.full(s, r + 0.5 * k - 1, np.float32) for k, s in enumerate(shapes)] for r in range(3)]
+    mine[0][0][0, 0] = -0.0
+    got, calls = simulated_ranks(3, lambda r: share_from_rank0(mine[r], shapes, rank=r, world=3), monkeypatch)
+    assert calls == 1
+    for failed, arrays in got:
+        assert failed == [] and [a.shape for a in arrays] == shapes
+        for a, want in zip(arrays, mine[0]):
+            np.testing.assert_array_equal(a, want)
+    got, _ = simulated_ranks(3, lambda r: share_from_rank0(None if r == 2 else mine[r], shapes, rank=r, world=3),
+                             monkeypatch)
+    assert got == [([2], None)] * 3
 
 
 def test_gather_records_raises_the_failure_on_its_rank_and_names_it_on_the_others(monkeypatch):

@@ -117,6 +117,17 @@ def test_missing_annotation_file(tmp_path):
         load_coco(tmp_path / "nope.json")
 
 
+def test_duplicate_image_id_is_refused(tmp_path):
+    """pycocotools would keep one of the two entries and count that image's results twice."""
+    data = json.loads(VAL_ANN.read_text())
+    data["images"].append(dict(data["images"][0], file_name="copy.jpg"))
+    (tmp_path / "dup.json").write_text(json.dumps(data))
+    n = len(data["images"]) - 1
+    with pytest.raises(SolovError, match=rf"dup.json: image entries #0 and #{n} have the same id "
+                                         rf"{data['images'][0]['id']}$"):
+        load_coco(tmp_path / "dup.json")
+
+
 # ------------------------------------------------------------------------------------------ predict_dataset
 def _gt_predictor(gt, cfg):
     """Stand-in for Predictor that 'predicts' the GT of the image it is given (found by pixel content)."""

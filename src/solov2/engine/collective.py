@@ -1,8 +1,11 @@
-"""Rank 0 gathers every rank's bytes (the validation shards' COCO records) with the one collective every
-backend has: AllReduce SUM on float32 (HCCL on Ascend, MCCL on CPU under msrun).
+"""Validation on several ranks with the one collective every backend has, AllReduce SUM on float32 (HCCL on
+Ascend, MCCL on CPU under msrun): rank 0's weights to every rank, every rank's bytes (its shard's COCO records) to
+rank 0.
 
-Each rank writes its payload into its own slice of a zero buffer; summing the buffers is then a concatenation,
-and exact: every element has one non-zero addend, an integer below 2**24 (three bytes per float32).
+Each rank writes into its own slice of a zero buffer (or only rank 0 writes), so the sum is a copy, and exact:
+every element has one non-zero addend. Bytes travel three per float32, an integer below 2**24. Each call also
+carries a failure flag per rank, so that a rank that failed still makes the same collective calls as the others
+and every rank learns which one failed.
 """
 from typing import List, Optional, Tuple
 
@@ -26,6 +29,26 @@ def unpack(values: np.ndarray, length: int) -> bytes:
 def _sum(values: np.ndarray) -> np.ndarray:
     import mindspore as ms
     return ms.ops.AllReduce()(ms.Tensor(values)).asnumpy()
+
+
+def share_from_rank0(arrays: Optional[List[np.ndarray]], shapes: List[tuple], *, rank: int,
+                     world: int) -> Tuple[List[int], Optional[List[np.ndarray]]]:
+    """Rank 0's float32 `arrays` (of `shapes`, the same on every rank) on every rank, in one call that every rank
+    makes; arrays None: this rank failed to produce its own. Returns (failed ranks, arrays or None when any
+    failed). With norm_eval False each rank's BatchNorm statistics follow its own batches: validation must use
+    rank 0's, those of the snapshot."""
+    sizes = [int(np.prod(s)) for s in shapes]
+    buffer = np.zeros(world + sum(sizes), np.float32)
+    if arrays is None:
+        buffer[rank] = 1.0
+    elif rank == 0:
+        buffer[world:] = np.concatenate([np.asarray(a, np.float32).ravel() for a in arrays])
+    buffer = _sum(buffer)
+    failed = [r for r in range(world) if buffer[r] != 0]
+    if failed:
+        return failed, None
+    ends = np.cumsum(sizes)
+    return [], [buffer[world + e - n:world + e].reshape(s) for e, n, s in zip(ends, sizes, shapes)]
 
 
 def gather_bytes(payload: bytes, ok: bool, *, rank: int, world: int) -> Tuple[List[int], Optional[List[bytes]]]:

@@ -18,7 +18,7 @@ import mindspore as ms
 import numpy as np
 
 from solov2.checkpoint import write_checkpoint
-from solov2.engine.collective import gather_bytes
+from solov2.engine.collective import gather_bytes, share_from_rank0
 from solov2.config import SOLOv2Config
 from solov2.config.settings import VAL_METRIC_SUFFIXES
 from solov2.engine.logger import Logger, read_log_rows
@@ -74,8 +74,19 @@ class Validator:
 
     def __call__(self, net) -> Tuple[Optional[Dict[str, dict]], float]:
         t0 = time.time()
-        for p in net.get_parameters():   # the same names: the validation net is built from the same config
-            self.params[p.name].set_data(ms.Tensor(p.asnumpy().astype(np.float32)))
+        names = [p.name for p in net.get_parameters()]   # the same as ours: built from the same config
+        try:
+            values, failure = [p.asnumpy().astype(np.float32) for p in net.get_parameters()], None
+        except Exception as e:   # the other ranks must hear of it: see share_from_rank0
+            values, failure = None, e
+        if self.world > 1:
+            failed, values = share_from_rank0(values, [self.params[n].shape for n in names], rank=self.rank,
+                                              world=self.world)
+            raise_failure(failure, failed)
+        elif failure is not None:
+            raise failure
+        for name, value in zip(names, values):
+            self.params[name].set_data(ms.Tensor(value))
         gather = partial(gather_records, rank=self.rank, world=self.world) if self.world > 1 else None
         _, metrics = predict_and_evaluate(self.predictor, self.coco, self.img_prefix, self.cfg.evaluation.metrics,
                                           self.cfg.data.val_max_images, progress=False,
@@ -86,13 +97,21 @@ class Validator:
 def gather_records(records: list, failure: Optional[BaseException], *, rank: int, world: int) -> Optional[list]:
     """Every rank's validation records (JSON through `gather_bytes`) on rank 0, in rank order; None on the
     others. A rank's failure is raised on that rank and, as a SolovError naming it, on every other one."""
-    failed, payloads = gather_bytes(json.dumps(records).encode() if failure is None else b"", failure is None,
-                                    rank=rank, world=world)
+    try:
+        payload = json.dumps(records).encode() if failure is None else b""
+    except Exception as e:   # not JSON-serialisable: still tell the other ranks
+        payload, failure = b"", e
+    failed, payloads = gather_bytes(payload, failure is None, rank=rank, world=world)
+    raise_failure(failure, failed)
+    return None if payloads is None else [json.loads(p) for p in payloads]
+
+
+def raise_failure(failure: Optional[BaseException], failed: list) -> None:
+    """After a collective: this rank's own failure, else a SolovError naming the ranks that failed, if any."""
     if failure is not None:
         raise failure
     if failed:
         raise SolovError(f"validation failed on rank {', '.join(map(str, failed))} (see its log); every rank stops")
-    return None if payloads is None else [json.loads(p) for p in payloads]
 
 
 def val_row(epoch: int, global_step: int, metrics: Dict[str, dict]) -> dict:

@@ -46,12 +46,16 @@ def load_coco(ann_file) -> COCO:
     """
     ann_file = os.fspath(ann_file)
     data = read_coco_file(ann_file)
+    seen = {}
     for i, img in enumerate(data["images"]):
         problem = image_entry_problem(i, img)
         if problem is None and not is_id(img["id"]):
             problem = f"image entry #{i} has no integer 'id'"
+        if problem is None and img["id"] in seen:   # pycocotools keeps one; its results would be counted twice
+            problem = f"image entries #{seen[img['id']]} and #{i} have the same id {img['id']}"
         if problem:
             raise SolovError(f"{ann_file}: {problem}")
+        seen[img["id"]] = i
     sorted_categories(ann_file, data["categories"])
     for i, ann in enumerate(data["annotations"]):
         # COCOeval reads these fields without checking; a missing one would be a KeyError deep inside it
