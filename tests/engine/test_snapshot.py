@@ -30,3 +30,15 @@ def test_resume_with_other_shapes_names_the_parameter(tmp_path):
         load_snapshot(tmp_path / "epoch_1.ckpt", other, sgd(other))
     same = Net(4)
     assert load_snapshot(tmp_path / "epoch_1.ckpt", same, sgd(same))["epoch"] == 1
+
+
+def test_the_best_value_survives_a_snapshot_exactly(tmp_path):
+    """The best AP so far travels in every snapshot; stored as float32 it came back rounded, and the resumed run
+    took an equal AP for a better one."""
+    from solov2.engine.snapshot import read_counters
+    from solov2.engine.validation import best_entries, best_from_counters
+    ap = 0.33669999999
+    assert float(np.float32(ap)) != ap
+    net = Net(4)
+    save_snapshot(tmp_path / "epoch_3.ckpt", net, sgd(net), epoch=3, seed=0, extra=best_entries("segm_mAP", (ap, 2)))
+    assert best_from_counters("segm_mAP", read_counters(tmp_path / "epoch_3.ckpt")) == (ap, 2)

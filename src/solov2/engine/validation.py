@@ -136,7 +136,7 @@ def keep_best(work: Path, net, key: str, row: dict, best: Best) -> Best:
         return best
     path = best_path(work, key, epoch)
     write_checkpoint(path, [{"name": p.name, "data": p} for p in net.get_parameters()],
-                     append_dict={"epoch": epoch, key: value})
+                     append_dict={"epoch": epoch, key: ms.Tensor(np.array([value], np.float64))})
     mine = re.compile(rf"^best_{re.escape(key)}_epoch_\d+\.ckpt$")   # never a user's copy beside it
     for old in work.iterdir():
         if mine.match(old.name) and old != path:
@@ -148,7 +148,9 @@ def best_entries(key: Optional[str], best: Best) -> dict:
     """The snapshot entries that carry the best so far across a resume: {best_<key>: value, best_<key>_epoch: N}."""
     if key is None or best is None:
         return {}
-    return {f"best_{key}": float(best[0]), f"best_{key}_epoch": int(best[1])}
+    # float64: a Python float entry is stored as float32, and a resumed run would then compare the next AP with
+    # a rounded best (a tie could become a new best that the uninterrupted run does not have)
+    return {f"best_{key}": ms.Tensor(np.array([best[0]], np.float64)), f"best_{key}_epoch": int(best[1])}
 
 
 def best_from_counters(key: Optional[str], counters: Optional[dict]) -> Best:
