@@ -86,10 +86,12 @@ PY=$(command -v "$INTERP") || die "'$INTERP' is not on PATH: activate the venv t
   die "'$PY' cannot import the solov2 package: install it into this venv (pip install -e .)"
 
 # Node 0's scheduler listens on MASTER_PORT. If another process holds it, msrun fails only after CLUSTER_TIME_OUT,
-# with four tracebacks and the cause in scheduler.log, so try the port first.
+# with four tracebacks and the cause in scheduler.log, so try the port first. SO_REUSEADDR, as a server binds: a
+# connection of the previous job still in TIME-WAIT (a minute after it ends) does not hold the port, a listener does.
 if [ "$NODE_RANK" = 0 ]; then
   "$PY" -c 'import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("", int(sys.argv[1])))
 except OSError:

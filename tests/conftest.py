@@ -147,11 +147,13 @@ def random_checkpoint(config, path):
     """`config`'s model with MindSpore's initial weights but for the class conv: weight ~ N(0, 0.03), bias ~
     N(-4, 1) (seeded). The initial ones (normal 0.01, prior bias: every cell 0.01) make the class logits nearly
     constant over the grid, so neighbouring cells tie to float32 noise and points-NMS keeps one or the other at
-    random; these give logits that vary from cell to cell (std ~ 1.4), about 3 % of the (cell, class) pairs
-    above score_thr 0.1 (logit -2.2): thousands of candidates, as an undertrained model gives. A mean of -1 gave
-    ~75,000 per image (80 classes), whose masks took 9 s of NumPy per image and most of these tests' time."""
+    random; these give logits that vary from cell to cell (std ~ 1.4), about 10 % of the (cell, class) pairs
+    above score_thr 0.1 (logit -2.2) and ~3 % after points-NMS: thousands of candidates, as an undertrained model
+    gives. A mean of -1 gave ~75,000 per image (80 classes), whose masks took 9 s of NumPy per image and most of
+    these tests' time. Seeded (ms.set_seed, which seeds the initializers too): the same model in every session."""
     from solov2.config import load_config
     from solov2.models import build_model
+    ms.set_seed(0)
     net = build_model(load_config(config))
     rng = np.random.default_rng(0)
     for p, mean, std in ((net.bbox_head.solo_cate.weight, 0.0, 0.03), (net.bbox_head.solo_cate.bias, -4.0, 1.0)):

@@ -71,13 +71,14 @@ def test_wrong_argument_count_prints_usage(tmp_path, script, nargs):
     # CLUSTER_TIME_OUT (.invalid never resolves, RFC 6761; 192.0.2.1 is a documentation address, RFC 5737)
     (["4", "2", "nosuchhost.invalid", "8118", "1", "log", "True", "60"],
      "MASTER_ADDR 'nosuchhost.invalid' is neither an IP address nor a host name this node can resolve"),
-    (["4", "2", "192.0.2.1", "8118", "0", "log", "True", "60"],
+    # PORT: a free port (rank 0 tries its port first, and 8118 may be held by another job on this machine)
+    (["4", "2", "192.0.2.1", "PORT", "0", "log", "True", "60"],
      "MASTER_ADDR 192.0.2.1 is not an address of this node, but NODE_RANK 0 hosts the scheduler"),
     (["4", "2", "127.0.0.1", "8118", "1", "log", "True", "60"],
      "MASTER_ADDR 127.0.0.1 is an address of this node, so msrun would start a second scheduler here"),
 ])
 def test_bad_values(tmp_path, script, args, message):
-    r = run_launcher([script, *args], tmp_path)
+    r = run_launcher([script, *[str(free_port()) if a == "PORT" else a for a in args]], tmp_path)
     assert r.returncode == 2
     assert message in r.stderr, r.stderr
     assert r.stdout == ""  # nothing was launched
@@ -99,6 +100,29 @@ def test_port_in_use_is_one_line_before_launching(tmp_path, script):
         r = run_launcher([script, "2", str(port), "log", "True", "60"], tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"MASTER_PORT {port} is already in use" in r.stderr and r.stdout == ""  # msrun was never started
+
+
+def test_a_port_whose_last_connection_is_in_time_wait_is_free(tmp_path, script):
+    """The previous job on this port has ended, but the scheduler's side of one of its connections waits in
+    TIME-WAIT for a minute: nothing listens, so the port is free for msrun (a plain bind() said 'in use')."""
+    import socket
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as a server sets it, msrun's scheduler too
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()     # the listening side closes first: its end of the connection enters TIME-WAIT
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("", port))     # the old check's bind
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "msrun").write_text(f"#!{sys.executable}\nprint('fake msrun started')\n")
+    (bin_dir / "msrun").chmod(0o755)
+    r = run_launcher([script, "2", str(port), "log", "True", "60"], tmp_path, path_first=[bin_dir])
+    assert r.returncode == 0 and "fake msrun started" in r.stdout, r.stdout + r.stderr
 
 
 def test_msrun_not_on_path(tmp_path, script):

@@ -157,13 +157,15 @@ def test_two_workers_with_amp_agree_with_one_process(setup, tmp_path):
 def test_two_workers_validate_as_one_process(setup, tmp_path, ckpt, native_val_results):
     """Validation under msrun: each rank predicts 2 of the 4 images, rank 0 gathers and evaluates them, both leave
     together, rank 0 keeps the best checkpoint, and the val row equals valuation.py (one process) on the epoch's
-    snapshot (an image predicted twice or not at all would change the AP)."""
+    snapshot (an image predicted twice or not at all would change the AP). With norm_eval False each rank's
+    BatchNorm statistics follow its own image: rank 1 must predict with rank 0's, those of the snapshot."""
     from deploy.deploy_common import pseudo_ground_truth
     from engine.test_validation import SUFFIXES, val_rows, val_settings
     from solov2.evaluation.coco_eval import evaluate_results, load_coco
     ann, _ = pseudo_ground_truth(native_val_results, 4, tmp_path / "val4.json")
     work = tmp_path / "work"
-    r = launch(setup, work, 1, tmp_path / "logs", init=ckpt, more=val_settings(ann))
+    r = launch(setup, work, 1, tmp_path / "logs", init=ckpt,
+               more=val_settings(ann) + ["model.backbone.norm_eval=False"])
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "epoch 1 validation: 4 image(s) on 2 devices in" in (tmp_path / "logs" / "worker_0.log").read_text()
     rows = val_rows(work)

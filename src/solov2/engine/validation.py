@@ -3,8 +3,9 @@ on data.val, computed in the training process by the code valuation.py runs (`pr
 
 The validation network is a float32 SOLOv2 built once per run, behind a `Predictor` with dynamic shapes, so GRAPH
 mode compiles it once for every evaluation and image size; before each evaluation it receives the training net's
-current parameter values (a copy in memory, no snapshot reload). Being a separate float32 cell, it gives the AP
-that valuation.py gives on the same weights whatever the training's amp level.
+current parameter values (a copy in memory, no snapshot reload; under msrun rank 0's, those of the snapshot, on
+every rank). Being a separate float32 cell, it gives the AP that valuation.py gives on the same weights whatever
+the training's amp level.
 """
 import json
 import os
@@ -51,8 +52,9 @@ def validation_set(cfg: SOLOv2Config):
 
 class Validator:
     """`validator(net)` -> (metrics as `evaluate_results` returns them, None on ranks > 0; seconds) for the
-    current weights of `net`. Every rank has one: each predicts its shard of the images (rank, rank + world, ...)
-    and rank 0 evaluates them all (`gather_records`), with the results of one process.
+    current weights of rank 0's `net`. Every rank has one: each predicts its shard of the images (rank,
+    rank + world, ...) with rank 0's weights (`share_from_rank0`) and rank 0 evaluates them all
+    (`gather_records`), with the results of one process.
 
     coco, img_prefix: the checked validation set (`validation_set`). Build it after the training net: its own
     cell draws initial weights, which are overwritten before every evaluation.
@@ -85,9 +87,14 @@ class Validator:
             raise_failure(failure, failed)
         elif failure is not None:
             raise failure
-        for name, value in zip(names, values):
-            self.params[name].set_data(ms.Tensor(value))
         gather = partial(gather_records, rank=self.rank, world=self.world) if self.world > 1 else None
+        try:
+            for name, value in zip(names, values):
+                self.params[name].set_data(ms.Tensor(value))
+        except Exception as e:
+            if gather is None:
+                raise
+            gather([], e)   # raises it, after the same collective calls as the other ranks make
         _, metrics = predict_and_evaluate(self.predictor, self.coco, self.img_prefix, self.cfg.evaluation.metrics,
                                           self.cfg.data.val_max_images, progress=False,
                                           shard=(self.rank, self.world), gather=gather)

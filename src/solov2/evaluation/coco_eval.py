@@ -41,8 +41,8 @@ def load_coco(ann_file) -> COCO:
     """Read a COCO instances file into a pycocotools COCO (no stdout chatter).
 
     Raises SolovError naming the file when it is missing, not JSON, or lacks the images/annotations/categories
-    lists (the checks of `solov2.data.coco_file`, shared with training) or the annotation fields COCOeval
-    needs. The path is kept as `coco.ann_file` for later messages.
+    lists (the checks of `solov2.data.coco_file`, shared with training), has two images of one id, or lacks the
+    annotation fields COCOeval needs. The path is kept as `coco.ann_file` for later messages.
     """
     ann_file = os.fspath(ann_file)
     data = read_coco_file(ann_file)
