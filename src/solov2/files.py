@@ -34,7 +34,8 @@ def check_writable(path, force: bool) -> None:
 
 def same_file(a, b) -> bool:
     """True if paths `a` and `b` name one existing file: through symlinks, '..' and hard links (device and inode)."""
-    return _identity(a) is not None and _identity(a) == _identity(b)
+    ident = _identity(a)
+    return ident is not None and ident == _identity(b)
 
 
 def _identity(path) -> Optional[Tuple[int, int]]:

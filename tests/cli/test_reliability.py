@@ -66,10 +66,12 @@ def fifo(path):
     return path
 
 
-def folder_with(t, bad):
-    """A folder of one good image and the bad file(s) `bad(folder)` makes."""
+def folder_with(t, bad, good=True):
+    """A folder of the bad file(s) `bad(folder)` makes, and one good image (good)."""
     d = t / "photos"
-    copy(VAL_IMG, d / "good.jpg")
+    d.mkdir(parents=True, exist_ok=True)
+    if good:
+        copy(VAL_IMG, d / "good.jpg")
     bad(d)
     return d
 
@@ -210,6 +212,19 @@ def test_skip_bad_skips_each_bad_file_by_name(tmp_path, ckpt):
     for name in ("empty.jpg", "thin.png", "loop.jpg"):
         assert any(name in w for w in warnings), (name, warnings)
     assert {o["file_name"] for o in json.loads((tmp_path / "o" / "results.json").read_text())} == {"good.jpg"}
+
+
+def test_skip_bad_with_no_usable_image_is_one_error(tmp_path, ckpt):
+    """--skip-bad on a folder whose images are all unusable: a warning for each (the zero-byte file found before
+    the model loads, the thin one when it is prepared), then one error naming the folder, exit 2, no results."""
+    src = folder_with(tmp_path, lambda d: (zero_byte(d), thin(d)), good=False)
+    r = cli("run.py", TRASHCAN_CFG, ckpt, src, "--out", tmp_path / "o", "--skip-bad")
+    errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
+    assert r.returncode == 2 and errors == [f"error: {src}: none of its images is usable (see the warnings)"], \
+        r.stderr[-3000:]
+    warnings = [s for s in r.stderr.splitlines() if s.startswith("warning: skipped")]
+    assert len(warnings) == 2 and "empty.jpg" in warnings[0] and "thin.png" in warnings[1], warnings
+    assert not (tmp_path / "o" / "results.json").exists()
 
 
 def test_full_disk_is_named_and_the_done_results_are_kept(tmp_path, ckpt):

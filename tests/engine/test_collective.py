@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from solov2.engine import collective
-from solov2.engine.collective import gather_bytes, pack, share_from_rank0, unpack
+from solov2.engine.collective import failed_ranks, gather_bytes, pack, share_from_rank0, unpack
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 1000])
@@ -58,6 +58,14 @@ def test_rank_0_gets_every_payload_in_rank_order(monkeypatch):
 def test_a_failed_rank_is_named_everywhere_and_nothing_is_sent(monkeypatch):
     got, calls = simulated_ranks(3, lambda r: gather_bytes(b"x" * 10, r != 1, rank=r, world=3), monkeypatch)
     assert got == [([1], None)] * 3 and calls == 1   # the header only
+
+
+def test_failed_ranks_are_known_on_every_rank(monkeypatch):
+    got, calls = simulated_ranks(3, lambda r: failed_ranks(r not in (0, 2), rank=r, world=3), monkeypatch)
+    assert got == [[0, 2]] * 3 and calls == 1
+    got, _ = simulated_ranks(2, lambda r: failed_ranks(True, rank=r, world=2), monkeypatch)
+    assert got == [[], []]
+    assert failed_ranks(False, rank=0, world=1) == [0] and failed_ranks(True, rank=0, world=1) == []
 
 
 def test_rank_0_shares_its_weights_and_a_failure_is_named(monkeypatch):

@@ -8,8 +8,9 @@
 import argparse
 import sys
 from collections import Counter
+from functools import partial
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -135,16 +136,14 @@ def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, out
     if results_path.exists() and not force:
         raise already_exists(results_path)
     if kind == "images":  # a bad file found now costs nothing; found at image 900 it costs hours
-        files = [p for p in files if not bad_file(p, file_problem(p), skip_bad)]
-        if not files:
-            raise SolovError(f"{inp}: none of its images is usable (see the warnings)")
+        files = keep_usable(inp, files, file_problem, skip_bad)
     pictures = picture_names(files) if kind == "images" else {}
     check_pictures(out, files, pictures, video=files[0] if kind == "video" else None, force=force)
     check_not_an_input([results_path], {"CONFIG": config, "CHECKPOINT": checkpoint, "--model": model})
     cfg = load_config(config, overrides) if config else None
     pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime)
     if kind == "images":
-        files = usable_images(files, pred, skip_bad)
+        files = keep_usable(inp, files, partial(prepare_problem, pred=pred), skip_bad)
     out.mkdir(parents=True, exist_ok=True)
     if kind == "video":
         cap = cv2.VideoCapture(str(files[0]))
@@ -201,21 +200,25 @@ def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, out
     return results_path
 
 
-def usable_images(files: List[Path], pred, skip_bad: bool) -> List[Path]:
-    """The images the model can run on, every one decoded and prepared once before the model runs (unreadable,
-    empty, undecodable, too thin for the test scale, larger than a static export): without skip_bad the first bad
-    one is an error naming it; with it each is skipped with a warning naming it."""
-    good = []
-    for p in files:
-        try:
-            pred.prepare(read_image(p))
-        except SolovError as e:
-            bad_file(p, str(e)[len(f"{p}: "):] if str(e).startswith(f"{p}: ") else str(e), skip_bad)
-            continue
-        good.append(p)
+def keep_usable(source: str, files: List[Path], problem_of: Callable[[Path], Optional[str]],
+                skip_bad: bool) -> List[Path]:
+    """The files whose problem_of(file) is None. Without skip_bad the first other one is an error naming it; with
+    it each is skipped with a warning naming it (`bad_file`). No file left: an error naming `source`."""
+    good = [p for p in files if not bad_file(p, problem_of(p), skip_bad)]
     if not good:
-        raise SolovError(f"none of the {len(files)} input image(s) is usable (see the warnings)")
+        raise SolovError(f"{source}: none of its images is usable (see the warnings)")
     return good
+
+
+def prepare_problem(path: Path, pred) -> Optional[str]:
+    """Why the model cannot run on the image `path` (unreadable, undecodable, too thin for the test scale, larger
+    than a static export), found by decoding and preparing it once before the model runs; or None."""
+    try:
+        pred.prepare(read_image(path))
+    except SolovError as e:   # read_image names the file; bad_file names it again
+        text = str(e)
+        return text[len(f"{path}: "):] if text.startswith(f"{path}: ") else text
+    return None
 
 
 def bad_file(path: Path, problem: Optional[str], skip_bad: bool) -> bool:

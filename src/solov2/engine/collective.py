@@ -31,6 +31,15 @@ def _sum(values: np.ndarray) -> np.ndarray:
     return ms.ops.AllReduce()(ms.Tensor(values)).asnumpy()
 
 
+def failed_ranks(ok: bool, *, rank: int, world: int) -> List[int]:
+    """The ranks whose `ok` was False, on every rank, in one call that every rank makes (world 1: no collective)."""
+    flags = np.zeros(world, np.float32)
+    flags[rank] = 0.0 if ok else 1.0
+    if world > 1:
+        flags = _sum(flags)
+    return [r for r in range(world) if flags[r] != 0]
+
+
 def share_from_rank0(arrays: Optional[List[np.ndarray]], shapes: List[tuple], *, rank: int,
                      world: int) -> Tuple[List[int], Optional[List[np.ndarray]]]:
     """Rank 0's float32 `arrays` (of `shapes`, the same on every rank) on every rank, in one call that every rank

@@ -172,7 +172,7 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
         log.line(f"epoch {start_epoch}: evaluating it first: its evaluation did not complete in the run that saved "
                  f"{snapshot.name}")
         best = run_validation(validator, net, log=log, work=work, epoch=start_epoch, global_step=global_step,
-                              best=best, world=world)
+                              best=best, rank=rank, world=world)
     lrs = lr_schedule(o, iters, total)
     t_start, done_iters = time.time(), 0
     scale = scale_of(scaler)   # the loss scale before the next step (only a step changes it)
@@ -220,7 +220,7 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
         if evaluating and evaluation_due(epoch + 1, ev.interval, total):
             try:
                 best = run_validation(validator, net, log=log, work=work, epoch=epoch + 1, global_step=global_step,
-                                      best=best, world=world)
+                                      best=best, rank=rank, world=world)
             except (Exception, KeyboardInterrupt) as e:
                 stopped = e
         # checkpoint_config.interval (default 1: every epoch); the last epoch is always saved, and so is an epoch

@@ -19,7 +19,7 @@ import mindspore as ms
 import numpy as np
 
 from solov2.checkpoint import write_checkpoint
-from solov2.engine.collective import gather_bytes, share_from_rank0
+from solov2.engine.collective import failed_ranks, gather_bytes, share_from_rank0
 from solov2.config import SOLOv2Config
 from solov2.config.settings import VAL_METRIC_SUFFIXES
 from solov2.engine.logger import Logger, read_log_rows
@@ -177,17 +177,6 @@ def evaluated_epochs(work: Path) -> set:
     return {r.get("epoch") for r in read_log_rows(work) if r.get("mode") == "val"}
 
 
-def validation_status(ok: bool, world: int) -> bool:
-    """Every rank leaves an evaluation together: True if no rank failed (the ranks' failure flags all-reduced).
-
-    Under msrun, rank 0 evaluates the gathered shards while the others wait here; a rank-0 failure reaches every
-    rank as False."""
-    if world == 1:
-        return ok
-    failed = ms.Tensor(np.array([0.0 if ok else 1.0], np.float32))
-    return float(ms.ops.AllReduce()(failed).asnumpy()[0]) == 0.0   # SUM: the reduction every backend has
-
-
 def _rss_mb() -> float:
     """Resident memory of this process (MB), logged with each evaluation: it must stay flat across them."""
     try:
@@ -198,11 +187,11 @@ def _rss_mb() -> float:
 
 
 def run_validation(validator: Optional[Validator], net, *, log: Logger, work: Path, epoch: int, global_step: int,
-                   best: Best, world: int = 1) -> Best:
+                   best: Best, rank: int = 0, world: int = 1) -> Best:
     """One evaluation at the end of `epoch` (1-based), on every rank: each predicts its shard of the images, rank 0
     evaluates them all and logs (train.log: the COCO summary and per-class table; log.json: `val_row`), keeps the
     best checkpoint (evaluation.save_best), and returns the new best. Any failure on any rank (an image, the
-    evaluation, the log, the best checkpoint's write) ends every rank (`validation_status`), never a hang."""
+    evaluation, the log, the best checkpoint's write) ends every rank (`failed_ranks`), never a hang."""
     ok, error = True, None
     if validator is not None:
         try:
@@ -210,10 +199,7 @@ def run_validation(validator: Optional[Validator], net, *, log: Logger, work: Pa
                                       best=best)
         except Exception as e:  # re-raised below, after the other ranks have been told
             ok, error = False, e
-    if not validation_status(ok, world):
-        if error is not None:
-            raise error
-        raise SolovError(f"epoch {epoch}: validation failed on rank 0 (see its log); every rank stops")
+    raise_failure(error, failed_ranks(ok, rank=rank, world=world))   # every rank stops together, never a hang
     return best
 
 
