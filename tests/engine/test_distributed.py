@@ -155,28 +155,47 @@ def test_two_workers_with_amp_agree_with_one_process(setup, tmp_path):
 
 
 def test_two_workers_validate_as_one_process(setup, tmp_path, ckpt, native_val_results):
-    """Validation under msrun: each rank predicts 2 of the 4 images, rank 0 gathers and evaluates them, both leave
-    together, rank 0 keeps the best checkpoint, and the val row equals valuation.py (one process) on the epoch's
-    snapshot (an image predicted twice or not at all would change the AP). With norm_eval False each rank's
-    BatchNorm statistics follow its own image: rank 1 must predict with rank 0's, those of the snapshot."""
+    """Validation under msrun: each rank predicts 2 of the 4 images, rank 0 gathers and evaluates them, and every
+    rank leaves together. A broken image in rank 1's shard ends both ranks, rank 1 naming the file and rank 0
+    naming rank 1, with epoch 1 saved; mended, the relaunched job first makes up epoch 1's evaluation, then trains
+    and evaluates epoch 2. Rank 0 keeps the best checkpoint, and epoch 2's val row equals valuation.py (one process)
+    on its snapshot (an image predicted twice or not at all would change the AP). With norm_eval False each rank's
+    BatchNorm statistics follow its own image in epoch 2: rank 1 must predict with rank 0's, those of the
+    snapshot."""
     from deploy.deploy_common import pseudo_ground_truth
     from engine.test_validation import SUFFIXES, val_rows, val_settings
     from solov2.evaluation.coco_eval import evaluate_results, load_coco
-    ann, _ = pseudo_ground_truth(native_val_results, 4, tmp_path / "val4.json")
-    work = tmp_path / "work"
-    r = launch(setup, work, 1, tmp_path / "logs", init=ckpt,
-               more=val_settings(ann) + ["model.backbone.norm_eval=False"])
+    ann, gt = pseudo_ground_truth(native_val_results, 4, tmp_path / "val4.json")
+    images = tmp_path / "val"
+    images.mkdir()
+    for im in gt["images"]:
+        (images / im["file_name"]).write_bytes((DATA / "val" / im["file_name"]).read_bytes())
+    broken = images / gt["images"][1]["file_name"]   # the 2nd image in file order: rank 1's first
+    broken.write_bytes(b"not an image, yet a regular file that exists")
+    work, more = tmp_path / "work", val_settings(ann) + [f"data.val.img_prefix={images}/",
+                                                         "model.backbone.norm_eval=False"]
+    r = launch(setup, work, 2, tmp_path / "logs1", init=ckpt, more=more)
+    logs = [(tmp_path / "logs1" / f"worker_{k}.log").read_text() for k in (0, 1)]
+    assert r.returncode != 0, (r.stdout + r.stderr)[-3000:]
+    assert any(s.startswith("error:") and broken.name in s for s in logs[1].splitlines()), logs[1][-3000:]
+    assert "error: validation failed on rank 1 (see its log); every rank stops" in logs[0], logs[0][-3000:]
+    assert sorted(p.name for p in work.glob("*.ckpt")) == ["epoch_1.ckpt"] and not val_rows(work)
+
+    broken.write_bytes((DATA / "val" / broken.name).read_bytes())
+    r = launch(setup, work, 2, tmp_path / "logs2", init=ckpt, more=more)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert "epoch 1 validation: 4 image(s) on 2 devices in" in (tmp_path / "logs" / "worker_0.log").read_text()
+    log0 = (tmp_path / "logs2" / "worker_0.log").read_text()
+    assert "epoch 1: evaluating it first" in log0 and "epoch 2 validation: 4 image(s) on 2 devices in" in log0, log0
     rows = val_rows(work)
-    assert len(rows) == 1 and rows[0]["segm_mAP"] > 0.05, rows
-    assert sorted(p.name for p in work.glob("*.ckpt")) == ["best_segm_mAP_epoch_1.ckpt", "epoch_1.ckpt"]
+    assert [row["epoch"] for row in rows] == [1, 2] and min(row["segm_mAP"] for row in rows) > 0.05, rows
+    assert sorted(p.name for p in work.glob("best_*.ckpt")) == [
+        f"best_segm_mAP_epoch_{1 + int(rows[1]['segm_mAP'] > rows[0]['segm_mAP'])}.ckpt"]
     out = tmp_path / "one_process.json"
-    v = cli("valuation.py", CFG, work / "epoch_1.ckpt", "--ann", ann, "--img-prefix", DATA / "val", "--out", out)
+    v = cli("valuation.py", CFG, work / "epoch_2.ckpt", "--ann", ann, "--img-prefix", images, "--out", out)
     assert v.returncode == 0, v.stderr[-3000:]
     want = evaluate_results(load_coco(str(ann)), json.loads(out.read_text()))
     for t in ("segm", "bbox"):
-        np.testing.assert_allclose([rows[0][f"{t}_{s}"] for s in SUFFIXES], want[t]["stats"][:6], rtol=0, atol=1e-6,
+        np.testing.assert_allclose([rows[1][f"{t}_{s}"] for s in SUFFIXES], want[t]["stats"][:6], rtol=0, atol=1e-6,
                                    err_msg=t)
 
 
