@@ -215,15 +215,16 @@ def test_skip_bad_skips_each_bad_file_by_name(tmp_path, ckpt):
 
 
 def test_skip_bad_with_no_usable_image_is_one_error(tmp_path, ckpt):
-    """--skip-bad on a folder whose images are all unusable: a warning for each (the zero-byte file found before
-    the model loads, the thin one when it is prepared), then one error naming the folder, exit 2, no results."""
-    src = folder_with(tmp_path, lambda d: (zero_byte(d), thin(d)), good=False)
+    """--skip-bad on a folder whose images are all unusable: a warning for each, then one error naming the folder,
+    exit 2, no results. The zero-byte file sorts last but is found first, before the model loads (its header);
+    the thin one when it is prepared."""
+    src = folder_with(tmp_path, lambda d: (thin(d), (d / "z_empty.jpg").write_bytes(b"")), good=False)
     r = cli("run.py", TRASHCAN_CFG, ckpt, src, "--out", tmp_path / "o", "--skip-bad")
     errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
     assert r.returncode == 2 and errors == [f"error: {src}: none of its images is usable (see the warnings)"], \
         r.stderr[-3000:]
     warnings = [s for s in r.stderr.splitlines() if s.startswith("warning: skipped")]
-    assert len(warnings) == 2 and "empty.jpg" in warnings[0] and "thin.png" in warnings[1], warnings
+    assert len(warnings) == 2 and "z_empty.jpg" in warnings[0] and "thin.png" in warnings[1], warnings
     assert not (tmp_path / "o" / "results.json").exists()
 
 

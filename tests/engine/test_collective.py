@@ -87,14 +87,15 @@ def test_gather_records_raises_the_failure_on_its_rank_and_names_it_on_the_other
     from solov2.engine.validation import gather_records
     from solov2.errors import SolovError
     records = [[{"image_id": 1, "score": 0.5}], [], [{"image_id": 3, "score": 1 / 3}]]
-    got, _ = simulated_ranks(3, lambda r: gather_records(records[r], None, rank=r, world=3), monkeypatch)
+    got, _ = simulated_ranks(3, lambda r: gather_records(records[r], None, rank=r, world=3, epoch=4), monkeypatch)
     assert got == [records, None, None]
     own = OSError("val/x.jpg: disk gone")
-    got, _ = simulated_ranks(3, lambda r: gather_records([], own if r == 2 else None, rank=r, world=3),
+    got, _ = simulated_ranks(3, lambda r: gather_records([], own if r == 2 else None, rank=r, world=3, epoch=4),
                              monkeypatch)
     assert got[2] is own
     for e in got[:2]:
-        assert isinstance(e, SolovError) and str(e) == "validation failed on rank 2 (see its log); every rank stops"
+        assert isinstance(e, SolovError)
+        assert str(e) == "epoch 4: validation failed on rank 2 (see its log); every rank stops"
 
 
 # ------------------------------------------------------------------------ sharded predict_and_evaluate

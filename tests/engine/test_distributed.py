@@ -174,15 +174,15 @@ def test_two_workers_validate_as_one_process(setup, tmp_path, ckpt, native_val_r
     broken.write_bytes(b"not an image, yet a regular file that exists")
     work, more = tmp_path / "work", val_settings(ann) + [f"data.val.img_prefix={images}/",
                                                          "model.backbone.norm_eval=False"]
-    r = launch(setup, work, 2, tmp_path / "logs1", init=ckpt, more=more)
+    r = launch(setup, work, epochs=2, log_dir=tmp_path / "logs1", init=ckpt, more=more)
     logs = [(tmp_path / "logs1" / f"worker_{k}.log").read_text() for k in (0, 1)]
     assert r.returncode != 0, (r.stdout + r.stderr)[-3000:]
     assert any(s.startswith("error:") and broken.name in s for s in logs[1].splitlines()), logs[1][-3000:]
-    assert "error: validation failed on rank 1 (see its log); every rank stops" in logs[0], logs[0][-3000:]
+    assert "error: epoch 1: validation failed on rank 1 (see its log); every rank stops" in logs[0], logs[0][-3000:]
     assert sorted(p.name for p in work.glob("*.ckpt")) == ["epoch_1.ckpt"] and not val_rows(work)
 
     broken.write_bytes((DATA / "val" / broken.name).read_bytes())
-    r = launch(setup, work, 2, tmp_path / "logs2", init=ckpt, more=more)
+    r = launch(setup, work, epochs=2, log_dir=tmp_path / "logs2", init=ckpt, more=more)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     log0 = (tmp_path / "logs2" / "worker_0.log").read_text()
     assert "epoch 1: evaluating it first" in log0 and "epoch 2 validation: 4 image(s) on 2 devices in" in log0, log0

@@ -136,14 +136,14 @@ def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, out
     if results_path.exists() and not force:
         raise already_exists(results_path)
     if kind == "images":  # a bad file found now costs nothing; found at image 900 it costs hours
-        files = keep_usable(inp, files, file_problem, skip_bad)
+        files = keep_usable(inp, files, file_problem, skip_bad=skip_bad)
     pictures = picture_names(files) if kind == "images" else {}
     check_pictures(out, files, pictures, video=files[0] if kind == "video" else None, force=force)
     check_not_an_input([results_path], {"CONFIG": config, "CHECKPOINT": checkpoint, "--model": model})
     cfg = load_config(config, overrides) if config else None
     pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime)
     if kind == "images":
-        files = keep_usable(inp, files, partial(prepare_problem, pred=pred), skip_bad)
+        files = keep_usable(inp, files, partial(prepare_problem, pred=pred), skip_bad=skip_bad)
     out.mkdir(parents=True, exist_ok=True)
     if kind == "video":
         cap = cv2.VideoCapture(str(files[0]))
@@ -200,7 +200,7 @@ def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, out
     return results_path
 
 
-def keep_usable(source: str, files: List[Path], problem_of: Callable[[Path], Optional[str]],
+def keep_usable(source: str, files: List[Path], problem_of: Callable[[Path], Optional[str]], *,
                 skip_bad: bool) -> List[Path]:
     """The files whose problem_of(file) is None. Without skip_bad the first other one is an error naming it; with
     it each is skipped with a warning naming it (`bad_file`). No file left: an error naming `source`."""
@@ -211,8 +211,9 @@ def keep_usable(source: str, files: List[Path], problem_of: Callable[[Path], Opt
 
 
 def prepare_problem(path: Path, pred) -> Optional[str]:
-    """Why the model cannot run on the image `path` (unreadable, undecodable, too thin for the test scale, larger
-    than a static export), found by decoding and preparing it once before the model runs; or None."""
+    """Why `pred` (a Predictor or ExportedPredictor; its `prepare` takes BGR uint8 (H, W, 3)) cannot run on the
+    image `path` (unreadable, undecodable, too thin for the test scale, larger than a static export), found by
+    decoding and preparing it once before the model runs; or None."""
     try:
         pred.prepare(read_image(path))
     except SolovError as e:   # read_image names the file; bad_file names it again

@@ -18,6 +18,7 @@ from solov2.data.coco import CocoDataset
 from solov2.data.coco_file import check_class_count
 from solov2.data.loader import TrainLoader
 from solov2.engine.amp import make_loss_scaler, mixed_precision, scale_of
+from solov2.engine.collective import failed_ranks
 from solov2.engine.logger import Logger
 from solov2.engine.optim import check_schedule, lr_schedule, make_optimizer
 from solov2.engine.run_record import changes_since_last_run, record_run
@@ -225,18 +226,23 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
                 stopped = e
         # checkpoint_config.interval (default 1: every epoch); the last epoch is always saved, and so is an epoch
         # whose evaluation failed (its training is not lost; the snapshot keeps the best as it was before)
+        save_error = None
         if rank == 0 and (stopped is not None or (epoch + 1) % cfg.checkpoint_interval == 0 or epoch + 1 == total):
             path = work / f"epoch_{epoch + 1}.ckpt"
             try:
                 save_snapshot(path, net, optimizer, epoch + 1, seed, scaler, extra=best_entries(ev.save_best, best))
+                prune_snapshots(work, keep_last)
+                log.plot()
+                log.line(f"epoch {epoch + 1} done in {time.time() - t_epoch:.0f} s: saved {path} (weights "
+                         f"{params_digest(net)})" + ("; its evaluation did not complete" if stopped else ""))
             except Exception as e:
                 if stopped is None:
                     raise
-                raise stopped from e   # the evaluation's failure is what the user must see first
-            prune_snapshots(work, keep_last)
-            log.plot()
-            log.line(f"epoch {epoch + 1} done in {time.time() - t_epoch:.0f} s: saved {path} "
-                     f"(weights {params_digest(net)})" + ("; its evaluation did not complete" if stopped else ""))
+                save_error = e
         if stopped is not None:
+            if world > 1 and isinstance(stopped, Exception):   # every rank saw it (run_validation): wait for
+                failed_ranks(save_error is None, rank=rank, world=world)   # the save, as msrun kills all on an exit
+            if save_error is not None:
+                raise stopped from save_error   # the evaluation's failure is what the user must see first
             raise stopped
     return work

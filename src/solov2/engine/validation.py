@@ -51,8 +51,8 @@ def validation_set(cfg: SOLOv2Config):
 
 
 class Validator:
-    """`validator(net)` -> (metrics as `evaluate_results` returns them, None on ranks > 0; seconds) for the
-    current weights of rank 0's `net`. Every rank has one: each predicts its shard of the images (rank,
+    """`validator(net, epoch)` -> (metrics as `evaluate_results` returns them, None on ranks > 0; seconds) for the
+    current weights of rank 0's `net` (epoch: named in a failure's error). Every rank has one: each predicts its shard of the images (rank,
     rank + world, ...) with rank 0's weights (`share_from_rank0`) and rank 0 evaluates them all
     (`gather_records`), with the results of one process.
 
@@ -74,7 +74,7 @@ class Validator:
         """Inference graphs compiled in this run (GRAPH mode: 1 after any number of evaluations)."""
         return self.predictor.compiled_graphs
 
-    def __call__(self, net) -> Tuple[Optional[Dict[str, dict]], float]:
+    def __call__(self, net, epoch: int) -> Tuple[Optional[Dict[str, dict]], float]:
         t0 = time.time()
         names = [p.name for p in net.get_parameters()]   # the same as ours: built from the same config
         try:
@@ -84,10 +84,10 @@ class Validator:
         if self.world > 1:
             failed, values = share_from_rank0(values, [self.params[n].shape for n in names], rank=self.rank,
                                               world=self.world)
-            raise_failure(failure, failed)
+            raise_failure(failure, failed, epoch=epoch)
         elif failure is not None:
             raise failure
-        gather = partial(gather_records, rank=self.rank, world=self.world) if self.world > 1 else None
+        gather = partial(gather_records, rank=self.rank, world=self.world, epoch=epoch) if self.world > 1 else None
         try:
             for name, value in zip(names, values):
                 self.params[name].set_data(ms.Tensor(value))
@@ -101,7 +101,8 @@ class Validator:
         return metrics, time.time() - t0
 
 
-def gather_records(records: list, failure: Optional[BaseException], *, rank: int, world: int) -> Optional[list]:
+def gather_records(records: list, failure: Optional[BaseException], *, rank: int, world: int,
+                   epoch: int) -> Optional[list]:
     """Every rank's validation records (JSON through `gather_bytes`) on rank 0, in rank order; None on the
     others. A rank's failure is raised on that rank and, as a SolovError naming it, on every other one."""
     try:
@@ -109,16 +110,18 @@ def gather_records(records: list, failure: Optional[BaseException], *, rank: int
     except Exception as e:   # not JSON-serialisable: still tell the other ranks
         payload, failure = b"", e
     failed, payloads = gather_bytes(payload, failure is None, rank=rank, world=world)
-    raise_failure(failure, failed)
+    raise_failure(failure, failed, epoch=epoch)
     return None if payloads is None else [json.loads(p) for p in payloads]
 
 
-def raise_failure(failure: Optional[BaseException], failed: list) -> None:
-    """After a collective: this rank's own failure, else a SolovError naming the ranks that failed, if any."""
+def raise_failure(failure: Optional[BaseException], failed: list, *, epoch: int) -> None:
+    """After a collective: this rank's own failure, else a SolovError naming the epoch and the ranks that failed
+    (ranks > 0 write no train.log that would say which evaluation it was), if any."""
     if failure is not None:
         raise failure
     if failed:
-        raise SolovError(f"validation failed on rank {', '.join(map(str, failed))} (see its log); every rank stops")
+        raise SolovError(f"epoch {epoch}: validation failed on rank {', '.join(map(str, failed))} (see its log); "
+                         f"every rank stops")
 
 
 def val_row(epoch: int, global_step: int, metrics: Dict[str, dict]) -> dict:
@@ -187,7 +190,7 @@ def _rss_mb() -> float:
 
 
 def run_validation(validator: Optional[Validator], net, *, log: Logger, work: Path, epoch: int, global_step: int,
-                   best: Best, rank: int = 0, world: int = 1) -> Best:
+                   best: Best, rank: int, world: int) -> Best:
     """One evaluation at the end of `epoch` (1-based), on every rank: each predicts its shard of the images, rank 0
     evaluates them all and logs (train.log: the COCO summary and per-class table; log.json: `val_row`), keeps the
     best checkpoint (evaluation.save_best), and returns the new best. Any failure on any rank (an image, the
@@ -199,13 +202,13 @@ def run_validation(validator: Optional[Validator], net, *, log: Logger, work: Pa
                                       best=best)
         except Exception as e:  # re-raised below, after the other ranks have been told
             ok, error = False, e
-    raise_failure(error, failed_ranks(ok, rank=rank, world=world))   # every rank stops together, never a hang
+    raise_failure(error, failed_ranks(ok, rank=rank, world=world), epoch=epoch)   # every rank stops together
     return best
 
 
 def _evaluate_and_keep(validator: Validator, net, *, log: Logger, work: Path, epoch: int, global_step: int,
                        best: Best) -> Best:
-    metrics, seconds = validator(net)
+    metrics, seconds = validator(net, epoch)
     if metrics is None:   # a rank > 0: its shard went to rank 0
         return best
     row = val_row(epoch, global_step, metrics)
