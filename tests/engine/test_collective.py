@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from solov2.engine import collective
-from solov2.engine.collective import failed_ranks, gather_bytes, pack, share_from_rank0, unpack
+from solov2.engine.collective import failed_ranks, gather_bytes, pack, per_rank, share_from_rank0, unpack
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 1000])
@@ -66,6 +66,32 @@ def test_failed_ranks_are_known_on_every_rank(monkeypatch):
     got, _ = simulated_ranks(2, lambda r: failed_ranks(True, rank=r, world=2), monkeypatch)
     assert got == [[], []]
     assert failed_ranks(False, rank=0, world=1) == [0] and failed_ranks(True, rank=0, world=1) == []
+
+
+def test_per_rank_gives_every_rank_the_table(monkeypatch):
+    got, calls = simulated_ranks(3, lambda r: per_rank([r, 10 * r + 1], rank=r, world=3), monkeypatch)
+    assert calls == 1
+    for table in got:
+        np.testing.assert_array_equal(table, [[0, 1], [1, 11], [2, 21]])
+
+
+def test_ranks_resuming_from_different_snapshots_all_stop(monkeypatch, tmp_path):
+    """A work dir that is not shared between nodes: node 0's ranks find epoch 3, the other node's none. Every rank
+    stops with the same error instead of training different weights; equal starts pass."""
+    from solov2.engine.train import check_same_start
+    from solov2.errors import SolovError
+    snap = dict(epoch=3, global_step=30)
+    got, calls = simulated_ranks(3, lambda r: check_same_start(tmp_path, None if r == 2 else snap, rank=r, world=3),
+                                 monkeypatch)
+    assert calls == 1
+    for e in got:
+        assert isinstance(e, SolovError)
+        assert str(e) == (f"{tmp_path}: the ranks would resume from different snapshots (no snapshot on rank 2; "
+                          f"epoch 3 (step 30) on rank 0, 1): on several nodes the work dir must be on storage that "
+                          f"every node shares")
+    for same in (snap, None):
+        got, _ = simulated_ranks(3, lambda r: check_same_start(tmp_path, same, rank=r, world=3), monkeypatch)
+        assert got == [None] * 3
 
 
 def test_rank_0_shares_its_weights_and_a_failure_is_named(monkeypatch):

@@ -1,6 +1,6 @@
-"""Validation on several ranks with the one collective every backend has, AllReduce SUM on float32 (HCCL on
-Ascend, MCCL on CPU under msrun): rank 0's weights to every rank, every rank's bytes (its shard's COCO records) to
-rank 0.
+"""Small exchanges between ranks with the one collective every backend has, AllReduce SUM on float32 (HCCL on
+Ascend, MCCL on CPU under msrun): a few numbers from every rank to every rank (failure flags, the epoch each resumes
+from), rank 0's weights to every rank, every rank's bytes (its shard's COCO validation records) to rank 0.
 
 Each rank writes into its own slice of a zero buffer (or only rank 0 writes), so the sum is a copy, and exact:
 every element has one non-zero addend. Bytes travel three per float32, an integer below 2**24. Each call also
@@ -31,12 +31,17 @@ def _sum(values: np.ndarray) -> np.ndarray:
     return ms.ops.AllReduce()(ms.Tensor(values)).asnumpy()
 
 
+def per_rank(values, *, rank: int, world: int) -> np.ndarray:
+    """Every rank's `values` (k numbers, exact integers below 2**24) on every rank: float32 (world, k), in one call
+    that every rank makes (world 1: no collective)."""
+    table = np.zeros((world, len(values)), np.float32)
+    table[rank] = values
+    return _sum(table.ravel()).reshape(world, -1) if world > 1 else table
+
+
 def failed_ranks(ok: bool, *, rank: int, world: int) -> List[int]:
     """The ranks whose `ok` was False, on every rank, in one call that every rank makes (world 1: no collective)."""
-    flags = np.zeros(world, np.float32)
-    flags[rank] = 0.0 if ok else 1.0
-    if world > 1:
-        flags = _sum(flags)
+    flags = per_rank([0.0 if ok else 1.0], rank=rank, world=world)[:, 0]
     return [r for r in range(world) if flags[r] != 0]
 
 

@@ -6,7 +6,7 @@ boundary with exactly the state of the run that wrote the snapshot (weights, opt
 """
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -18,7 +18,7 @@ from solov2.data.coco import CocoDataset
 from solov2.data.coco_file import check_class_count
 from solov2.data.loader import TrainLoader
 from solov2.engine.amp import make_loss_scaler, mixed_precision, scale_of
-from solov2.engine.collective import failed_ranks
+from solov2.engine.collective import failed_ranks, per_rank
 from solov2.engine.logger import Logger
 from solov2.engine.optim import check_schedule, lr_schedule, make_optimizer
 from solov2.engine.run_record import changes_since_last_run, record_run
@@ -53,6 +53,22 @@ def check_load_from(load_from: Optional[str], work: Path) -> None:
     if same_file(path.parent, work) and (SNAPSHOT_RE.match(path.name) or path.name.startswith("best_")):
         raise SolovError(f"{load_from}: --load-from is a snapshot of the work dir {work}, which this run writes and "
                          f"prunes: an output never replaces an input; copy it elsewhere (or continue it with --resume)")
+
+
+def check_same_start(work: Path, counters: Optional[dict], *, rank: int, world: int) -> None:
+    """Every rank resumes from the same snapshot epoch, or none does (one collective). On several nodes a work dir
+    that is not shared would resume node 0 and restart the others: each would then train its own weights."""
+    mine = (counters["epoch"], counters["global_step"]) if counters is not None else (0, 0)
+    starts = per_rank(mine, rank=rank, world=world)
+    if (starts == starts[0]).all():
+        return
+    by_start: Dict[Tuple[int, int], List[int]] = {}
+    for r, (epoch, step) in enumerate(starts):
+        by_start.setdefault((int(epoch), int(step)), []).append(r)
+    found = "; ".join(f"{f'epoch {e} (step {g})' if e else 'no snapshot'} on rank {', '.join(map(str, ranks))}"
+                      for (e, g), ranks in sorted(by_start.items()))
+    raise SolovError(f"{work}: the ranks would resume from different snapshots ({found}): on several nodes the work "
+                     f"dir must be on storage that every node shares")
 
 
 def training_set(cfg: SOLOv2Config) -> CocoDataset:
@@ -105,6 +121,7 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
     if snapshot is None:   # a resumed run does not read load_from
         check_load_from(load_from or cfg.load_from, work)
     counters = read_counters(snapshot) if snapshot is not None else None
+    check_same_start(work, counters, rank=rank, world=world)
     dataset = training_set(cfg)
     ev = cfg.evaluation
     evaluating = validate and ev.interval > 0
