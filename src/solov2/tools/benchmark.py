@@ -162,4 +162,5 @@ def main(argv: List[str] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from solov2.cli.common import cli_main
+    cli_main(main)   # a bad option or config value: one line, exit 2

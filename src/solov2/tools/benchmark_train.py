@@ -173,4 +173,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from solov2.cli.common import cli_main
+    cli_main(main)   # a bad option or config value: one line, exit 2
