@@ -192,6 +192,9 @@ def test_merge_two_servers(tmp_path, capsys, conf):
     (tmp_path / "junk.json").write_text("{}")
     rc, _, err = run(["merge", a, str(tmp_path / "junk.json")], tmp_path, capsys)
     assert rc == 2 and "is not a rank table" in err
+    os.mkfifo(tmp_path / "fifo.json")   # refused without being opened: reading it would block forever
+    rc, _, err = run(["merge", a, str(tmp_path / "fifo.json")], tmp_path, capsys)
+    assert rc == 2 and err == f"error: {tmp_path / 'fifo.json'}: not a regular file (a folder, FIFO or device)\n"
 
 
 def test_root_cli_writes_to_cwd(tmp_path, conf):
@@ -241,3 +244,11 @@ def test_a_non_utf8_hccn_conf_is_one_line(tmp_path, capsys):
     rc, _, err = run(["--hccn_conf", str(conf), "--device_num", "[0,1)", "--server_ip", "10.0.0.1"], tmp_path,
                      capsys)
     assert rc == 2 and "not a text file (not UTF-8)" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(hccl, "merge_tables", interrupted)
+    rc, _, err = run(["merge", str(tmp_path / "a.json")], tmp_path, capsys)
+    assert rc == 130 and err == "interrupted\n"

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from solov2.errors import SolovError
+from solov2.errors import SolovError, check_file
 from solov2.files import UMASK, check_not_an_input, check_writable, write_json_atomic
 
 DEFAULT_HCCN_CONF = "/etc/hccn.conf"
@@ -172,6 +172,7 @@ def make_server_table(device_num: str, visible_devices: str, server: Optional[st
 
 
 def _read_servers(path: str) -> List[Tuple[str, List[Tuple[str, str]]]]:
+    check_file(path, "rank table", error=HcclError)   # a FIFO would block the read forever
     try:
         table = json.loads(Path(path).read_text())
         servers = [(s["server_id"], [(d["device_id"], d["device_ip"]) for d in s["device"]])
@@ -248,4 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SolovError as e:  # HcclError, and the output checks of solov2.files
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:   # as every other command (cli_main, which needs OpenCV: not on a bare host)
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
