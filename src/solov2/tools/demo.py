@@ -123,7 +123,7 @@ def run(a: argparse.Namespace) -> dict:
     out = Path(a.out)
     prepare_out(out, a.force)
     from solov2.engine.runtime import set_runtime
-    set_runtime(a.device_target, a.mode)
+    set_runtime(a.device_target, a.mode, precision=a.precision)
     # imported after set_runtime: these build MindSpore cells
     from solov2.config import load_config
     from solov2.engine.train import train
