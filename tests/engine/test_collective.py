@@ -76,22 +76,44 @@ def test_per_rank_gives_every_rank_the_table(monkeypatch):
 
 
 def test_ranks_resuming_from_different_snapshots_all_stop(monkeypatch, tmp_path):
-    """A work dir that is not shared between nodes: node 0's ranks find epoch 3, the other node's none. Every rank
-    stops with the same error instead of training different weights; equal starts pass."""
-    from solov2.engine.train import check_same_start
+    """A work dir that is not shared between nodes: node 0's ranks find epoch 3, the other node's none, or a copy
+    whose log says epoch 3's evaluation is done. Every rank stops with the same error instead of training different
+    weights (or making different collective calls); equal starts pass."""
+    from solov2.engine.train import agree_to_start
     from solov2.errors import SolovError
     snap = dict(epoch=3, global_step=30)
-    got, calls = simulated_ranks(3, lambda r: check_same_start(tmp_path, None if r == 2 else snap, rank=r, world=3),
-                                 monkeypatch)
-    assert calls == 1
-    for e in got:
-        assert isinstance(e, SolovError)
-        assert str(e) == (f"{tmp_path}: the ranks would resume from different snapshots (no snapshot on rank 2; "
-                          f"epoch 3 (step 30) on rank 0, 1): on several nodes the work dir must be on storage that "
-                          f"every node shares")
-    for same in (snap, None):
-        got, _ = simulated_ranks(3, lambda r: check_same_start(tmp_path, same, rank=r, world=3), monkeypatch)
+
+    def start(starts):
+        return simulated_ranks(3, lambda r: agree_to_start(tmp_path, starts[r][0], pending=starts[r][1],
+                                                           failure=None, rank=r, world=3), monkeypatch)
+    for starts, found in [
+            ([(snap, False)] * 2 + [(None, False)], "no snapshot on rank 2; epoch 3 (step 30) on ranks 0, 1"),
+            ([(snap, True)] * 2 + [(snap, False)],
+             "epoch 3 (step 30) on rank 2; epoch 3 (step 30, its evaluation to make up) on ranks 0, 1")]:
+        got, calls = start(starts)
+        assert calls == 1
+        for e in got:
+            assert isinstance(e, SolovError)
+            assert str(e) == (f"{tmp_path}: the ranks would resume from different snapshots ({found}): on several "
+                              f"nodes the work dir must be on storage that every node shares")
+    for same in [(snap, True), (None, False)]:
+        got, _ = start([same] * 3)
         assert got == [None] * 3
+
+
+def test_a_rank_failing_its_start_up_checks_stops_every_rank(monkeypatch, tmp_path):
+    """A file only one node lacks (its --resume snapshot, the annotations): that rank raises its own error, after
+    telling the others, which stop naming it instead of waiting in the first training step's collective."""
+    from solov2.engine.train import agree_to_start
+    from solov2.errors import SolovError
+    own = SolovError("/data/ann.json: no such annotation file")
+    got, calls = simulated_ranks(3, lambda r: agree_to_start(tmp_path, None, pending=False,
+                                                             failure=own if r == 1 else None, rank=r, world=3),
+                                 monkeypatch)
+    assert calls == 1 and got[1] is own
+    for e in (got[0], got[2]):
+        assert isinstance(e, SolovError)
+        assert str(e) == "rank 1 failed before training (see its log); every rank stops"
 
 
 def test_rank_0_shares_its_weights_and_a_failure_is_named(monkeypatch):

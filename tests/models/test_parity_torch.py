@@ -179,9 +179,9 @@ def ours(cases):
 
 def neck_and_outputs(net, x: ms.Tensor, mode: str):
     """x (1, 3, H, W) -> ([P2..P6] float32 arrays (1, 256, H/4, W/4) .. (1, 256, H/64, W/64), SOLOv2Eval(net)(x):
-    cate scores (1, cells, C), kernels (1, cells, E), mask_feat (1, E, H/4, W/4) tensors). PYNATIVE: from one forward, a hook keeping the neck's outputs
-    (the full-size cases run only there: a second R101/X101 forward would cost up to a minute); GRAPH has no
-    hooks, so the neck runs again on its own."""
+    cate scores (1, cells, C), kernels (1, cells, E), mask_feat (1, E, H/4, W/4) tensors). PYNATIVE: from one
+    forward, a hook keeping the neck's outputs (the full-size cases run only there: a second R101/X101 forward
+    would cost up to a minute); GRAPH has no hooks, so the neck runs again on its own."""
     if mode == "graph":
         return [p.asnumpy() for p in net.neck(net.backbone(x))], SOLOv2Eval(net)(x)
     seen = []

@@ -4,6 +4,7 @@ One plain loop over a built model: deterministic batches -> the train step (forw
 clip, SGD; jit-compiled in GRAPH mode) -> logs -> a snapshot after every epoch. A resume restarts at an epoch
 boundary with exactly the state of the run that wrote the snapshot (weights, optimizer, counters, data order).
 """
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -29,7 +30,7 @@ from solov2.engine.train_step import make_train_step, to_tensors
 from solov2.engine.validation import (Validator, best_entries, best_from_counters, evaluated_epochs, evaluation_due,
                                      run_validation, validation_set)
 from solov2.engine.workdir import lock_work_dir, remove_stale_temporaries, unlock_work_dir
-from solov2.errors import SolovError, check_file
+from solov2.errors import SolovError, check_file, failure_line
 from solov2.files import same_file
 from solov2.models import build_model
 
@@ -55,18 +56,27 @@ def check_load_from(load_from: Optional[str], work: Path) -> None:
                          f"prunes: an output never replaces an input; copy it elsewhere (or continue it with --resume)")
 
 
-def check_same_start(work: Path, counters: Optional[dict], *, rank: int, world: int) -> None:
-    """Every rank resumes from the same snapshot epoch, or none does (one collective). On several nodes a work dir
-    that is not shared would resume node 0 and restart the others: each would then train its own weights."""
-    mine = (counters["epoch"], counters["global_step"]) if counters is not None else (0, 0)
-    starts = per_rank(mine, rank=rank, world=world)
-    if (starts == starts[0]).all():
+def agree_to_start(work: Path, counters: Optional[dict], *, pending: bool, failure: Optional[BaseException],
+                   rank: int, world: int) -> None:
+    """Before any rank builds a model (one collective): no rank failed its start-up checks (`failure`: this rank's
+    error, raised here after the others have been told), and every rank resumes from the same snapshot (epoch,
+    step; pending: its epoch's evaluation is still to be made up), or none does. On several nodes a work dir that
+    is not shared would resume node 0 and restart the others, each then training its own weights."""
+    mine = (failure is not None, *((counters["epoch"], counters["global_step"]) if counters else (0, 0)), pending)
+    table = per_rank(mine, rank=rank, world=world)
+    if failure is not None:
+        raise failure
+    failed = [r for r in range(world) if table[r, 0]]
+    if failed:
+        raise SolovError(f"rank {', '.join(map(str, failed))} failed before training (see its log); every rank stops")
+    if (table == table[0]).all():
         return
-    by_start: Dict[Tuple[int, int], List[int]] = {}
-    for r, (epoch, step) in enumerate(starts):
-        by_start.setdefault((int(epoch), int(step)), []).append(r)
-    found = "; ".join(f"{f'epoch {e} (step {g})' if e else 'no snapshot'} on rank {', '.join(map(str, ranks))}"
-                      for (e, g), ranks in sorted(by_start.items()))
+    by_start: Dict[Tuple[int, int, bool], List[int]] = {}
+    for r, (_, epoch, step, due) in enumerate(table):
+        by_start.setdefault((int(epoch), int(step), bool(due)), []).append(r)
+    found = "; ".join((f"epoch {e} (step {g}{', its evaluation to make up' if due else ''})" if e else "no snapshot")
+                      + f" on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+                      for (e, g, due), ranks in sorted(by_start.items()))
     raise SolovError(f"{work}: the ranks would resume from different snapshots ({found}): on several nodes the work "
                      f"dir must be on storage that every node shares")
 
@@ -103,8 +113,11 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
     if rank != 0:   # rank 0 owns the work dir
         return _train(cfg, work, removed=[], **args)
     created = not work.exists()
-    work.mkdir(parents=True, exist_ok=True)
-    lock = lock_work_dir(work)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        lock = lock_work_dir(work)
+    except Exception as e:   # e.g. another run holds the work dir: raised after the other ranks have been told
+        agree_to_start(work, None, pending=False, failure=e, rank=rank, world=world)
     try:
         return _train(cfg, work, removed=remove_stale_temporaries(work), **args)
     finally:
@@ -116,16 +129,21 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
 def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Optional[str], load_from: Optional[str],
            seed: Optional[int], mode: str, keep_last: int, validate: bool, removed: List[str]) -> Path:
     """The body of `train`, with the work dir locked (rank 0); removed: stale temporary files it deleted."""
-    d, o = cfg.data, cfg.optim
-    snapshot = find_snapshot(work, resume)
-    if snapshot is None:   # a resumed run does not read load_from
-        check_load_from(load_from or cfg.load_from, work)
-    counters = read_counters(snapshot) if snapshot is not None else None
-    check_same_start(work, counters, rank=rank, world=world)
-    dataset = training_set(cfg)
-    ev = cfg.evaluation
+    d, o, ev = cfg.data, cfg.optim, cfg.evaluation
     evaluating = validate and ev.interval > 0
-    val_set = validation_set(cfg) if evaluating else None   # its errors come before the first step
+    snapshot = counters = dataset = val_set = failure = None
+    try:   # the checks that may fail on one rank only (a file one node lacks): see agree_to_start
+        snapshot = find_snapshot(work, resume)
+        if snapshot is None:   # a resumed run does not read load_from
+            check_load_from(load_from or cfg.load_from, work)
+        counters = read_counters(snapshot) if snapshot is not None else None
+        dataset = training_set(cfg)
+        val_set = validation_set(cfg) if evaluating else None   # its errors come before the first step
+        pending = bool(evaluating and counters and evaluation_due(counters["epoch"], ev.interval, o.total_epochs)
+                       and counters["epoch"] not in evaluated_epochs(work))   # its run stopped in that evaluation
+    except Exception as e:
+        failure, pending = e, False
+    agree_to_start(work, counters, pending=pending, failure=failure, rank=rank, world=world)
     given_seed = seed
     if counters is not None:
         seed = counters["seed"]   # the data order belongs to the snapshot's run
@@ -185,8 +203,7 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
         log.line(f"validation: every {ev.interval} epoch(s) and after the last, on {validator.num_images} image(s) "
                  f"of {d.val_ann_file}, {' and '.join(ev.metrics)} AP" + (f", best checkpoint by {ev.save_best}"
                                                                           if ev.save_best else ""))
-    if evaluating and 0 < start_epoch and evaluation_due(start_epoch, ev.interval, total) \
-            and start_epoch not in evaluated_epochs(work):   # the run that saved the snapshot stopped in it
+    if pending:
         log.line(f"epoch {start_epoch}: evaluating it first: its evaluation did not complete in the run that saved "
                  f"{snapshot.name}")
         best = run_validation(validator, net, log=log, work=work, epoch=start_epoch, global_step=global_step,
@@ -255,11 +272,15 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
             except Exception as e:
                 if stopped is None:
                     raise
-                save_error = e
+                save_error = e   # the evaluation's failure is what the user must see first; this one is told too
+                print(f"warning: epoch {epoch + 1} was not saved: {failure_line(e)}", file=sys.stderr)
         if stopped is not None:
-            if world > 1 and isinstance(stopped, Exception):   # every rank saw it (run_validation): wait for
-                failed_ranks(save_error is None, rank=rank, world=world)   # the save, as msrun kills all on an exit
+            if world > 1 and isinstance(stopped, Exception):   # every rank saw it (run_validation): wait for the
+                try:                                            # save, as msrun kills all workers when one exits
+                    failed_ranks(save_error is None, rank=rank, world=world)
+                except Exception:   # a broken collective: the evaluation's error still comes first
+                    pass
             if save_error is not None:
-                raise stopped from save_error   # the evaluation's failure is what the user must see first
+                raise stopped from save_error
             raise stopped
     return work

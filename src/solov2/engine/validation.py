@@ -52,9 +52,9 @@ def validation_set(cfg: SOLOv2Config):
 
 class Validator:
     """`validator(net, epoch)` -> (metrics as `evaluate_results` returns them, None on ranks > 0; seconds) for the
-    current weights of rank 0's `net` (epoch: named in a failure's error). Every rank has one: each predicts its shard of the images (rank,
-    rank + world, ...) with rank 0's weights (`share_from_rank0`) and rank 0 evaluates them all
-    (`gather_records`), with the results of one process.
+    current weights of rank 0's `net` (epoch: named in a failure's error). Every rank has one: each predicts its
+    shard of the images (rank, rank + world, ...) with rank 0's weights (`share_from_rank0`) and rank 0 evaluates
+    them all (`gather_records`), with the results of one process.
 
     coco, img_prefix: the checked validation set (`validation_set`). Build it after the training net: its own
     cell draws initial weights, which are overwritten before every evaluation.
