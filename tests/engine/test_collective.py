@@ -114,6 +114,10 @@ def test_a_rank_failing_its_start_up_checks_stops_every_rank(monkeypatch, tmp_pa
     for e in (got[0], got[2]):
         assert isinstance(e, SolovError)
         assert str(e) == "rank 1 failed before training (see its log); every rank stops"
+    got, _ = simulated_ranks(3, lambda r: agree_to_start(tmp_path, None, pending=False,
+                                                         failure=None if r == 0 else own, rank=r, world=3),
+                             monkeypatch)
+    assert str(got[0]) == "ranks 1, 2 failed before training (see their logs); every rank stops"
 
 
 def test_rank_0_shares_its_weights_and_a_failure_is_named(monkeypatch):

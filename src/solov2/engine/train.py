@@ -68,7 +68,8 @@ def agree_to_start(work: Path, counters: Optional[dict], *, pending: bool, failu
         raise failure
     failed = [r for r in range(world) if table[r, 0]]
     if failed:
-        raise SolovError(f"rank {', '.join(map(str, failed))} failed before training (see its log); every rank stops")
+        raise SolovError(f"rank{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} failed before training "
+                         f"(see {'their logs' if len(failed) > 1 else 'its log'}); every rank stops")
     if (table == table[0]).all():
         return
     by_start: Dict[Tuple[int, int, bool], List[int]] = {}
@@ -111,7 +112,7 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
     args = dict(rank=rank, world=world, resume=resume, load_from=load_from, seed=seed, mode=mode, keep_last=keep_last,
                 validate=validate)
     if rank != 0:   # rank 0 owns the work dir
-        return _train(cfg, work, removed=[], **args)
+        return _train(cfg, work, **args)
     created = not work.exists()
     try:
         work.mkdir(parents=True, exist_ok=True)
@@ -119,7 +120,7 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
     except Exception as e:   # e.g. another run holds the work dir: raised after the other ranks have been told
         agree_to_start(work, None, pending=False, failure=e, rank=rank, world=world)
     try:
-        return _train(cfg, work, removed=remove_stale_temporaries(work), **args)
+        return _train(cfg, work, **args)
     finally:
         unlock_work_dir(work, lock)
         if created and not any(work.iterdir()):   # a run that failed before writing anything leaves nothing
@@ -127,19 +128,23 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
 
 
 def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Optional[str], load_from: Optional[str],
-           seed: Optional[int], mode: str, keep_last: int, validate: bool, removed: List[str]) -> Path:
-    """The body of `train`, with the work dir locked (rank 0); removed: stale temporary files it deleted."""
+           seed: Optional[int], mode: str, keep_last: int, validate: bool) -> Path:
+    """The body of `train`, with the work dir locked (rank 0)."""
     d, o, ev = cfg.data, cfg.optim, cfg.evaluation
     evaluating = validate and ev.interval > 0
     snapshot = counters = dataset = val_set = failure = None
+    removed: List[str] = []
     try:   # the checks that may fail on one rank only (a file one node lacks): see agree_to_start
+        if rank == 0:
+            removed = remove_stale_temporaries(work)   # of a save that was interrupted
         snapshot = find_snapshot(work, resume)
         if snapshot is None:   # a resumed run does not read load_from
             check_load_from(load_from or cfg.load_from, work)
         counters = read_counters(snapshot) if snapshot is not None else None
         dataset = training_set(cfg)
         val_set = validation_set(cfg) if evaluating else None   # its errors come before the first step
-        pending = bool(evaluating and counters and evaluation_due(counters["epoch"], ev.interval, o.total_epochs)
+        pending = bool(evaluating and counters and counters["epoch"] > 0
+                       and evaluation_due(counters["epoch"], ev.interval, o.total_epochs)
                        and counters["epoch"] not in evaluated_epochs(work))   # its run stopped in that evaluation
     except Exception as e:
         failure, pending = e, False
