@@ -163,15 +163,11 @@ def test_two_workers_validate_as_one_process(setup, tmp_path, ckpt, native_val_r
     BatchNorm statistics follow its own image in epoch 2: rank 1 must predict with rank 0's, those of the
     snapshot."""
     from deploy.deploy_common import pseudo_ground_truth
-    from engine.test_validation import SUFFIXES, val_rows, val_settings
+    from engine.test_validation import SUFFIXES, val_images_with_a_broken_one, val_rows, val_settings
     from solov2.evaluation.coco_eval import evaluate_results, load_coco
-    ann, gt = pseudo_ground_truth(native_val_results, 4, tmp_path / "val4.json")
+    ann, _ = pseudo_ground_truth(native_val_results, 4, tmp_path / "val4.json")
     images = tmp_path / "val"
-    images.mkdir()
-    for im in gt["images"]:
-        (images / im["file_name"]).write_bytes((DATA / "val" / im["file_name"]).read_bytes())
-    broken = images / gt["images"][1]["file_name"]   # the 2nd image in file order: rank 1's first
-    broken.write_bytes(b"not an image, yet a regular file that exists")
+    broken = val_images_with_a_broken_one(ann, images, 1)   # the 2nd image in file order: rank 1's first
     work, more = tmp_path / "work", val_settings(ann) + [f"data.val.img_prefix={images}/",
                                                          "model.backbone.norm_eval=False"]
     r = launch(setup, work, epochs=2, log_dir=tmp_path / "logs1", init=ckpt, more=more)

@@ -26,6 +26,19 @@ def val_rows(work):
     return [r for r in map(json.loads, (work / "log.json").read_text().splitlines()) if r.get("mode") == "val"]
 
 
+def val_images_with_a_broken_one(ann, folder, index):
+    """A copy of the val images of annotation file `ann` in `folder`, the `index`-th (file order) replaced by a
+    regular file that is not an image: it passes the pre-training check and breaks during an evaluation.
+    Returns its path."""
+    folder.mkdir()
+    images = json.loads(ann.read_text())["images"]
+    for im in images:
+        (folder / im["file_name"]).write_bytes((MINI / "val" / im["file_name"]).read_bytes())
+    broken = folder / images[index]["file_name"]
+    broken.write_bytes(b"not an image, yet a regular file that exists")
+    return broken
+
+
 def weights(path):
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items() if "." in k}   # no counters
 
@@ -126,11 +139,7 @@ def test_no_validate_and_a_missing_validation_set(tmp_path, pseudo_val):
     assert re.search(r"error: /nonexistent/vid_\S+\.jpg: no such image \(data\.val\.img_prefix", r.stderr), r.stderr
     assert not (tmp_path / "bad" / "log.json").exists() and not list((tmp_path / "bad").glob("*.ckpt"))
     images = tmp_path / "val"
-    images.mkdir()
-    for im in json.loads(pseudo_val.read_text())["images"]:
-        (images / im["file_name"]).write_bytes((MINI / "val" / im["file_name"]).read_bytes())
-    broken = images / json.loads(pseudo_val.read_text())["images"][-1]["file_name"]
-    broken.write_bytes(b"not an image, yet a regular file that exists")
+    broken = val_images_with_a_broken_one(pseudo_val, images, -1)
     r = run_train(tmp_path / "late", epochs=2, images=2, check=False,
                   more=more + [f"data.val.img_prefix={images}/", "checkpoint_config.interval=5"])
     errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
