@@ -148,6 +148,9 @@ def test_gather_records_raises_the_failure_on_its_rank_and_names_it_on_the_other
     for e in got[:2]:
         assert isinstance(e, SolovError)
         assert str(e) == "epoch 4: validation failed on rank 2 (see its log); every rank stops"
+    got, _ = simulated_ranks(3, lambda r: gather_records([], None if r == 0 else own, rank=r, world=3, epoch=4),
+                             monkeypatch)
+    assert str(got[0]) == "epoch 4: validation failed on ranks 1, 2 (see their logs); every rank stops"
 
 
 # ------------------------------------------------------------------------ sharded predict_and_evaluate

@@ -45,6 +45,11 @@ def failed_ranks(ok: bool, *, rank: int, world: int) -> List[int]:
     return [r for r in range(world) if flags[r] != 0]
 
 
+def ranks_text(ranks: List[int]) -> str:
+    """'rank 1' or 'ranks 1, 2': how an error names the ranks it is about."""
+    return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+
+
 def share_from_rank0(arrays: Optional[List[np.ndarray]], shapes: List[tuple], *, rank: int,
                      world: int) -> Tuple[List[int], Optional[List[np.ndarray]]]:
     """Rank 0's float32 `arrays` (of `shapes`, the same on every rank) on every rank, in one call that every rank

@@ -19,7 +19,7 @@ from solov2.data.coco import CocoDataset
 from solov2.data.coco_file import check_class_count
 from solov2.data.loader import TrainLoader
 from solov2.engine.amp import make_loss_scaler, mixed_precision, scale_of
-from solov2.engine.collective import failed_ranks, per_rank
+from solov2.engine.collective import failed_ranks, per_rank, ranks_text
 from solov2.engine.logger import Logger
 from solov2.engine.optim import check_schedule, lr_schedule, make_optimizer
 from solov2.engine.run_record import changes_since_last_run, record_run
@@ -68,15 +68,15 @@ def agree_to_start(work: Path, counters: Optional[dict], *, pending: bool, failu
         raise failure
     failed = [r for r in range(world) if table[r, 0]]
     if failed:
-        raise SolovError(f"rank{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} failed before training "
-                         f"(see {'their logs' if len(failed) > 1 else 'its log'}); every rank stops")
+        raise SolovError(f"{ranks_text(failed)} failed before training (see "
+                         f"{'their logs' if len(failed) > 1 else 'its log'}); every rank stops")
     if (table == table[0]).all():
         return
     by_start: Dict[Tuple[int, int, bool], List[int]] = {}
     for r, (_, epoch, step, due) in enumerate(table):
         by_start.setdefault((int(epoch), int(step), bool(due)), []).append(r)
     found = "; ".join((f"epoch {e} (step {g}{', its evaluation to make up' if due else ''})" if e else "no snapshot")
-                      + f" on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+                      + f" on {ranks_text(ranks)}"
                       for (e, g, due), ranks in sorted(by_start.items()))
     raise SolovError(f"{work}: the ranks would resume from different snapshots ({found}): on several nodes the work "
                      f"dir must be on storage that every node shares")
