@@ -1,8 +1,10 @@
 """Validation shards gathered on rank 0: the byte packing, the protocol on simulated ranks (threads whose AllReduce
 is a barrier and a sum), and the sharded predict_and_evaluate equal to one process. The real collective runs in
 tests/engine/test_distributed.py (msrun, 2 workers)."""
+import errno
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -190,3 +192,65 @@ def test_sharded_predict_and_evaluate_equals_one_process(monkeypatch):
     predict_and_evaluate(pred, gt, str(VAL_IMG), max_images=3, progress=False, shard=(1, 2),
                          gather=lambda records, failure: failures.append(failure))
     assert len(failures) == 1 and "disk gone" in str(failures[0])
+
+
+def test_end_of_epoch_saves_before_a_failed_evaluation_ends_every_rank(monkeypatch, capsys):
+    """An evaluation that failed (on every rank, as run_validation raises it) still saves the epoch with the best as
+    it was; no rank raises before rank 0's save is done (msrun kills every worker when one exits); a save that fails
+    too is told, and the evaluation's error is still the one raised."""
+    from solov2.engine.train import end_epoch
+    errors = [RuntimeError(f"rank {r}: val image broken") for r in range(2)]
+    events = []
+
+    def evaluate(r):
+        raise errors[r]
+
+    def slow_save(best, stopped):
+        time.sleep(0.3)
+        events.append(("saved", best, stopped))
+
+    def raised_after(r, fn):
+        try:
+            return fn()
+        finally:
+            events.append(("raised", r))
+
+    got, calls = simulated_ranks(2, lambda r: raised_after(r, lambda: end_epoch(
+        (0.4, 2), evaluate=lambda: evaluate(r), save=slow_save, save_due=False, epoch=3, rank=r, world=2)),
+        monkeypatch)
+    assert got == errors and calls == 1
+    assert events[0] == ("saved", (0.4, 2), True) and {e[1] for e in events[1:]} == {0, 1}   # saved, then raised
+
+    def full_disk(best, stopped):
+        raise OSError(errno.ENOSPC, "No space left on device", "/w/epoch_3.ckpt.tmp")
+    got, calls = simulated_ranks(2, lambda r: end_epoch((0.4, 2), evaluate=lambda: evaluate(r), save=full_disk,
+                                                        save_due=True, epoch=3, rank=r, world=2), monkeypatch)
+    assert got == errors and calls == 1
+    assert isinstance(got[0].__cause__, OSError) and got[1].__cause__ is None
+    assert "warning: epoch 3 was not saved: /w/epoch_3.ckpt.tmp: No space left on device" in capsys.readouterr().err
+
+
+def test_end_of_epoch_evaluates_then_saves_when_due():
+    """One rank: the new best reaches the snapshot; no save when none is due; a failed save without a failed
+    evaluation is raised as it is; an interrupted evaluation (Ctrl-C) still saves the epoch."""
+    from solov2.engine.train import end_epoch
+    saved = []
+
+    def save(best, stopped):
+        saved.append((best, stopped))
+    assert end_epoch(None, evaluate=lambda: (0.5, 4), save=save, save_due=True, epoch=4, rank=0, world=1) == (0.5, 4)
+    assert end_epoch((0.5, 4), evaluate=None, save=save, save_due=False, epoch=5, rank=0, world=1) == (0.5, 4)
+    assert end_epoch((0.5, 4), evaluate=lambda: (0.5, 4), save=save, save_due=True, epoch=6, rank=1,
+                     world=2) == (0.5, 4)   # rank 1 never saves, and makes no collective call when nothing failed
+    assert saved == [((0.5, 4), False)]
+
+    def broken(best, stopped):
+        raise OSError(errno.ENOSPC, "No space left on device", "/w/epoch_7.ckpt.tmp")
+    with pytest.raises(OSError):
+        end_epoch((0.5, 4), evaluate=lambda: (0.6, 7), save=broken, save_due=True, epoch=7, rank=0, world=1)
+
+    def interrupted():
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        end_epoch((0.5, 4), evaluate=interrupted, save=save, save_due=False, epoch=8, rank=0, world=1)
+    assert saved[-1] == ((0.5, 4), True)

@@ -7,7 +7,7 @@ boundary with exactly the state of the run that wrote the snapshot (weights, opt
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 import mindspore as ms
 import numpy as np
@@ -33,6 +33,8 @@ from solov2.engine.workdir import lock_work_dir, remove_stale_temporaries, unloc
 from solov2.errors import SolovError, check_file, failure_line
 from solov2.files import same_file
 from solov2.models import build_model
+
+T = TypeVar("T")
 
 
 def find_snapshot(work: Path, resume: Optional[str]) -> Optional[Path]:
@@ -256,36 +258,60 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
                              f"(data {row['data_time']:.2f} s) eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
                     acc[:], n_acc, t_data, t_interval = 0, 0, 0.0, time.time()
                 t0 = time.time()
-        stopped = None   # an evaluation that failed or was interrupted: it ends the run once the epoch is saved
-        if evaluating and evaluation_due(epoch + 1, ev.interval, total):
-            try:
-                best = run_validation(validator, net, log=log, work=work, epoch=epoch + 1, global_step=global_step,
-                                      best=best, rank=rank, world=world)
-            except (Exception, KeyboardInterrupt) as e:
-                stopped = e
-        # checkpoint_config.interval (default 1: every epoch); the last epoch is always saved, and so is an epoch
-        # whose evaluation failed (its training is not lost; the snapshot keeps the best as it was before)
-        save_error = None
-        if rank == 0 and (stopped is not None or (epoch + 1) % cfg.checkpoint_interval == 0 or epoch + 1 == total):
-            path = work / f"epoch_{epoch + 1}.ckpt"
-            try:
-                save_snapshot(path, net, optimizer, epoch + 1, seed, scaler, extra=best_entries(ev.save_best, best))
-                prune_snapshots(work, keep_last)
-                log.plot()
-                log.line(f"epoch {epoch + 1} done in {time.time() - t_epoch:.0f} s: saved {path} (weights "
-                         f"{params_digest(net)})" + ("; its evaluation did not complete" if stopped else ""))
-            except Exception as e:
-                if stopped is None:
-                    raise
-                save_error = e   # the evaluation's failure is what the user must see first; this one is told too
-                print(f"warning: epoch {epoch + 1} was not saved: {failure_line(e)}", file=sys.stderr)
-        if stopped is not None:
-            if world > 1 and isinstance(stopped, Exception):   # every rank saw it (run_validation): wait for the
-                try:                                            # save, as msrun kills all workers when one exits
-                    failed_ranks(save_error is None, rank=rank, world=world)
-                except Exception:   # a broken collective: the evaluation's error still comes first
-                    pass
-            if save_error is not None:
-                raise stopped from save_error
-            raise stopped
+        due = evaluating and evaluation_due(epoch + 1, ev.interval, total)
+        best = end_epoch(
+            best, evaluate=(lambda: run_validation(validator, net, log=log, work=work, epoch=epoch + 1,
+                                                   global_step=global_step, best=best, rank=rank, world=world))
+            if due else None,
+            save=lambda best_now, stopped: _save_epoch(work, net, optimizer, scaler, log=log, epoch=epoch + 1,
+                                                       seed=seed, extra=best_entries(ev.save_best, best_now),
+                                                       keep_last=keep_last, t_epoch=t_epoch, stopped=stopped),
+            save_due=(epoch + 1) % cfg.checkpoint_interval == 0 or epoch + 1 == total, epoch=epoch + 1, rank=rank,
+            world=world)
     return work
+
+
+def end_epoch(best: T, *, evaluate: Optional[Callable[[], T]], save: Callable[[T, bool], None], save_due: bool,
+              epoch: int, rank: int, world: int) -> T:
+    """After an epoch's last step: evaluate() when it is due (None: not this epoch; every rank; returns the new
+    best), then save(best, stopped) on rank 0 when `save_due` (checkpoint_config.interval, the last epoch) or when
+    the evaluation failed: that epoch's training is not lost, and its snapshot keeps the best as it was before.
+    Returns the best. A failed or interrupted evaluation then ends the run, raised on every rank after rank 0's
+    save: msrun kills every worker as soon as one exits. If that save fails too, the evaluation's error is still
+    the one raised (the save's is its cause, and a warning names it)."""
+    stopped = None
+    if evaluate is not None:
+        try:
+            best = evaluate()
+        except (Exception, KeyboardInterrupt) as e:
+            stopped = e
+    save_error = None
+    if rank == 0 and (stopped is not None or save_due):
+        try:
+            save(best, stopped is not None)
+        except Exception as e:
+            if stopped is None:
+                raise
+            save_error = e
+            print(f"warning: epoch {epoch} was not saved: {failure_line(e)}", file=sys.stderr)
+    if stopped is None:
+        return best
+    if world > 1 and isinstance(stopped, Exception):   # every rank saw it (run_validation): wait for the save
+        try:
+            failed_ranks(save_error is None, rank=rank, world=world)
+        except Exception:   # a broken collective: the evaluation's error still comes first
+            pass
+    if save_error is not None:
+        raise stopped from save_error
+    raise stopped
+
+
+def _save_epoch(work: Path, net, optimizer, scaler, *, log: Logger, epoch: int, seed: int, extra: dict,
+                keep_last: int, t_epoch: float, stopped: bool) -> None:
+    """Rank 0: epoch_{epoch}.ckpt (weights, optimizer, counters, `extra`), the pruning, the loss plot, a log line."""
+    path = work / f"epoch_{epoch}.ckpt"
+    save_snapshot(path, net, optimizer, epoch, seed, scaler, extra=extra)
+    prune_snapshots(work, keep_last)
+    log.plot()
+    log.line(f"epoch {epoch} done in {time.time() - t_epoch:.0f} s: saved {path} (weights {params_digest(net)})"
+             + ("; its evaluation did not complete" if stopped else ""))
