@@ -5,7 +5,7 @@ from conftest import REPO, SHARED
 
 from solov2.config import load_config
 from solov2.data.coco import CocoDataset
-from solov2.data.loader import TrainLoader, canvas_buckets, pick_canvas, trim_positives
+from solov2.data.loader import TrainLoader, canvas_buckets, epoch_batches, pick_canvas, trim_positives
 
 DATA = SHARED / "datasets" / "trashcan_mini"
 CFG = REPO / "configs" / "solov2" / "solov2_light_448_r18_fpn_8gpu_3x_trashcan.py"
@@ -22,6 +22,21 @@ def test_buckets_one_per_scale_and_orientation():
     assert pick_canvas(385, 704, b) == (416, 768)
     assert pick_canvas(704, 384, b) == (768, 384)
     assert pick_canvas(544, 768, b) is None                                    # nothing holds it: own canvas
+
+
+@pytest.mark.parametrize("images, world", [(40, 3), (6, 8), (2, 8), (1, 3), (13, 2)])
+def test_every_rank_gets_the_same_number_of_batches(images, world):
+    """The ranks run the same number of steps (else the collectives of a step would not match, and the job hangs),
+    also with fewer batches than ranks; the epoch's batches are dealt whole; orientations never mix in a batch."""
+    flags = [i % 3 == 0 for i in range(images)]
+    per_rank = [epoch_batches(flags, 2, seed=7, epoch=1, world=world, rank=r) for r in range(world)]
+    assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) >= 1
+    dealt = [b for r in per_rank for b in r]
+    assert {i for b in dealt for i in b} == set(range(images))               # no image left out
+    assert all(len(b) == 2 and len({flags[i] for i in b}) == 1 for b in dealt)
+    whole = epoch_batches(flags, 2, seed=7, epoch=1)                          # world 1: the epoch's order
+    merged = [per_rank[i % world][i // world] for i in range(len(dealt))]
+    assert merged[:len(whole)] == whole and merged[len(whole):] == (whole * world)[:len(merged) - len(whole)]
 
 
 @pytest.mark.parametrize("need, rows", [(0, 128), (1, 128), (128, 128), (129, 256), (300, 512), (512, 512)])

@@ -33,7 +33,9 @@ def epoch_batches(flags: Sequence[int], batch_size: int, seed: int, epoch: int, 
         idx = np.concatenate([idx, idx[rng.randint(0, len(idx), extra)]]) if extra else idx
         batches += [idx[i:i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
     batches = [batches[i] for i in rng.permutation(len(batches))]
-    batches += batches[:(-len(batches)) % world]
+    # dealt evenly, repeating from the start as often as needed (fewer batches than ranks included): every rank
+    # then runs the same number of steps, so the collectives match
+    batches += [batches[i % len(batches)] for i in range((-len(batches)) % world)]
     return batches[rank::world]
 
 
