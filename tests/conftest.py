@@ -128,11 +128,11 @@ def snapshot(folder) -> dict:
             for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
-def assert_bad_input(argv, folder, fragments):
-    """Run the CLI `argv`: exit 2, exactly one `error:` line holding every fragment, no traceback, every file that
-    was below `folder` unchanged and no new one."""
+def assert_bad_input(argv, folder, fragments, env=None):
+    """Run the CLI `argv` (in `env`, default ours): exit 2, exactly one `error:` line holding every fragment, no
+    traceback, every file that was below `folder` unchanged and no new one."""
     before = snapshot(folder)
-    r = cli(*argv, timeout=600)
+    r = cli(*argv, timeout=600, env=env)
     errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
     assert r.returncode == 2, r.stderr[-3000:]
     assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]

@@ -144,6 +144,14 @@ def _not_a_mindir(t, exported):
     return path
 
 
+def _upper_case_copy(t, exported):
+    path = _copy_model(t / "m", exported, "r18")
+    upper = path.with_name("R18.MINDIR")
+    path.rename(upper)
+    (path.parent / (path.name + ".json")).rename(upper.parent / (upper.name + ".json"))
+    return upper
+
+
 def _portrait_image(t):
     """A 270x480 (W x H) photo: 852x479 at the DCN model's test scale, taller than its 512 rows."""
     t.mkdir(exist_ok=True)
@@ -177,6 +185,18 @@ BAD = [
     ("export.py into a missing folder",
      lambda t, e: ["export.py", TRASHCAN_CFG, e["r18"][1], "--out", t / "missing" / "r18.mindir"],
      ["missing", "output folder does not exist"]),
+    ("export.py --input-size above the largest image side",
+     lambda t, e: ["export.py", TRASHCAN_CFG, e["r18"][1], "--input-size", "8224", "800", "--out", t / "m.mindir"],
+     ["--input-size 8224 800", "from 32 to 8192"]),
+    ("export.py --out with an upper-case suffix (MindSpore would write M.MINDIR.mindir)",
+     lambda t, e: ["export.py", TRASHCAN_CFG, e["r18"][1], "--out", t / "M.MINDIR"],
+     ["M.MINDIR", "must end in .mindir (lower case)"]),
+    ("--model with an upper-case suffix (MindSpore would refuse to load it)",
+     lambda t, e: ["run.py", "--model", _upper_case_copy(t, e), IMAGES[0], "--out", t / "out"],
+     ["R18.MINDIR", "lower case"]),
+    ("--runtime without --model (it would be unused)",
+     lambda t, e: ["run.py", TRASHCAN_CFG, e["r18"][1], IMAGES[0], "--out", t / "out", "--runtime", "openvino"],
+     ["--runtime openvino", "CHECKPOINT runs in MindSpore"]),
     ("export.py --input-size not a multiple of 32",
      lambda t, e: ["export.py", TRASHCAN_CFG, e["r18"][1], "--input-size", "500", "800", "--out", t / "m.mindir"],
      ["--input-size 500 800", "multiples of 32"]),

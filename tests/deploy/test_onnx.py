@@ -16,7 +16,8 @@ import re
 
 import cv2
 import pytest
-from conftest import DCN_CFG, R50_CFG, TRASHCAN_CFG, VAL_ANN, cli, match_instances, near_decided
+from conftest import (DCN_CFG, R50_CFG, TRASHCAN_CFG, VAL_ANN, assert_bad_input, cli, match_instances,
+                      near_decided)
 from deploy_common import IMAGES, assert_valuation_gives_native_ap
 
 from solov2.config import load_config
@@ -102,6 +103,36 @@ def test_run_py_onnx_gives_the_native_instances(onnx_models, tmp_path, runtime):
     expected = near_decided(outputs, exp.network(x)[1:], meta, native.cfg.test, head.num_grids, head.strides)
     assert len(got) == 100
     match_instances(expected, got)
+
+
+def test_a_missing_onnxruntime_is_one_line_naming_the_install(onnx_models, tmp_path):
+    """Without onnxruntime (an onnxruntime package that fails to import, first on the path): run.py --model x.onnx
+    and an ONNX export (whose check runs in onnxruntime) stop at once with one line naming the install command."""
+    fake = tmp_path / "without" / "onnxruntime"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named onnxruntime')\n")
+    env = dict(os.environ, PYTHONPATH=str(fake.parent))
+    _, weights, model, _ = onnx_models["r18"]
+    work = tmp_path / "work"
+    work.mkdir()
+    assert_bad_input(["run.py", "--model", model, IMAGES[0], "--out", work / "out"], work,
+                     ["r18.onnx", "needs onnxruntime", "pip install -e '.[onnx]'"], env=env)
+    assert_bad_input(["export.py", TRASHCAN_CFG, weights, "--format", "onnx", "--out", work / "m.onnx"], work,
+                     ["--format ONNX", "pip install -e '.[onnx]'", "--no-check"], env=env)
+
+
+def test_an_onnxruntime_failure_is_one_error_naming_the_model(onnx_models):
+    """onnxruntime's own exception types derive from Exception only (not RuntimeError): a failed run (here a
+    float64 input; out of memory in practice) is a SolovError naming the model, not a traceback."""
+    import numpy as np
+
+    from solov2.deploy.runtimes import onnxruntime_runner
+    from solov2.errors import SolovError
+    model = onnx_models["r18"][2]
+    run = onnxruntime_runner(model, (448, 768))
+    with pytest.raises(SolovError, match=r"r18\.onnx: onnxruntime failed to run it \("):
+        run(np.zeros((1, 3, 448, 768), np.float64))
+    assert [o.shape for o in run(np.zeros((1, 3, 448, 768), np.float32))][2] == (1, 128, 112, 192)
 
 
 def test_valuation_onnx_gives_the_native_ap(onnx_models, native_val_results, tmp_path):

@@ -98,25 +98,31 @@ def add_model_flag(p: argparse.ArgumentParser) -> None:
                    help="an exported .mindir or .onnx (export.py; FILE.json beside it) instead of CHECKPOINT. CONFIG is "
                         "then optional; when given, it must describe the same model and its test_cfg and class names "
                         "are used")
-    p.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino"],
+    p.add_argument("--runtime", default=None, choices=["onnxruntime", "openvino"],
                    help="what runs an .onnx --model (default onnxruntime; both on the CPU)")
 
 
-def check_model_flags(a: argparse.Namespace, checkpoint: Optional[str]) -> None:
+def check_model_flags(a: argparse.Namespace, checkpoint: Optional[str]) -> str:
     """With --model: no CHECKPOINT, no --static-shapes (the exported graph has its own input shape), an ONNX model
-    on the CPU only (onnxruntime's CPU provider); a one-line SolovError (exit 2) otherwise."""
+    on the CPU only (onnxruntime's CPU provider); --runtime only with an .onnx --model (never silently unused). A
+    one-line SolovError (exit 2) otherwise. Returns the runtime of an .onnx model (default onnxruntime)."""
+    runtime = a.runtime or "onnxruntime"
     if not a.model:
-        return
+        if a.runtime:
+            raise SolovError(f"--runtime {a.runtime}: runs an exported .onnx given with --model; a CHECKPOINT runs in "
+                             "MindSpore")
+        return runtime
     if checkpoint:
         raise SolovError(f"--model {a.model} replaces CHECKPOINT ({checkpoint}): give one of them")
     if getattr(a, "static_shapes", False):
         raise SolovError("--static-shapes: an exported model has its own input shape (see export.py --input-size)")
     onnx = a.model.lower().endswith(".onnx")
     if onnx and a.device_target != "CPU":
-        raise SolovError(f"--device_target {a.device_target}: an ONNX model runs in {a.runtime} on the CPU; use a "
+        raise SolovError(f"--device_target {a.device_target}: an ONNX model runs in {runtime} on the CPU; use a "
                          ".mindir")
-    if not onnx and a.runtime != "onnxruntime":
+    if not onnx and a.runtime:
         raise SolovError(f"--runtime {a.runtime}: runs .onnx models; {a.model} runs in MindSpore")
+    return runtime
 
 
 def open_predictor(cfg, checkpoint: Optional[str], model: Optional[str], overrides: Sequence[str] = (),

@@ -111,9 +111,9 @@ def main(argv=None) -> None:
         p = parser()
         a = p.parse_intermixed_args(argv)   # positionals may stand between flags
         config, checkpoint = config_and_checkpoint(p, a, need=())  # run_evaluation says which it needs
-        check_model_flags(a, checkpoint)
+        runtime = check_model_flags(a, checkpoint)
         start_runtime(a)
-        run_evaluation(config, checkpoint, model=a.model, runtime=a.runtime, ann=a.ann, img_prefix=a.img_prefix,
+        run_evaluation(config, checkpoint, model=a.model, runtime=runtime, ann=a.ann, img_prefix=a.img_prefix,
                        out=a.out, iou_types=a.eval, max_images=a.max_images, force=a.force, results_file=a.results,
                        overrides=a.cfg_options, static_shapes=a.static_shapes)
     cli_main(body)

@@ -254,10 +254,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def model_sources(p: argparse.ArgumentParser, a: argparse.Namespace):
-    """(config, checkpoint) of the flags: both needed, or --model with an optional CONFIG (`check_model_flags`)."""
+    """(config, checkpoint, runtime) of the flags: both needed, or --model with an optional CONFIG and the runtime of
+    an .onnx (`check_model_flags`)."""
     config, checkpoint = config_and_checkpoint(p, a, need=() if a.model else ("config", "checkpoint"))
-    check_model_flags(a, checkpoint)
-    return config, checkpoint
+    return config, checkpoint, check_model_flags(a, checkpoint)
 
 
 def test_main(argv=None) -> None:
@@ -270,10 +270,10 @@ def test_main(argv=None) -> None:
         _common(p)
         add_force_flag(p, "--out")
         a = p.parse_intermixed_args(argv)   # positionals may stand between flags
-        config, checkpoint = model_sources(p, a)
+        config, checkpoint, runtime = model_sources(p, a)
         check_flag_range("--score_thr", a.score_thr, 0, 1)
         start_runtime(a)
-        predict_image(config, checkpoint, a.dataroot, a.out, model=a.model, runtime=a.runtime, score_thr=a.score_thr,
+        predict_image(config, checkpoint, a.dataroot, a.out, model=a.model, runtime=runtime, score_thr=a.score_thr,
                       force=a.force, overrides=a.cfg_options, static_shapes=a.static_shapes)
     cli_main(body)
 
@@ -290,9 +290,9 @@ def run_main(argv=None) -> None:
         add_force_flag(p, "OUTDIR/results.json and the pictures")
         p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
         a = p.parse_intermixed_args(argv)   # e.g. run.py CONFIG CHECKPOINT --out OUT INPUT
-        config, checkpoint = model_sources(p, a)
+        config, checkpoint, runtime = model_sources(p, a)
         check_flag_range("--score_thr", a.score_thr, 0, 1)
         start_runtime(a)
-        predict_many(config, checkpoint, a.input, a.out, model=a.model, runtime=a.runtime, score_thr=a.score_thr,
+        predict_many(config, checkpoint, a.input, a.out, model=a.model, runtime=runtime, score_thr=a.score_thr,
                      force=a.force, skip_bad=a.skip_bad, overrides=a.cfg_options, static_shapes=a.static_shapes)
     cli_main(body)

@@ -10,6 +10,7 @@ portable formulation (`solov2.models.portable`) at one static size, since MindSp
 GroupNorm, the resizes, the pools, LinSpace and CumSum. Unless `check=False`, the exported file is run on test
 inputs and must agree with the native network (1e-4 relative); otherwise nothing is written.
 """
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from solov2.config import SOLOv2Config, load_config
+from solov2.config.section import MAX_IMAGE_SIDE
 from solov2.deploy.sidecar import INPUT_NAME, OUTPUT_NAMES, file_sha256, make_sidecar, sidecar_path
 from solov2.errors import SolovError, check_file, first_line
 from solov2.files import atomic_write, check_not_an_input, check_writable, write_json_atomic
@@ -35,9 +37,10 @@ def default_input_size(cfg: SOLOv2Config) -> Tuple[int, int]:
 
 
 def check_input_size(hw: Sequence[int], divisor: int) -> Tuple[int, int]:
-    if len(hw) != 2 or any(int(v) != v or v < divisor or v % divisor for v in hw):
-        raise SolovError(f"--input-size {' '.join(map(str, hw))}: H and W must be positive multiples of {divisor} "
-                         "(the config's Pad size_divisor)")
+    """--input-size H W: positive multiples of `divisor`, each at most MAX_IMAGE_SIDE (as an image scale side)."""
+    if len(hw) != 2 or any(int(v) != v or v < divisor or v % divisor or v > MAX_IMAGE_SIDE for v in hw):
+        raise SolovError(f"--input-size {' '.join(map(str, hw))}: H and W must be multiples of {divisor} (the "
+                         f"config's Pad size_divisor) from {divisor} to {MAX_IMAGE_SIDE}")
     return int(hw[0]), int(hw[1])
 
 
@@ -132,16 +135,11 @@ def check_sizes(input_hw: Optional[Tuple[int, int]], cfg: SOLOv2Config) -> List[
 def check_export(native_eval, file: Path, input_hw: Optional[Tuple[int, int]], sizes: Sequence[Tuple[int, int]],
                  cfg: SOLOv2Config) -> Optional[Dict[str, float]]:
     """Run the exported `file` (static input_hw, or None: dynamic) and the native network on `test_input` of each
-    size: the worst `relative_differences`, or None when the file cannot be run here (an ONNX model without
-    onnxruntime). SolovError when they differ by more than CHECK_TOLERANCE or points-NMS keeps a cell above
+    size: the worst `relative_differences` (`check_runtime` has made sure the file can run here). SolovError when they differ by more than CHECK_TOLERANCE or points-NMS keeps a cell above
     cfg's score_thr in only one of them without a near-tie."""
     import mindspore as ms
-    from solov2.deploy.runtimes import MissingRuntime, network_runner
-    try:
-        run = network_runner(file, input_hw)
-    except MissingRuntime as e:
-        print(f"not checked: {e}")
-        return None
+    from solov2.deploy.runtimes import network_runner
+    run = network_runner(file, input_hw)
     diffs: Dict[str, float] = {}
     for hw in sizes:
         x = test_input(hw)
@@ -160,16 +158,34 @@ def check_export(native_eval, file: Path, input_hw: Optional[Tuple[int, int]], s
     return diffs
 
 
+def check_runtime(fmt: str) -> None:
+    """Before any work: the export check can run a `fmt` model here (an ONNX one needs onnxruntime)."""
+    if fmt != "ONNX":
+        return
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise SolovError("--format ONNX: the export check runs the model in onnxruntime, which is not installed: "
+                         "pip install -e '.[onnx]' (or pass --no-check to write it unchecked)") from None
+
+
 def install(file: Path, out: Path, sidecar: dict) -> None:
     """Copy the exported `file` to `out` and write the sidecar beside it, both atomically: `out` gets the permissions
-    of a plain open(), and a failure leaves neither a partial model nor a sidecar without its model."""
+    of a plain open(). Both are written in full before either replaces an earlier one, so a failure (a full disk,
+    Ctrl-C) leaves the earlier model and its sidecar as they were; if the model alone could not be renamed into
+    place, the new sidecar is removed (never a sidecar beside another model)."""
     side = sidecar_path(out)
+    side_replaced = False
     try:
         with atomic_write(out) as tmp:
             shutil.copyfile(file, tmp)
+            with open(tmp, "rb+") as f:   # on disk before the sidecar that describes it
+                os.fsync(f.fileno())
             write_json_atomic(side, dict(sidecar, model_sha256=file_sha256(tmp)), indent=1)
+            side_replaced = True   # only the model's rename is left
     except BaseException:
-        side.unlink(missing_ok=True)   # the model was not installed: no sidecar without (or beside another) model
+        if side_replaced:
+            side.unlink(missing_ok=True)
         raise
 
 
@@ -188,8 +204,10 @@ def export_model(config: str, checkpoint: str, *, fmt: str = "MINDIR", input_siz
         hw = default_input_size(cfg) if deformable or fmt == "ONNX" else None
     size_name = f"{hw[0]}x{hw[1]}" if hw else "dynamic"
     path = Path(out) if out else Path(f"{Path(checkpoint).stem}_{size_name}{SUFFIX[fmt]}")
-    if path.suffix.lower() != SUFFIX[fmt]:
-        raise SolovError(f"{path}: a {fmt} export must end in {SUFFIX[fmt]}")
+    if path.suffix != SUFFIX[fmt]:   # MindSpore's exporter and loader go by the lower-case suffix
+        raise SolovError(f"{path}: a {fmt} export must end in {SUFFIX[fmt]} (lower case)")
+    if check:
+        check_runtime(fmt)
     check_not_an_input([path, sidecar_path(path)], {"CONFIG": config, "CHECKPOINT": checkpoint,
                                                     "checkpoint sidecar": f"{checkpoint}.json"})
     check_writable(path, force)

@@ -46,7 +46,13 @@ def onnxruntime_runner(path: Path, input_hw: Tuple[int, int]) -> Runner:
         raise SolovError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
     inp = session.get_inputs()[0]
     _check_input(path, inp.shape, input_hw)
-    return lambda x: session.run(None, {inp.name: x})
+
+    def run(x: np.ndarray) -> List[np.ndarray]:
+        try:
+            return session.run(None, {inp.name: x})
+        except Exception as e:   # onnxruntime's own types (RuntimeException: out of memory, ...) derive from
+            raise SolovError(f"{path}: onnxruntime failed to run it ({first_line(e)})") from e   # Exception only
+    return run
 
 
 def mindir_runner(path: Path, dynamic: bool) -> Runner:
