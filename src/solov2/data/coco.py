@@ -11,8 +11,10 @@ Official rules reproduced (mmdet/datasets/coco.py, pipelines/loading.py):
 
 Deviations (documented on purpose):
 * ``filter_empty_gt`` drops images without a *usable* instance (one that survives the rules above). The
-  official filter keeps an image that only has crowd/degenerate annotations, and the official target code then
-  crashes on it (``gt_labels_raw[0]``); with ``filter_empty_gt=False`` such images are kept and give empty GT.
+  official filter keeps an image that only has crowd/degenerate annotations; its ``LoadAnnotations``
+  (``skip_img_without_anno=True``) then returns None and the dataset draws another random image in its place.
+  Dropping it up front trains on the same images, without the random replacement (an epoch is shorter by those
+  images). With ``filter_empty_gt=False`` such images are kept and give empty GT.
 * ``class_names``/``cat_ids`` are in ascending category-id order (the channel rule of `solov2.data.coco_file`).
 * Broken input raises `DatasetError` (one line: file + problem) instead of an arbitrary exception.
 
