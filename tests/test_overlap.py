@@ -49,6 +49,26 @@ def test_prepare_error_reaches_the_caller_at_its_turn():
     assert done == [0, 1, 2]  # as in a plain loop: every item before the bad one was finished, in order
 
 
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_run_error_comes_after_the_items_before_it(error):
+    """A Ctrl-C (or a network error) during item 3's network call: items 0-2, already run, are finished and yielded
+    first (run.py keeps their records), as in a plain loop; item 3 is never finished."""
+    def run(p):
+        if p == 3:
+            raise error("stop")
+        return p
+    done, finished = [], []
+
+    def finish(i, p, o):
+        time.sleep(0.05)   # still in the finish thread when the error comes
+        finished.append(i)
+        return i
+    with pytest.raises(error):
+        for r in overlapped(range(10), lambda i: i, run, finish, ahead=2):
+            done.append(r)
+    assert done == finished == [0, 1, 2]
+
+
 def test_finish_error_propagates():
     def finish(i, p, o):
         if i == 1:

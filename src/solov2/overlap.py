@@ -2,8 +2,9 @@
 
 Decoding, resizing and normalising (cv2, NumPy) and the post-processing, drawing and RLE encoding of the previous
 image (NumPy BLAS, cv2, pycocotools) release the GIL for most of their time, so one thread each runs beside the
-network call of the main thread. Results come back in input order; an exception raised by `prepare` or `finish`
-reaches the caller at that item's turn, as in a plain loop.
+network call of the main thread. Results come back in input order; an exception raised by `prepare`, `run` (a
+Ctrl-C during the network call, too) or `finish` reaches the caller at that item's turn, as in a plain loop: every
+item before it has been finished and yielded.
 """
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,11 +47,12 @@ def overlapped(items: Iterable[Item], prepare: Callable[[Item], Prepared], run: 
                 feed()
                 try:
                     prepared = fut.result()
+                    output = run(prepared)   # Ctrl-C arrives here too (MindSpore turns it into SIGTERM)
                 except BaseException:  # as in a plain loop: the items before this one are finished first
                     while to_yield:
                         yield to_yield.popleft().result()
                     raise
-                to_yield.append(post.submit(finish, item, prepared, run(prepared)))
+                to_yield.append(post.submit(finish, item, prepared, output))
                 while len(to_yield) > ahead:
                     yield to_yield.popleft().result()
             while to_yield:
