@@ -110,6 +110,19 @@ def test_same_stem_inputs_get_distinct_pictures(tmp_path, ckpt):
                                                                     "results.json"]
 
 
+@pytest.mark.parametrize("expected", [
+    {"a.jpg": "a_jpg.jpg", "a.png": "a_png.jpg", "b.jpg": "b.jpg"},
+    {"a.JPG": "a_jpg.jpg", "a.jpg": "a_jpg_2.jpg"},
+    {"a.jpg": "a_jpg.jpg", "a.png": "a_png.jpg", "a_jpg.png": "a_jpg_2.jpg"},
+    {"A.jpg": "A_jpg.jpg", "a.png": "a_png.jpg"},                  # one picture on a case-insensitive file system
+])
+def test_every_input_gets_its_own_picture(expected):
+    from pathlib import Path
+
+    from solov2.cli.predict import picture_names
+    assert picture_names(sorted(Path(n) for n in expected)) == expected
+
+
 def test_read_only_output_folder_is_refused_before_the_model_runs(tmp_path, ckpt):
     """valuation.py --out on a read-only file system (a read-only tmpfs; root ignores permission bits)."""
     with small_tmpfs(tmp_path / "ro", "size=1m,ro") as ro:

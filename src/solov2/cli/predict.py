@@ -6,6 +6,7 @@
 (CONFIG and CHECKPOINT may also be given as --config / --checkpoint, as the older MindSpore port's test.py.)
 """
 import argparse
+import glob
 import sys
 from collections import Counter
 from functools import partial
@@ -55,11 +56,22 @@ def predict_image(config: Optional[str], checkpoint: Optional[str], image: str, 
 
 
 def picture_names(files: List[Path]) -> Dict[str, str]:
-    """Input file name -> output picture name: `<stem>.jpg`, or `<stem>_<ext>.jpg` where two inputs share a stem
-    (a.jpg and a.png must not both draw into a.jpg)."""
-    stems = Counter(p.stem for p in files)
-    return {p.name: f"{p.stem}.jpg" if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}.jpg"
-            for p in files}
+    """Input file name -> output picture name, one picture per input: `<stem>.jpg`, or `<stem>_<ext>.jpg` where two
+    inputs share a stem (a.jpg and a.png must not both draw into a.jpg); a name still taken (a.JPG beside a.jpg, or
+    a_jpg.png beside a.jpg and a.png) gets `_2`, `_3`, ... Compared without case, as a case-insensitive file system
+    (macOS, Windows) would."""
+    stems = Counter(p.stem.lower() for p in files)
+    names: Dict[str, str] = {}
+    taken = set()
+    for p in files:
+        base = p.stem if stems[p.stem.lower()] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+        name, n = f"{base}.jpg", 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{base}_{n}.jpg"
+        taken.add(name.lower())
+        names[p.name] = name
+    return names
 
 
 def check_pictures(out: Path, files: List[Path], pictures: Dict[str, str], video: Optional[Path],
@@ -70,7 +82,7 @@ def check_pictures(out: Path, files: List[Path], pictures: Dict[str, str], video
     check_not_an_input(planned, {"image": files})
     existing = [p for p in planned if p.exists()]
     if video is not None and out.is_dir():
-        existing = sorted(out.glob(f"{video.stem}_" + "[0-9]" * 6 + ".jpg"))
+        existing = sorted(out.glob(f"{glob.escape(video.stem)}_" + "[0-9]" * 6 + ".jpg"))   # clip[1].mp4 too
     if existing and not force:
         raise already_exists(existing[0], f" ({len(existing)} output picture(s) would be replaced)")
 
