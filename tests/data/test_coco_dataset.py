@@ -8,6 +8,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from solov2.data.coco import CocoDataset, DatasetError
+from solov2.errors import SolovError
 from conftest import SHARED
 
 DATA = SHARED / "datasets" / "trashcan_mini"
@@ -183,6 +184,28 @@ def test_truncated_jpeg_is_a_bad_image(tiny):
         assert CocoDataset(root / "t.json", root, skip_bad=True)[1]["image_id"] == 12
     (root / "im1.jpg").write_bytes(data)
     assert ds[1]["img"].shape == (48, 64, 3)  # the whole file reads
+
+
+@pytest.mark.parametrize("progressive", [0, 1])
+def test_a_jpeg_with_a_video_appended_is_whole_and_a_cut_one_is_not(tmp_path, progressive):
+    """A motion photo (a complete JPEG, then a video: far more than the last bytes without an end-of-image marker)
+    reads; cut short, with or without bytes after the cut, it is refused (baseline with restart markers and
+    progressive scans)."""
+    from solov2.data.images import file_problem, read_image
+    img = (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8)
+    data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, progressive,
+                                      cv2.IMWRITE_JPEG_RST_INTERVAL, 0 if progressive else 4])[1].tobytes()
+    video = b"\x00\x00\x00\x18ftypmp42" + np.random.default_rng(1).integers(0, 256, 20000, np.uint8).tobytes()
+    cases = {"motion.jpg": data + video, "cut.jpg": data[:len(data) // 2],
+             "cut_then_more.jpg": data[:len(data) // 2] + b"\x00" * 5000}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    np.testing.assert_array_equal(read_image(tmp_path / "motion.jpg"), cv2.imdecode(np.frombuffer(data, np.uint8), 1))
+    assert file_problem(tmp_path / "motion.jpg") is None
+    for name in ("cut.jpg", "cut_then_more.jpg"):
+        assert file_problem(tmp_path / name).startswith("truncated JPEG")
+        with pytest.raises(SolovError, match="truncated JPEG"):
+            read_image(tmp_path / name)
 
 
 def test_unreadable_image_at_index_time(tiny):

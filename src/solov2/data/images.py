@@ -8,16 +8,53 @@ import numpy as np
 from solov2.errors import SolovError, not_a_file
 
 # In JPEG scan data every 0xFF byte is followed by 0x00 or a restart marker, so the end-of-image marker FF D9 can
-# only be the real end; a file cut short lacks it near its end. Some writers append a little padding or metadata.
+# only be the real end; a file cut short lacks it. Usually it is in the last bytes (a few writers append a little
+# padding); when it is not, the segments and scans are walked (`_jpeg_reaches_its_end`), because a phone's motion
+# photo (Google MVIMG, Samsung) appends a whole video after a complete JPEG.
 _JPEG_START, _JPEG_END, _JPEG_TAIL = b"\xff\xd8", b"\xff\xd9", 4096
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}   # TEM and RST0-7: markers without a length
 
 
 _TRUNCATED = "truncated JPEG (no end-of-image marker; the file was cut short)"
 
 
-def _truncated_jpeg(head: bytes, tail: bytes) -> bool:
-    """A JPEG (starts with FF D8) whose last _JPEG_TAIL bytes hold no end-of-image marker."""
-    return head[:2] == _JPEG_START and _JPEG_END not in tail[-_JPEG_TAIL:]
+def _jpeg_reaches_its_end(data: bytes) -> bool:
+    """True if walking the JPEG `data` (marker segments by their lengths; scan data up to the first marker that is
+    not a stuffed FF 00, a restart marker or fill) reaches its end-of-image marker, whatever follows it; False if the
+    data ends first or is not laid out as a JPEG."""
+    pos, n = 2, len(data)
+    while pos + 1 < n:
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:   # fill byte
+            pos += 1
+        elif marker == 0xD9:
+            return True
+        elif marker in _STANDALONE:
+            pos += 2
+        elif pos + 4 > n:
+            return False
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            if marker == 0xDA:   # start of scan: entropy-coded data up to the next real marker
+                while True:
+                    pos = data.find(b"\xff", pos)
+                    if pos < 0 or pos + 1 >= n:
+                        return False
+                    if data[pos + 1] == 0x00 or data[pos + 1] in _STANDALONE or data[pos + 1] == 0xFF:
+                        pos += 1 if data[pos + 1] == 0xFF else 2
+                        continue
+                    break
+    return False
+
+
+def _truncated_jpeg(path: Path, head: bytes, tail: bytes, data: Optional[bytes] = None) -> bool:
+    """A JPEG (starts with FF D8) whose last _JPEG_TAIL bytes hold no end-of-image marker and whose walk does not
+    reach one; `data`: the whole file when already read (else `path` is read only in that rare case)."""
+    if head[:2] != _JPEG_START or _JPEG_END in tail[-_JPEG_TAIL:]:
+        return False
+    return not _jpeg_reaches_its_end(path.read_bytes() if data is None else data)
 
 
 def _not_a_file(path: Path) -> Optional[str]:
@@ -29,7 +66,8 @@ def _not_a_file(path: Path) -> Optional[str]:
 
 
 def file_problem(path) -> Optional[str]:
-    """Why `path` cannot be a good image, from its first and last bytes only (cheap: no decoding), or None."""
+    """Why `path` cannot be a good image, from its first and last bytes (cheap: no decoding; the whole file only for
+    a JPEG whose end-of-image marker is not near its end), or None."""
     path = Path(path)
     problem = _not_a_file(path)
     if problem:
@@ -39,9 +77,9 @@ def file_problem(path) -> Optional[str]:
             head = f.read(2)
             f.seek(max(0, path.stat().st_size - _JPEG_TAIL))
             tail = f.read()
+        return _TRUNCATED if _truncated_jpeg(path, head, tail) else None   # reads the rest in the rare case
     except OSError as e:
         return f"cannot read the image ({e.strerror})"
-    return _TRUNCATED if _truncated_jpeg(head, tail) else None
 
 
 def read_image(path, error=SolovError) -> np.ndarray:
@@ -59,7 +97,7 @@ def read_image(path, error=SolovError) -> np.ndarray:
         raise error(f"{path}: cannot read the image ({e.strerror})") from None
     if problem:
         raise error(f"{path}: {problem}")
-    if _truncated_jpeg(data, data):
+    if _truncated_jpeg(path, data, data, data):
         raise error(f"{path}: {_TRUNCATED}")
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
