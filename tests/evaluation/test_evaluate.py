@@ -2,6 +2,7 @@
 import copy
 import json
 import math
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ import pytest
 from pycocotools import mask as mask_util
 
 from conftest import REPO, SHARED, reference_config
-from solov2.evaluation.coco_eval import evaluate_results, load_coco
+from solov2.evaluation.coco_eval import check_ground_truth, evaluate_results, load_coco
 from solov2.evaluation.results import predict_dataset
 from solov2.inference import Predictor, resolve_class_names
 from solov2.errors import SolovError
@@ -128,6 +129,37 @@ def test_duplicate_image_id_is_refused(tmp_path):
         load_coco(tmp_path / "dup.json")
 
 
+@pytest.mark.parametrize("change, fragment", [
+    (lambda a: a.pop("id"), "annotation #3 lacks one of id/image_id/category_id/area/bbox/iscrowd"),
+    (lambda a: a.pop("iscrowd"), "annotation #3 lacks one of"),
+    (lambda a: a.update(segmentation=[]), "annotation #3 (id {id}): 'segmentation' is neither polygons"),
+    (lambda a: a.update(segmentation=[[1, 2, 3, 4]]), "annotation #3 (id {id}): 'segmentation' is neither"),
+])
+def test_annotation_pycocotools_cannot_read_is_refused_at_load(tmp_path, change, fragment):
+    """pycocotools would raise KeyError/IndexError deep in createIndex or COCOeval, after the model run."""
+    data = json.loads(VAL_ANN.read_text())
+    change(data["annotations"][3])
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(SolovError, match=re.escape(f"bad.json: {fragment.format(**data['annotations'][3])}")):
+        load_coco(tmp_path / "bad.json")
+
+
+def test_segm_evaluation_needs_every_segmentation(tmp_path, perfect):
+    """An annotation without a segmentation: the segm evaluation is refused before any model runs (valuation.py
+    checks it right after reading the file); boxes alone still score."""
+    data = json.loads(VAL_ANN.read_text())
+    del data["annotations"][5]["segmentation"]
+    (tmp_path / "boxes.json").write_text(json.dumps(data))
+    coco = load_coco(tmp_path / "boxes.json")
+    with pytest.raises(SolovError, match=rf"boxes.json: annotation id {data['annotations'][5]['id']} has no "
+                                         r"'segmentation' \(the segm evaluation needs"):
+        check_ground_truth(coco, ("segm", "bbox"))
+    check_ground_truth(coco, ("bbox",))
+    boxes = [dict(r, bbox=[float(v) for v in mask_util.toBbox(r["segmentation"])]) for r in perfect]
+    assert evaluate_results(coco, [{k: v for k, v in r.items() if k != "segmentation"} for r in boxes],
+                            ("bbox",))["bbox"]["AP"] > 0.9
+
+
 # ------------------------------------------------------------------------------------------ predict_dataset
 def _gt_predictor(gt, cfg):
     """Stand-in for Predictor that 'predicts' the GT of the image it is given (found by pixel content)."""
@@ -230,6 +262,7 @@ def test_reference_model_on_two_val_images(gt, reference_net):
     pred = Predictor(reference_config(), net=reference_net)
     results = predict_dataset(pred, VAL_ANN, str(VAL_IMG), max_images=2, progress=False)
     ids = [img["id"] for img in gt.dataset["images"][:2]]
+    assert sorted({r["image_id"] for r in results}) == sorted(ids) and len(results) == 200   # 100 per image
     for r in results:
         info = gt.imgs[r["image_id"]]
         assert r["image_id"] in ids and r["category_id"] in gt.cats

@@ -13,8 +13,9 @@ from solov2.cli.common import (add_config_flags, add_force_flag, add_model_flag,
                                open_predictor, start_runtime)
 from solov2.config import load_config
 from solov2.errors import SolovError
-from solov2.evaluation.coco_eval import (IOU_TYPES, check_class_count, check_results, evaluate_results,
-                                         first_image_ids, format_metrics, load_coco, load_results_file, summary_line)
+from solov2.evaluation.coco_eval import (IOU_TYPES, check_class_count, check_ground_truth, check_results,
+                                         evaluate_results, first_image_ids, format_metrics, load_coco,
+                                         load_results_file, summary_line)
 from solov2.files import check_not_an_input, check_writable, write_json_atomic
 
 
@@ -84,6 +85,7 @@ def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = Non
         check_not_an_input([out], {"annotation file": ann_file})
     results = load_results_file(results_file) if results_file is not None else None
     coco = load_coco(ann_file)
+    check_ground_truth(coco, iou_types)
     if cfg is not None:  # cheap check before building the model
         check_class_count(cfg.head.cate_out_channels, coco, cfg.source or config)
     img_ids = first_image_ids(coco, max_images)

@@ -24,7 +24,8 @@ from solov2.config import SOLOv2Config
 from solov2.config.settings import VAL_METRIC_SUFFIXES
 from solov2.engine.logger import Logger, read_log_rows
 from solov2.errors import SolovError, check_file
-from solov2.evaluation.coco_eval import check_class_count, first_image_ids, format_metrics, load_coco, summary_line
+from solov2.evaluation.coco_eval import (check_class_count, check_ground_truth, first_image_ids, format_metrics,
+                                         load_coco, summary_line)
 from solov2.evaluation.results import predict_and_evaluate
 from solov2.inference import Predictor
 from solov2.models import build_model
@@ -40,6 +41,7 @@ def validation_set(cfg: SOLOv2Config):
         raise SolovError(f"{where}: evaluation needs data.val with ann_file and img_prefix (or run with "
                          f"--no-validate)")
     coco = load_coco(d.val_ann_file)
+    check_ground_truth(coco, cfg.evaluation.metrics)
     check_class_count(cfg.head.cate_out_channels, coco, where)
     ids = first_image_ids(coco, d.val_max_images)
     if not ids:

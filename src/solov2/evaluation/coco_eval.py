@@ -58,15 +58,40 @@ def load_coco(ann_file) -> COCO:
         seen[img["id"]] = i
     sorted_categories(ann_file, data["categories"])
     for i, ann in enumerate(data["annotations"]):
-        # COCOeval reads these fields without checking; a missing one would be a KeyError deep inside it
-        if not (isinstance(ann, dict) and all(k in ann for k in ("image_id", "category_id", "area", "bbox"))):
-            raise SolovError(f"{ann_file}: annotation #{i} lacks image_id/category_id/area/bbox")
+        # pycocotools reads these fields without checking; a missing one would be a KeyError deep inside it, after
+        # the model has run
+        if not (isinstance(ann, dict) and all(k in ann for k in ANN_FIELDS)):
+            raise SolovError(f"{ann_file}: annotation #{i} lacks one of {'/'.join(ANN_FIELDS)}")
+        if "segmentation" in ann and not _segmentation_ok(ann["segmentation"]):
+            raise SolovError(f"{ann_file}: annotation #{i} (id {ann['id']}): 'segmentation' is neither polygons "
+                             "(lists of at least 6 numbers) nor an RLE {size, counts}")
     coco = COCO()
     coco.dataset = data
     with _quiet():
         coco.createIndex()
     coco.ann_file = ann_file
     return coco
+
+
+ANN_FIELDS = ("id", "image_id", "category_id", "area", "bbox", "iscrowd")
+
+
+def _segmentation_ok(seg) -> bool:
+    """A COCO segmentation pycocotools can rasterise: non-empty polygons of >= 3 points, or an RLE dict."""
+    if isinstance(seg, dict):
+        return "counts" in seg and isinstance(seg.get("size"), (list, tuple)) and len(seg["size"]) == 2
+    return (isinstance(seg, list) and len(seg) > 0
+            and all(isinstance(p, list) and len(p) >= 6 and all(is_number(v) for v in p) for p in seg))
+
+
+def check_ground_truth(coco: COCO, iou_types: Sequence[str]) -> None:
+    """Before any model runs: the ground truth has what each evaluation reads ('segm': a segmentation on every
+    annotation). SolovError naming the file and the first annotation without."""
+    if "segm" in iou_types:
+        missing = next((a for a in coco.dataset["annotations"] if "segmentation" not in a), None)
+        if missing is not None:
+            raise SolovError(f"{ann_name(coco)}: annotation id {missing['id']} has no 'segmentation' (the segm "
+                             "evaluation needs one on every annotation; --eval bbox scores boxes only)")
 
 
 def categories(coco: COCO):
@@ -201,6 +226,7 @@ def evaluate_results(coco_gt: Union[COCO, str], results: List[dict], iou_types: 
     bad = [t for t in iou_types if t not in IOU_TYPES]
     if bad or not iou_types:
         raise SolovError(f"unknown evaluation type(s) {bad or list(iou_types)}; choose from {', '.join(IOU_TYPES)}")
+    check_ground_truth(coco, iou_types)
     check_results(results, coco, iou_types)
     dt = _results_to_coco(coco, results)
     names = dict(zip(*categories(coco)))
