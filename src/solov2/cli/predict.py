@@ -44,6 +44,8 @@ def predict_image(config: Optional[str], checkpoint: Optional[str], image: str, 
     out_path = Path(out) if out else Path(f"{Path(image).stem}_result.jpg")
     check_not_an_input([out_path], {"image": image, "CONFIG": config, "CHECKPOINT": checkpoint, "--model": model})
     check_writable(out_path, force)
+    if not cv2.haveImageWriter(str(out_path)):   # found now, not after the model has run
+        raise SolovError(f"{out_path}: --out must end in an image extension OpenCV writes (.jpg, .png, ...)")
     cfg = load_config(config, overrides) if config else None
     pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime)
     res, t = predict_timed(pred, img)
