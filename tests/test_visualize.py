@@ -31,8 +31,10 @@ def test_draw_instances_changes_pixels_under_masks():
 
 
 def test_draw_instances_palette_is_per_label():
-    assert label_color(3) == label_color(3)
-    assert len({label_color(c) for c in range(22)}) == 22
+    colors = [label_color(c) for c in range(22)]
+    assert len(set(colors)) == 22                                           # one per TrashCan class
+    assert all(len(c) == 3 and all(type(v) is int and 0 <= v <= 255 for v in c) for c in colors)   # cv2 BGR
+    assert [label_color(c) for c in reversed(range(22))] == colors[::-1]    # a function of the label only
 
 
 def test_draw_instances_rejects_size_mismatch():

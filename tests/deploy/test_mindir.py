@@ -54,7 +54,9 @@ def test_exported_network_equals_native(exported, ms_mode, name):
     native, exp = Predictor(load_config(cfg), str(weights)), ExportedPredictor(model)
     for image in IMAGES:
         x, _ = exp.prepare(cv2.imread(str(image)))
-        for a, b in zip(exp.network(x), native.network(x)):
+        got, want = exp.network(x), native.network(x)
+        assert len(got) == len(want) == 3
+        for a, b in zip(got, want):
             assert a.shape == b.shape
             assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), (name, image.name)
 

@@ -110,11 +110,19 @@ def test_two_workers_average_gradients_snapshot_and_resume(setup, tmp_path):
         expected, trainable = reference_step(setup)
     got = ms.load_checkpoint(str(work / "epoch_1.ckpt"))
     init = ms.load_checkpoint(str(setup[0] / "init.ckpt"))
-    moved = set()
+    moved, worst = set(), 0.0
     for name, want in expected.items():
-        np.testing.assert_allclose(got[name].asnumpy(), want, rtol=1e-4, atol=1e-6, err_msg=name)
+        # The steps (not the weights, which hide a small step) agree to float32 noise: the gradient's reduction
+        # order differs (two workers' AllReduce, GRAPH kernels vs one process, PYNATIVE), far below 1e-4 of the
+        # tensor's largest step; both weights are rounded to float32 (half an ulp each).
+        w0 = init[name].asnumpy().astype(np.float64)
+        step, want_step = got[name].asnumpy() - w0, want - w0
+        tol = 1e-4 * np.abs(want_step).max() + np.spacing(np.maximum(np.abs(got[name].asnumpy()), np.abs(want)))
+        assert (np.abs(step - want_step) <= tol).all(), (name, float((np.abs(step - want_step) / tol).max()))
+        worst = max(worst, float((np.abs(step - want_step) / tol).max()))
         if not np.array_equal(got[name].asnumpy(), init[name].asnumpy()):
             moved.add(name)
+    print(f"worst step difference / tolerance: {worst:.3g}")
     # Frozen tensors did not move; every trainable one did (weight decay reaches BN/GN gamma and beta too),
     # except tensors that are 0 with a 0 gradient: the bn1 betas behind a zero-initialised residual gamma.
     assert moved <= trainable, sorted(moved - trainable)

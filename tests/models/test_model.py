@@ -61,7 +61,9 @@ def test_eval_forward_matches_official_stages(reference_net, ms_mode):
     for i, f in enumerate(feats):
         r = ref[f"fpn_p{i + 2}"].astype(np.float32)   # fp16-rounded reference
         assert f.shape == r.shape
-        bound = 1e-3 * np.abs(r).max() + 2.0 ** -11 * np.abs(r)
+        # half an fp16 ulp of each reference value (2^-11 relative), plus the 1e-4 stage criterion of every other
+        # comparison (measured beyond the fp16 rounding: 1.2e-6 of max|r|)
+        bound = 1e-4 * np.abs(r).max() + 2.0 ** -11 * np.abs(r)
         assert (np.abs(f.asnumpy() - r) <= bound).all(), f"P{i + 2}"
 
     cate, kern, mask_feat = (t.asnumpy()[0] for t in SOLOv2Eval(reference_net)(x))

@@ -35,8 +35,7 @@ from official_weights import calibrate_cate_bias, random_official_state, to_mmde
 
 from solov2.config import load_config
 from solov2.data.transforms import preprocess_test
-from solov2.inference import Predictor, predict_timed
-from solov2.models import SOLOv2Eval
+from solov2.inference import Predictor
 
 IMAGE = SHARED / "datasets" / "trashcan_mini" / "val" / "vid_000102_frame0000035.jpg"
 CLASSES = [f"cls{i:02d}" for i in range(80)]
@@ -153,7 +152,8 @@ def convert_mmdet3_layout(c) -> None:
 
 @pytest.fixture(scope="module")
 def ours(cases):
-    """(case, mode) -> our outputs with the converted .ckpt: neck, SOLOv2Eval outputs, Predictor result."""
+    """(case, mode) -> our outputs with the converted .ckpt, from one forward of the Predictor's own network:
+    neck (PYNATIVE; None in GRAPH), cate scores, kernels, mask features and the Predictor's result."""
     done = {}
 
     def get(name, mode):
@@ -162,32 +162,32 @@ def ours(cases):
             with in_mode(mode):
                 t0 = time.perf_counter()
                 pred = Predictor(c.cfg, str(c.ckpt))
-                x = ms.Tensor(c.x)
-                net = pred.net.net
-                neck, head = neck_and_outputs(net, x, mode)
-                cate, kern, mask_feat = (t.asnumpy()[0] for t in head)
+                x, meta = pred.prepare(c.img)
+                np.testing.assert_array_equal(x, c.x)                 # the Predictor's input is torch's
                 t1 = time.perf_counter()
-                result, stages = predict_timed(pred, c.img)
-                REPORT[name][f"seconds_ms_{mode}"] = dict(stages=round(t1 - t0, 1), predict=round(
-                    time.perf_counter() - t1, 1), predict_network=round(stages["network"], 1),
-                    predict_post=round(stages["postprocess"], 2))
-                done[name, mode] = SimpleNamespace(pred=pred, neck=neck, cate=cate, kern=kern, mask_feat=mask_feat,
-                                                   result=result)
+                neck, outputs = neck_and_network(pred, x, mode)
+                t2 = time.perf_counter()
+                result = pred.finish(outputs, meta)                   # predict() = finish(network(prepare(img)))
+                REPORT[name][f"seconds_ms_{mode}"] = dict(build=round(t1 - t0, 1), network=round(t2 - t1, 1),
+                                                          post=round(time.perf_counter() - t2, 2))
+                done[name, mode] = SimpleNamespace(pred=pred, neck=neck, cate=outputs[0], kern=outputs[1],
+                                                   mask_feat=outputs[2], result=result)
         return done[name, mode]
     return get
 
 
-def neck_and_outputs(net, x: ms.Tensor, mode: str):
-    """x (1, 3, H, W) -> ([P2..P6] float32 arrays (1, 256, H/4, W/4) .. (1, 256, H/64, W/64), SOLOv2Eval(net)(x):
-    cate scores (1, cells, C), kernels (1, cells, E), mask_feat (1, E, H/4, W/4) tensors). PYNATIVE: from one
-    forward, a hook keeping the neck's outputs (the full-size cases run only there: a second R101/X101 forward
-    would cost up to a minute); GRAPH has no hooks, so the neck runs again on its own."""
+def neck_and_network(pred, x: np.ndarray, mode: str):
+    """x (1, 3, H, W) -> ([P2..P6] float32 arrays (1, 256, H/4, W/4) .. (1, 256, H/64, W/64), or None in GRAPH;
+    pred.network(x): cate scores (cells, C), kernels (cells, E), mask_feat (E, H/4, W/4)), in one forward. In
+    PYNATIVE a hook keeps the neck's outputs. GRAPH has no hooks, and a backbone+neck graph of its own would be one
+    more compile of up to a minute (R101-DCN, X101-DCN): there the neck is not compared; every case's neck is
+    compared in PYNATIVE, and in GRAPH the head outputs it feeds are."""
     if mode == "graph":
-        return [p.asnumpy() for p in net.neck(net.backbone(x))], SOLOv2Eval(net)(x)
+        return None, pred.network(x)
     seen = []
-    handle = net.neck.register_forward_hook(lambda *args: seen.append(args[-1]))   # (cell, inputs, outputs)
+    handle = pred.net.net.neck.register_forward_hook(lambda *args: seen.append(args[-1]))   # (cell, inputs, outputs)
     try:
-        outputs = SOLOv2Eval(net)(x)
+        outputs = pred.network(x)
     finally:
         handle.remove()
     assert len(seen) == 1, len(seen)
@@ -202,7 +202,7 @@ def stage_errors(ref, neck, cate, kern, mask_feat) -> dict:
     def rel(a, b):
         return float(np.abs(a - b).max() / np.abs(b).max())
 
-    err = {f"P{i + 2}": rel(neck[i], ref["neck"][i].numpy()) for i in range(5)}
+    err = {f"P{i + 2}": rel(neck[i], ref["neck"][i].numpy()) for i in range(5)} if neck is not None else {}
     assert cate.shape == r_cate.shape and kern.shape == r_kern.shape and mask_feat.shape == r_mf.shape
     err.update(cate=float(np.abs(cate - r_cate).max()), kernels=rel(kern, r_kern), mask_feat=rel(mask_feat, r_mf))
     # points_nms survivors: the same set, ignoring scores < 1e-6 and near-ties (a cell within 1e-4 of its top, left
@@ -225,7 +225,8 @@ def tie_margin(logits) -> np.ndarray:
 
 def assert_stages_close(err: dict) -> None:
     for k in ("P2", "P3", "P4", "P5", "P6"):
-        assert err[k] <= 1e-4 + 1e-6, (k, err[k])        # max|d| <= 1e-4 max|ref| + small
+        if k in err:                                     # (not compared in GRAPH: see neck_and_network)
+            assert err[k] <= 1e-4, (k, err[k])           # max|d| <= 1e-4 max|ref|, as every stage output
     for k in ("cate", "kernels", "mask_feat"):
         assert err[k] <= 1e-4, (k, err[k])
     assert err["nms_set_flips"] == 0
@@ -248,6 +249,11 @@ def final_errors(c, o, ref_out, align_corners: bool = False) -> dict:
     ref = ts.get_seg_single(*ts.flatten_outputs(ref_out), c.meta["img_shape"], c.meta["ori_shape"], TEST_CFG,
                             GRIDS, STRIDES, align_corners=align_corners, near_decided_by=ours_decide)
     return match_instances(o.result, ref)
+
+
+# What the final criterion's own failures say (a torch instance without a counterpart, a count, the report dict):
+# a detection test must fail for one of these, not for an error elsewhere in the helpers.
+FINAL_FAILURE = r"has no counterpart|^\(\d+, \d+\)|'worst_dscore'"
 
 
 def assert_final_close(m: dict) -> None:
@@ -334,10 +340,14 @@ def test_postprocess_matches_torch_on_same_inputs(cases, name):
     np.testing.assert_array_equal(got["labels"], ref["labels"].numpy())              # same order, too
     np.testing.assert_array_equal(got["cells"], ref["cells"].numpy())
     d_score = float(np.abs(got["scores"] - ref["scores"].numpy()).max())
-    flips = int((got["masks"] != ref["masks"].numpy()).sum())
+    flipped = got["masks"] != ref["masks"].numpy()
+    far = np.abs(ref["soft"].numpy() - TEST_CFG.mask_thr) > NEAR
+    flips = int(flipped.sum())
     REPORT[name]["postprocess_same_inputs"] = dict(worst_dscore=d_score, mask_pixel_flips=flips)
     print(f"\n{name}: post-processing on torch's head outputs: {REPORT[name]['postprocess_same_inputs']}")
-    assert d_score <= 1e-6 and flips <= 1e-5 * got["masks"].size
+    # the same inputs: scores to float32 rounding (a few ulps of values <= 1), and a mask pixel may differ only
+    # where float32 noise decides, within NEAR of mask_thr
+    assert d_score <= 1e-6 and not (flipped & far).any()
 
 
 @pytest.mark.parametrize("name", ["light_r50", "light512_dcn_r50", pytest.param("x101_dcn_small", marks=pytest.mark.slow),
@@ -371,7 +381,7 @@ def test_wrong_torch_variant_is_detected(cases, ours):
     assert err["mask_feat"] > 1e-2 and err["kernels"] > 1e-2 and err["cate"] > 1e-2
     with pytest.raises(AssertionError):
         assert_stages_close(err)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=FINAL_FAILURE):
         assert_final_close(final_errors(c, o, out, align_corners=True))
 
 
@@ -401,7 +411,7 @@ def test_perturbed_weight_is_detected(cases, ours):
     err = stage_errors(out, o.neck, o.cate, o.kern, o.mask_feat)
     with pytest.raises(AssertionError):
         assert_stages_close(err)
-    with pytest.raises(AssertionError) as final:
+    with pytest.raises(AssertionError, match=FINAL_FAILURE) as final:
         assert_final_close(final_errors(c, o, out))
     REPORT["light512_dcn_r50"]["perturbed_bias"] = dict(stages=err, final=str(final.value))
     print(f"\nsolo_cate.bias + 1e-3 vs ours: stages {err}, final {final.value}")

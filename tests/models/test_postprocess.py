@@ -9,14 +9,27 @@ from pycocotools import mask as mask_util
 
 from solov2 import config as solo_config   # not `TestConfig` by name: pytest would try to collect it
 import solov2.models.postprocess as postprocess
-from solov2.models.postprocess import get_seg_single, masks_to_original, matrix_nms, resize_bilinear
-from conftest import SHARED
+from solov2.models.postprocess import (dynamic_masks, get_seg_single, masks_to_original, matrix_nms,
+                                       resize_bilinear)
+from conftest import NEAR, SHARED
 
 REF = SHARED / "fixtures" / "reference"
 
 NUM_GRIDS = (40, 36, 24, 16, 12)
 STRIDES = (8, 8, 16, 32, 32)
 NUM_CLASSES = 22
+
+
+# Our NumPy mask computation against torch's (the fixtures'): a mask pixel may fall on the other side of mask_thr
+# only where its probability is within NEAR of it (the near-threshold rule of tests/conftest.py). Scores without
+# such a flip differ by float32 rounding only: a few ulps of a product and a mean of values <= 1 (1e-6).
+SCORE_ROUNDING = 1e-6
+
+
+def near_pixels(ref, cells) -> np.ndarray:
+    """bool (n, h, w): the 1/4-resolution pixels of the given cells' soft masks within NEAR of mask_thr."""
+    soft = dynamic_masks(ref["inputs"]["kernels"][cells], ref["inputs"]["mask_feat"])
+    return np.abs(soft - ref["cfg"].mask_thr) <= NEAR
 
 
 def _ref_file(name):
@@ -66,8 +79,10 @@ def test_stride_filter(ref, run):
     z = ref["z"]
     np.testing.assert_array_equal(dbg["cand_keep_stride"], z["pp_cand_keep_stride"])
     assert dbg["cand_keep_stride"].sum() == 108
-    # a pixel flip at mask_thr may move a count by one; the strict `>` case (sum == stride) must be dropped
-    assert np.abs(dbg["cand_sum_mask"] - z["pp_cand_sum_mask"]).max() <= 2
+    # a count may move only by its mask's pixels within NEAR of mask_thr; the strict `>` case (sum == stride) must
+    # be dropped
+    near = near_pixels(ref, dbg["cand_cell"]).sum(axis=(1, 2))
+    assert (np.abs(dbg["cand_sum_mask"] - z["pp_cand_sum_mask"]) <= near).all()
     assert ((z["pp_cand_sum_mask"] == z["pp_cand_stride"]) & ~dbg["cand_keep_stride"]).any()
 
 
@@ -76,16 +91,27 @@ def test_sorted_list_before_nms(ref, run):
     z = ref["z"]
     np.testing.assert_array_equal(dbg["sorted_cell"], z["pp_sorted_cell"])
     np.testing.assert_array_equal(dbg["sorted_label"], z["pp_sorted_label"])
-    np.testing.assert_allclose(dbg["sorted_score_before_nms"], z["pp_sorted_score_before_nms"], rtol=0, atol=1e-5)
-    assert (dbg["sorted_masks"] != z["pp_sorted_masks"]).sum() <= 10
-    np.testing.assert_allclose(dbg["sorted_sum_mask"], z["pp_sorted_sum_mask"], rtol=0, atol=2)
+    near = near_pixels(ref, dbg["sorted_cell"])
+    flips = dbg["sorted_masks"] != z["pp_sorted_masks"]
+    assert not (flips & ~near).any()                                    # only near-threshold pixels may flip
+    flipped = flips.sum(axis=(1, 2))
+    assert (np.abs(dbg["sorted_sum_mask"] - z["pp_sorted_sum_mask"]) <= flipped).all()
+    # a flipped pixel (probability ~mask_thr) moves the maskness, a mean over sum_mask pixels, by < 1 / sum_mask
+    bound = SCORE_ROUNDING + flipped / z["pp_sorted_sum_mask"]
+    assert (np.abs(dbg["sorted_score_before_nms"] - z["pp_sorted_score_before_nms"]) <= bound).all()
 
 
 def test_scores_after_nms(ref, run):
     _, dbg = run
     z = ref["z"]
     assert dbg["sorted_score_after_nms"].dtype == np.float32
-    np.testing.assert_allclose(dbg["sorted_score_after_nms"], z["pp_sorted_score_after_nms"], rtol=0, atol=1e-5)
+    # rows that no flipped mask reaches (its own, or a higher-scored one of its label, whose IoU decays it) are equal
+    # to float32 rounding; the others to the final criterion of the parity tests (1e-4, after the near rule)
+    flipped = (dbg["sorted_masks"] != z["pp_sorted_masks"]).any(axis=(1, 2))
+    labels = dbg["sorted_label"]
+    reached = np.array([flipped[:j + 1][labels[:j + 1] == labels[j]].any() for j in range(len(labels))])
+    d = np.abs(dbg["sorted_score_after_nms"] - z["pp_sorted_score_after_nms"])
+    assert (d[~reached] <= SCORE_ROUNDING).all() and (d[reached] <= 1e-4).all()
 
 
 def test_final_instances(ref, run):
