@@ -78,10 +78,12 @@ def test_train_step_is_one_sgd_update(ms_mode):
         w0 = before[p.name].astype(np.float64)
         step = p.asnumpy().astype(np.float64) - w0
         decay = cfg.optim.weight_decay * w0
-        # first momentum step: v = g + wd * w, w -= lr * v. The step is computed in float32 (1e-5 of its terms'
-        # magnitudes covers a few roundings and the float32 clip factor) and the weight stored in float32 (1 ulp).
-        tol = 1e-5 * lr * (np.abs(clip * g) + np.abs(decay)) + np.spacing(np.abs(before[p.name]))
-        err = np.abs(step + lr * (clip * g + decay))
+        # first momentum step: v = g + wd * w, w -= lr * v. The jitted step's gradient differs from value_and_grad's
+        # by float32 reduction-order noise (GRAPH kernels vs PYNATIVE), far below 1e-4 of the tensor's largest step
+        # (as in the 2-worker test); the weight is stored in float32 (1 ulp).
+        want_step = -lr * (clip * g + decay)
+        tol = 1e-4 * np.abs(want_step).max() + np.spacing(np.abs(before[p.name]))
+        err = np.abs(step - want_step)
         assert (err <= tol).all(), (p.name, float((err / tol).max()))
         without_decay += int((np.abs(step + lr * clip * g) > tol).any())   # the check sees the weight decay
         moved += not np.array_equal(p.asnumpy(), before[p.name])

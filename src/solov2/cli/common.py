@@ -109,8 +109,8 @@ def check_model_flags(a: argparse.Namespace, checkpoint: Optional[str]) -> str:
     runtime = a.runtime or "onnxruntime"
     if not a.model:
         if a.runtime:
-            raise SolovError(f"--runtime {a.runtime}: runs an exported .onnx given with --model; a CHECKPOINT runs in "
-                             "MindSpore")
+            raise SolovError(f"--runtime {a.runtime}: only an exported .onnx given with --model runs in it; without "
+                             "--model the model runs in MindSpore")
         return runtime
     if checkpoint:
         raise SolovError(f"--model {a.model} replaces CHECKPOINT ({checkpoint}): give one of them")

@@ -36,8 +36,11 @@ class ExportedPredictor:
     def __init__(self, model_path, cfg: Optional[SOLOv2Config] = None, overrides: Sequence[str] = (),
                  runtime: str = "onnxruntime"):
         path = Path(model_path)
-        if path.suffix not in MODEL_SUFFIXES:   # MindSpore loads a MindIR by its lower-case suffix only
-            raise SolovError(f"{path}: --model must be an exported .mindir or .onnx file (export.py; lower case)")
+        if path.suffix.lower() not in MODEL_SUFFIXES:
+            raise SolovError(f"{path}: --model must be an exported .mindir or .onnx file (export.py)")
+        if path.suffix.lower() == ".mindir" and path.suffix != ".mindir":
+            raise SolovError(f"{path}: MindSpore loads a MindIR only by its lower-case suffix: rename it to "
+                             f"{path.with_suffix('.mindir').name}")
         if runtime not in RUNTIMES:
             raise SolovError(f"--runtime {runtime}: must be one of {', '.join(RUNTIMES)}")
         check_file(path, "file")

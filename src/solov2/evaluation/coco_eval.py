@@ -62,9 +62,6 @@ def load_coco(ann_file) -> COCO:
         # the model has run
         if not (isinstance(ann, dict) and all(k in ann for k in ANN_FIELDS)):
             raise SolovError(f"{ann_file}: annotation #{i} lacks one of {'/'.join(ANN_FIELDS)}")
-        if "segmentation" in ann and not _segmentation_ok(ann["segmentation"]):
-            raise SolovError(f"{ann_file}: annotation #{i} (id {ann['id']}): 'segmentation' is neither polygons "
-                             "(lists of at least 6 numbers) nor an RLE {size, counts}")
     coco = COCO()
     coco.dataset = data
     with _quiet():
@@ -77,21 +74,29 @@ ANN_FIELDS = ("id", "image_id", "category_id", "area", "bbox", "iscrowd")
 
 
 def _segmentation_ok(seg) -> bool:
-    """A COCO segmentation pycocotools can rasterise: non-empty polygons of >= 3 points, or an RLE dict."""
+    """A COCO segmentation pycocotools can rasterise: an RLE dict, or non-empty polygons of >= 3 points (or one
+    part of 4 numbers, which pycocotools reads as a box)."""
     if isinstance(seg, dict):
         return "counts" in seg and isinstance(seg.get("size"), (list, tuple)) and len(seg["size"]) == 2
-    return (isinstance(seg, list) and len(seg) > 0
-            and all(isinstance(p, list) and len(p) >= 6 and all(is_number(v) for v in p) for p in seg))
+    if not (isinstance(seg, list) and seg and all(isinstance(p, list) and all(is_number(v) for v in p) for p in seg)):
+        return False
+    return all(len(p) >= 6 for p in seg) or (len(seg) == 1 and len(seg[0]) == 4)
 
 
 def check_ground_truth(coco: COCO, iou_types: Sequence[str]) -> None:
-    """Before any model runs: the ground truth has what each evaluation reads ('segm': a segmentation on every
-    annotation). SolovError naming the file and the first annotation without."""
-    if "segm" in iou_types:
-        missing = next((a for a in coco.dataset["annotations"] if "segmentation" not in a), None)
-        if missing is not None:
-            raise SolovError(f"{ann_name(coco)}: annotation id {missing['id']} has no 'segmentation' (the segm "
+    """Before any model runs: the ground truth has what each evaluation reads ('segm': on every annotation a
+    segmentation pycocotools can rasterise; box-only files with empty ones still score 'bbox'). SolovError naming
+    the file and the first annotation that has none."""
+    if "segm" not in iou_types:
+        return
+    for a in coco.dataset["annotations"]:
+        if "segmentation" not in a:
+            raise SolovError(f"{ann_name(coco)}: annotation id {a['id']} has no 'segmentation' (the segm "
                              "evaluation needs one on every annotation; --eval bbox scores boxes only)")
+        if not _segmentation_ok(a["segmentation"]):
+            raise SolovError(f"{ann_name(coco)}: annotation id {a['id']}: 'segmentation' is neither polygons "
+                             "(lists of at least 6 numbers) nor an RLE {size, counts}, which the segm evaluation "
+                             "needs (--eval bbox scores boxes only)")
 
 
 def categories(coco: COCO):
