@@ -1,6 +1,6 @@
 """Reading images: one checked reader for the dataset, run.py, test.py and valuation.py."""
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -42,19 +42,22 @@ def _jpeg_reaches_its_end(data: bytes) -> bool:
                     pos = data.find(b"\xff", pos)
                     if pos < 0 or pos + 1 >= n:
                         return False
-                    if data[pos + 1] == 0x00 or data[pos + 1] in _STANDALONE or data[pos + 1] == 0xFF:
-                        pos += 1 if data[pos + 1] == 0xFF else 2
-                        continue
-                    break
+                    following = data[pos + 1]
+                    if following == 0xFF:   # fill
+                        pos += 1
+                    elif following == 0x00 or following in _STANDALONE:   # stuffed byte, restart marker
+                        pos += 2
+                    else:
+                        break
     return False
 
 
-def _truncated_jpeg(path: Path, head: bytes, tail: bytes, data: Optional[bytes] = None) -> bool:
+def _truncated_jpeg(head: bytes, tail: bytes, whole: Callable[[], bytes]) -> bool:
     """A JPEG (starts with FF D8) whose last _JPEG_TAIL bytes hold no end-of-image marker and whose walk does not
-    reach one; `data`: the whole file when already read (else `path` is read only in that rare case)."""
+    reach one; whole() gives the whole file, needed only in that rare case."""
     if head[:2] != _JPEG_START or _JPEG_END in tail[-_JPEG_TAIL:]:
         return False
-    return not _jpeg_reaches_its_end(path.read_bytes() if data is None else data)
+    return not _jpeg_reaches_its_end(whole())
 
 
 def _not_a_file(path: Path) -> Optional[str]:
@@ -77,7 +80,7 @@ def file_problem(path) -> Optional[str]:
             head = f.read(2)
             f.seek(max(0, path.stat().st_size - _JPEG_TAIL))
             tail = f.read()
-        return _TRUNCATED if _truncated_jpeg(path, head, tail) else None   # reads the rest in the rare case
+        return _TRUNCATED if _truncated_jpeg(head, tail, path.read_bytes) else None
     except OSError as e:
         return f"cannot read the image ({e.strerror})"
 
@@ -97,7 +100,7 @@ def read_image(path, error=SolovError) -> np.ndarray:
         raise error(f"{path}: cannot read the image ({e.strerror})") from None
     if problem:
         raise error(f"{path}: {problem}")
-    if _truncated_jpeg(path, data, data, data):
+    if _truncated_jpeg(data, data, lambda: data):
         raise error(f"{path}: {_TRUNCATED}")
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

@@ -133,10 +133,11 @@ def check_sizes(input_hw: Optional[Tuple[int, int]], cfg: SOLOv2Config) -> List[
 
 
 def check_export(native_eval, file: Path, input_hw: Optional[Tuple[int, int]], sizes: Sequence[Tuple[int, int]],
-                 cfg: SOLOv2Config) -> Optional[Dict[str, float]]:
+                 cfg: SOLOv2Config) -> Dict[str, float]:
     """Run the exported `file` (static input_hw, or None: dynamic) and the native network on `test_input` of each
-    size: the worst `relative_differences` (`check_runtime` has made sure the file can run here). SolovError when they differ by more than CHECK_TOLERANCE or points-NMS keeps a cell above
-    cfg's score_thr in only one of them without a near-tie."""
+    size: the worst `relative_differences` (`check_runtime` has made sure the file can run here). SolovError when
+    they differ by more than CHECK_TOLERANCE or points-NMS keeps a cell above cfg's score_thr in only one of them
+    without a near-tie."""
     import mindspore as ms
     from solov2.deploy.runtimes import network_runner
     run = network_runner(file, input_hw)
@@ -160,13 +161,9 @@ def check_export(native_eval, file: Path, input_hw: Optional[Tuple[int, int]], s
 
 def check_runtime(fmt: str) -> None:
     """Before any work: the export check can run a `fmt` model here (an ONNX one needs onnxruntime)."""
-    if fmt != "ONNX":
-        return
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise SolovError("--format ONNX: the export check runs the model in onnxruntime, which is not installed: "
-                         "pip install -e '.[onnx]' (or pass --no-check to write it unchecked)") from None
+    if fmt == "ONNX":
+        from solov2.deploy.runtimes import require_onnxruntime
+        require_onnxruntime("--format ONNX: the export check", hint=" (or pass --no-check to write it unchecked)")
 
 
 def install(file: Path, out: Path, sidecar: dict) -> None:

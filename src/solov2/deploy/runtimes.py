@@ -34,12 +34,18 @@ def _check_input(path: Path, shape, input_hw: Tuple[int, int]) -> None:
         raise SolovError(f"{path}: its input is {list(shape)}, the sidecar says [1, 3, {input_hw[0]}, {input_hw[1]}]")
 
 
+def require_onnxruntime(what: str, hint: str = ""):
+    """The onnxruntime module; MissingRuntime '<what> needs onnxruntime: <install command><hint>' without it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingRuntime(f"{what} needs onnxruntime: pip install -e '.[onnx]'{hint}") from None
+    return onnxruntime
+
+
 def onnxruntime_runner(path: Path, input_hw: Tuple[int, int]) -> Runner:
     """The three outputs through an onnxruntime CPU session of `path`."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise MissingRuntime(f"{path}: running an ONNX model needs onnxruntime: pip install -e '.[onnx]'") from None
+    ort = require_onnxruntime(f"{path}: running an ONNX model")
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for a corrupt or foreign file

@@ -50,6 +50,11 @@ def ranks_text(ranks: List[int]) -> str:
     return f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
 
 
+def see_logs(ranks: List[int]) -> str:
+    """'see its log' or 'see their logs': where an error about those ranks sends the user."""
+    return f"see {'their logs' if len(ranks) > 1 else 'its log'}"
+
+
 def share_from_rank0(arrays: Optional[List[np.ndarray]], shapes: List[tuple], *, rank: int,
                      world: int) -> Tuple[List[int], Optional[List[np.ndarray]]]:
     """Rank 0's float32 `arrays` (of `shapes`, the same on every rank) on every rank, in one call that every rank

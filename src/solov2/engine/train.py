@@ -19,7 +19,7 @@ from solov2.data.coco import CocoDataset
 from solov2.data.coco_file import check_class_count
 from solov2.data.loader import TrainLoader
 from solov2.engine.amp import make_loss_scaler, mixed_precision, scale_of
-from solov2.engine.collective import failed_ranks, per_rank, ranks_text
+from solov2.engine.collective import failed_ranks, per_rank, ranks_text, see_logs
 from solov2.engine.logger import Logger
 from solov2.engine.optim import check_schedule, lr_schedule, make_optimizer
 from solov2.engine.run_record import changes_since_last_run, record_run
@@ -70,8 +70,7 @@ def agree_to_start(work: Path, counters: Optional[dict], *, pending: bool, failu
         raise failure
     failed = [r for r in range(world) if table[r, 0]]
     if failed:
-        raise SolovError(f"{ranks_text(failed)} failed before training (see "
-                         f"{'their logs' if len(failed) > 1 else 'its log'}); every rank stops")
+        raise SolovError(f"{ranks_text(failed)} failed before training ({see_logs(failed)}); every rank stops")
     if (table == table[0]).all():
         return
     by_start: Dict[Tuple[int, int, bool], List[int]] = {}

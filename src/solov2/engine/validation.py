@@ -19,7 +19,7 @@ import mindspore as ms
 import numpy as np
 
 from solov2.checkpoint import write_checkpoint
-from solov2.engine.collective import failed_ranks, gather_bytes, ranks_text, share_from_rank0
+from solov2.engine.collective import failed_ranks, gather_bytes, ranks_text, see_logs, share_from_rank0
 from solov2.config import SOLOv2Config
 from solov2.config.settings import VAL_METRIC_SUFFIXES
 from solov2.engine.logger import Logger, read_log_rows
@@ -122,8 +122,8 @@ def raise_failure(failure: Optional[BaseException], failed: list, *, epoch: int)
     if failure is not None:
         raise failure
     if failed:
-        raise SolovError(f"epoch {epoch}: validation failed on {ranks_text(failed)} (see "
-                         f"{'their logs' if len(failed) > 1 else 'its log'}); every rank stops")
+        raise SolovError(f"epoch {epoch}: validation failed on {ranks_text(failed)} ({see_logs(failed)}); every "
+                         "rank stops")
 
 
 def val_row(epoch: int, global_step: int, metrics: Dict[str, dict]) -> dict:
