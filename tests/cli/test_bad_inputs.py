@@ -45,6 +45,13 @@ def two_point_polygon_ann(t):
     return path, gt["annotations"][0]["id"]
 
 
+def not_a_video_and_not_a_checkpoint(t):
+    """[bad.ckpt, clip.mp4], neither readable: the error must name the video, found before the model loads."""
+    (t / "clip.mp4").write_bytes(b"not a video " * 100)
+    (t / "bad.ckpt").write_bytes(b"not a checkpoint " * 100)
+    return [t / "bad.ckpt", t / "clip.mp4"]
+
+
 # (id, argv from (tmp_path, checkpoint), texts the one error line must contain)
 CASES = [
     ("run.py --out is the input folder",
@@ -86,6 +93,9 @@ CASES = [
     ("run.py on a truncated JPEG",
      lambda t, c: ["run.py", TRASHCAN_CFG, c, truncated_jpeg_folder(t), "--out", t / "out"],
      ["b.jpg", "truncated JPEG", "--skip-bad"]),
+    ("run.py on a video OpenCV cannot open, before the model loads",
+     lambda t, c: ["run.py", TRASHCAN_CFG, *not_a_video_and_not_a_checkpoint(t), "--out", t / "out"],
+     ["clip.mp4", "cannot open the video"]),
     ("train.py with a 2-point polygon",
      lambda t, c: ["train.py", "--config", TRASHCAN_CFG, "--work-dir", t / "work", "--cfg-options",
                    f"data.train.ann_file={two_point_polygon_ann(t)[0]}", f"data.train.img_prefix={MINI / 'train'}"],

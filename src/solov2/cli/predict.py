@@ -111,6 +111,20 @@ def list_inputs(inp: Path) -> Tuple[str, List[Path]]:
     raise SolovError(f"{inp}: not an image, a video ({', '.join(sorted(VIDEO_EXTS))}) or a folder")
 
 
+def probe_video(path: Path) -> Optional[int]:
+    """The frame count `path`'s header announces (None if it gives none). SolovError if OpenCV cannot open it or
+    read its first frame: checked before the model loads, so a bad video costs seconds, not a model load."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise SolovError(f"{path}: cannot open the video")
+        if not cap.read()[0]:
+            raise SolovError(f"{path}: the video has no readable frames")
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    finally:
+        cap.release()
+
+
 def video_frames(path: Path) -> Iterator[Tuple[str, np.ndarray]]:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
@@ -151,6 +165,7 @@ def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, out
         raise already_exists(results_path)
     if kind == "images":  # a bad file found now costs nothing; found at image 900 it costs hours
         files = keep_usable(inp, files, file_problem, skip_bad=skip_bad)
+    total = probe_video(files[0]) if kind == "video" else None   # frames; images are counted after --skip-bad
     pictures = picture_names(files) if kind == "images" else {}
     check_pictures(out, files, pictures, video=files[0] if kind == "video" else None, force=force)
     check_not_an_input([results_path], {"CONFIG": config, "CHECKPOINT": checkpoint, "--model": model})
@@ -160,9 +175,6 @@ def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, out
         files = keep_usable(inp, files, partial(prepare_problem, pred=pred), skip_bad=skip_bad)
     out.mkdir(parents=True, exist_ok=True)
     if kind == "video":
-        cap = cv2.VideoCapture(str(files[0]))
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-        cap.release()
         items = video_frames(files[0])
     else:
         total = len(files)
