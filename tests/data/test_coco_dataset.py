@@ -140,7 +140,8 @@ def test_missing_image_and_malformed_annotation(tiny):
 
 
 @pytest.mark.parametrize("seg, problem", [({"size": [48, 64]}, "counts"), ("oops", "segmentation is str"),
-                                          ([[1, 2, 3]], "polygon"), ({"size": [10, 10], "counts": "abc"}, "RLE size")])
+                                          ([[1, 2, 3]], "polygon"), ({"size": [10, 10], "counts": "abc"}, "RLE size"),
+                                          ({"size": [48, 64], "counts": "abc"}, "ends inside a run")])
 def test_malformed_segmentations(tiny, seg, problem):
     root, images, anns, cats = tiny
     path = _write_coco(root / "f.json", images, anns + [_ann(20, 11, 3, 1, 1, 9, 9, segmentation=seg)], cats)
@@ -230,3 +231,35 @@ def test_bad_annotation_files(tmp_path):
     (tmp_path / "y.json").write_text(json.dumps({"images": []}))
     with pytest.raises(DatasetError, match=r"y\.json.*annotations"):
         CocoDataset(tmp_path / "y.json", tmp_path)
+
+
+def _runs(mask):
+    """Column-major runs of a 0/1 mask, starting with zeros (COCO's uncompressed RLE), computed independently."""
+    flat = mask.flatten(order="F")
+    change = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+    return np.diff(np.concatenate([[0], change]))
+
+
+def test_compressed_rle_check_accepts_pycocotools_encodings_and_refuses_damaged_ones():
+    """pycocotools' C decoder trusts a compressed RLE string (a cut or edited one makes it read or write past its
+    buffers), so the validator decodes the runs itself: they equal the mask's own runs for every encoding
+    pycocotools writes, each prefix fails (runs after the first are > 0, so a prefix covers fewer pixels), and a
+    string checked against the wrong size names its true pixel count."""
+    from solov2.data.coco_file import compressed_rle_problem, compressed_rle_runs
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((5, 7), np.uint8), np.ones((5, 7), np.uint8), (rng.random((31, 17)) > 0.5).astype(np.uint8)]
+    big = np.zeros((900, 1400), np.uint8)                # runs up to 1.26 M pixels: 5-character runs and
+    big[100:800, 300:1100] = 1                           # large negative differences
+    big[rng.integers(0, 900, 500), rng.integers(0, 1400, 500)] = 1
+    masks.append(big)
+    for m in masks:
+        counts = mask_utils.encode(np.asfortranarray(m))["counts"]
+        np.testing.assert_array_equal(compressed_rle_runs(counts), _runs(m))
+        assert compressed_rle_problem(counts, *m.shape) is None
+        assert compressed_rle_problem(counts.decode(), *m.shape) is None
+        assert f"add up to {m.size} pixels" in compressed_rle_problem(counts, m.shape[0] + 1, m.shape[1])
+        step = max(1, len(counts) // 200)
+        assert all(compressed_rle_problem(counts[:k], *m.shape) for k in range(0, len(counts), step))
+    assert "negative run" in compressed_rle_problem("5M", 1, 2)      # runs 5 and (-3): 'M' = 48 + (-3 & 0x1f)
+    assert "outside" in compressed_rle_problem("5~", 1, 5)
+    assert "more than 6" in compressed_rle_problem("ooooooo0", 1, 5)

@@ -113,6 +113,14 @@ def test_mask_of_wrong_size_is_refused(gt, perfect):
         evaluate_results(gt, bad, ("segm",))
 
 
+def test_mask_whose_runs_do_not_add_up_is_refused(gt, perfect):
+    """pycocotools' decoder trusts the runs (a cut or edited string makes it read past its buffer): refused."""
+    counts = perfect[0]["segmentation"]["counts"]
+    bad = [dict(perfect[0], segmentation=dict(perfect[0]["segmentation"], counts=counts[:-1]))]
+    with pytest.raises(SolovError, match=r"result #0: RLE 'counts' (runs add up to \d+ pixels|ends inside a run)"):
+        evaluate_results(gt, bad, ("segm",))
+
+
 def test_missing_annotation_file(tmp_path):
     with pytest.raises(SolovError, match="nope.json: no such annotation file"):
         load_coco(tmp_path / "nope.json")
@@ -142,22 +150,37 @@ def test_annotation_pycocotools_cannot_read_is_refused_at_load(tmp_path, change,
         load_coco(tmp_path / "bad.json")
 
 
-@pytest.mark.parametrize("segmentation", [None, [], [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4]], {"counts": "x"}])
-def test_segm_evaluation_needs_every_segmentation(tmp_path, perfect, segmentation):
+def _rle_of_the_annotated_image(data, ann, shrink=0):
+    """A compressed RLE of `ann`'s image size (`shrink` rows fewer in its runs, the declared size kept)."""
+    img = next(i for i in data["images"] if i["id"] == ann["image_id"])
+    rle = mask_util.encode(np.asfortranarray(np.ones((img["height"] - shrink, img["width"]), np.uint8)))
+    return dict(size=[img["height"], img["width"]], counts=rle["counts"].decode())
+
+
+@pytest.mark.parametrize("segmentation, problem", [
+    (None, "has no 'segmentation'"), ([], "'segmentation' is neither"),
+    ([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4]], "fewer than 3 points"), ({"counts": "x"}, "RLE without a [h, w] 'size'"),
+    ("runs short by a row", "runs add up to"), ("uncompressed, short by one", "summing to h*w")])
+def test_segm_evaluation_needs_every_segmentation(tmp_path, perfect, segmentation, problem):
     """An annotation without a segmentation pycocotools can rasterise (none, an empty list as box-only exports
-    write, a 2-point part, an RLE without size): the segm evaluation is refused before any model runs (valuation.py
-    checks it right after reading the file, where pycocotools would raise an IndexError after the run); the same
-    file still scores boxes."""
+    write, a 2-point part, an RLE without size, RLE runs that do not cover the image, which its C code would
+    read past): the segm evaluation is refused before any model runs (valuation.py checks it right after reading
+    the file, where pycocotools would raise an IndexError after the run); the same file still scores boxes."""
     data = json.loads(VAL_ANN.read_text())
     ann = data["annotations"][5]
     if segmentation is None:
         del ann["segmentation"]
+    elif segmentation == "runs short by a row":
+        ann["segmentation"] = _rle_of_the_annotated_image(data, ann, shrink=1)
+    elif segmentation == "uncompressed, short by one":
+        rle = _rle_of_the_annotated_image(data, ann)
+        ann["segmentation"] = dict(size=rle["size"], counts=[0, rle["size"][0] * rle["size"][1] - 1])
     else:
         ann["segmentation"] = segmentation
     (tmp_path / "boxes.json").write_text(json.dumps(data))
     coco = load_coco(tmp_path / "boxes.json")
-    with pytest.raises(SolovError, match=rf"boxes.json: annotation id {ann['id']}(: 'segmentation' is neither| has "
-                                         r"no 'segmentation').*segm evaluation"):
+    with pytest.raises(SolovError, match=rf"boxes.json: annotation id {ann['id']}[ :].*{re.escape(problem)}"
+                                         r".*segm evaluation"):
         check_ground_truth(coco, ("segm", "bbox"))
     check_ground_truth(coco, ("bbox",))
     boxes = [dict(r, bbox=[float(v) for v in mask_util.toBbox(r["segmentation"])]) for r in perfect]

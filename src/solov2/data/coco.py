@@ -36,7 +36,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import pycocotools.mask as mask_utils
 
-from solov2.data.coco_file import image_entry_problem, is_number, read_coco_file, sorted_categories
+from solov2.data.coco_file import image_entry_problem, is_number, read_coco_file, rle_problem, sorted_categories
 from solov2.data.images import read_image
 from solov2.errors import SolovError
 
@@ -46,7 +46,8 @@ class DatasetError(SolovError):
 
 
 def _check_segmentation(seg, h: int, w: int) -> Optional[str]:
-    """Structural check of a COCO segmentation; the decoding itself is left to pycocotools (official path)."""
+    """Structural check of a COCO segmentation (an RLE's runs too: pycocotools trusts them); the decoding itself is
+    left to pycocotools (official path)."""
     if isinstance(seg, list):
         if not seg:
             return "empty polygon list"
@@ -59,18 +60,7 @@ def _check_segmentation(seg, h: int, w: int) -> Optional[str]:
                 return f"polygon has {len(poly)} coordinates (a polygon needs >= 3 points: an even number >= 6)"
         return None
     if isinstance(seg, dict):
-        size, counts = seg.get("size"), seg.get("counts")
-        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
-            return "RLE without a [h, w] 'size'"
-        if list(size) != [h, w]:
-            return f"RLE size {size} != image size [{h}, {w}]"
-        if isinstance(counts, list):
-            if not all(isinstance(v, int) and v >= 0 for v in counts) or sum(counts) != h * w:
-                return "uncompressed RLE counts are not non-negative ints summing to h*w"
-            return None
-        if not isinstance(counts, (str, bytes)) or not counts:
-            return "RLE 'counts' is neither a list nor a non-empty string"
-        return None
+        return rle_problem(seg, h, w)
     return f"segmentation is {type(seg).__name__}, not polygons or RLE"
 
 

@@ -21,7 +21,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from solov2.data import coco_file
-from solov2.data.coco_file import image_entry_problem, is_id, is_number, read_coco_file, sorted_categories
+from solov2.data.coco_file import (compressed_rle_problem, image_entry_problem, is_id, is_number, read_coco_file,
+                                   rle_problem, sorted_categories)
 from solov2.errors import SolovError, read_json
 
 IOU_TYPES = ("segm", "bbox")
@@ -73,14 +74,18 @@ def load_coco(ann_file) -> COCO:
 ANN_FIELDS = ("id", "image_id", "category_id", "area", "bbox", "iscrowd")
 
 
-def _segmentation_ok(seg) -> bool:
-    """A COCO segmentation pycocotools can rasterise: an RLE dict, or non-empty polygons of >= 3 points (or one
-    part of 4 numbers, which pycocotools reads as a box)."""
+def _segmentation_problem(seg, img: Optional[dict]) -> Optional[str]:
+    """Why pycocotools cannot rasterise `seg` for the segm evaluation, or None. It can: non-empty polygons of >= 3
+    points (or one part of 4 numbers, which it reads as a box), or an RLE of the image's size whose runs add up
+    (`coco_file.rle_problem`; its C code trusts them). img: the annotation's image entry (None: an annotation of
+    no image, which COCOeval never reads)."""
     if isinstance(seg, dict):
-        return "counts" in seg and isinstance(seg.get("size"), (list, tuple)) and len(seg["size"]) == 2
+        return None if img is None else rle_problem(seg, img["height"], img["width"])
     if not (isinstance(seg, list) and seg and all(isinstance(p, list) and all(is_number(v) for v in p) for p in seg)):
-        return False
-    return all(len(p) >= 6 for p in seg) or (len(seg) == 1 and len(seg[0]) == 4)
+        return "'segmentation' is neither polygons (lists of at least 6 numbers) nor an RLE {size, counts}"
+    if not (all(len(p) >= 6 for p in seg) or (len(seg) == 1 and len(seg[0]) == 4)):
+        return "a polygon of 'segmentation' has fewer than 3 points (6 numbers)"
+    return None
 
 
 def check_ground_truth(coco: COCO, iou_types: Sequence[str]) -> None:
@@ -93,10 +98,10 @@ def check_ground_truth(coco: COCO, iou_types: Sequence[str]) -> None:
         if "segmentation" not in a:
             raise SolovError(f"{ann_name(coco)}: annotation id {a['id']} has no 'segmentation' (the segm "
                              "evaluation needs one on every annotation; --eval bbox scores boxes only)")
-        if not _segmentation_ok(a["segmentation"]):
-            raise SolovError(f"{ann_name(coco)}: annotation id {a['id']}: 'segmentation' is neither polygons "
-                             "(lists of at least 6 numbers) nor an RLE {size, counts}, which the segm evaluation "
-                             "needs (--eval bbox scores boxes only)")
+        problem = _segmentation_problem(a["segmentation"], coco.imgs.get(a["image_id"]))
+        if problem:
+            raise SolovError(f"{ann_name(coco)}: annotation id {a['id']}: {problem}, which the segm evaluation "
+                             "cannot read (--eval bbox scores boxes only)")
 
 
 def categories(coco: COCO):
@@ -156,6 +161,9 @@ def check_results(results, coco: COCO, iou_types: Sequence[str] = IOU_TYPES, sou
             if list(seg["size"]) != [info["height"], info["width"]]:
                 raise SolovError(f"{where}: mask size {list(seg['size'])} != image size "
                                  f"[{info['height']}, {info['width']}]")
+            problem = compressed_rle_problem(seg["counts"], info["height"], info["width"])
+            if problem:
+                raise SolovError(f"{where}: {problem}")
         elif "segm" in iou_types:
             raise SolovError(f"{where}: no 'segmentation' (needed for the segm evaluation)")
         if bbox is not None and not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
