@@ -329,6 +329,25 @@ def test_payload_inside_the_state_dict_is_refused_and_never_run(tmp_path):
     assert not pwned.exists()
 
 
+def test_torchscript_archive_is_refused_before_torch_runs_it(tmp_path, monkeypatch):
+    """torch.load passes a zip with a constants.pkl record to torch.jit.load, which runs the archive's code,
+    whatever pickle module it was given: such a file is refused before torch sees it."""
+    class Doubler(torch.nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    src = tmp_path / "scripted.pth"
+    torch.jit.save(torch.jit.script(Doubler()), str(src))
+    pwned = tmp_path / "pwned"
+
+    def jit_load(*args, **kwargs):   # stands for the archive's code running
+        pwned.touch()
+        raise RuntimeError("torch.jit.load ran")
+    monkeypatch.setattr(torch.jit, "load", jit_load)
+    assert_refused(src, tmp_path / "x.ckpt", "scripted.pth: a TorchScript archive")
+    assert not pwned.exists()
+
+
 def test_not_a_dict_of_tensors(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     assert_refused(tmp_path / "list.pth", tmp_path / "x.ckpt", "list.pth: not a checkpoint dict")

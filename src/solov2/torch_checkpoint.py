@@ -2,6 +2,7 @@
 
 Used by the converter (`solov2.convert`); torch is imported only here, and only when a file is read.
 """
+import zipfile
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -64,6 +65,20 @@ def _restricted_pickle(torch):
     return mod
 
 
+def _refuse_torchscript(path: str) -> None:
+    """ConvertError for a TorchScript archive (torch.jit.save): torch.load hands any zip holding a `constants.pkl`
+    record to torch.jit.load, which runs the archive's code, whatever pickle module was given. A torch.save
+    checkpoint holds data.pkl, data/N, version and byteorder records only."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ConvertError(f"{path}: not a readable PyTorch checkpoint (zip archive: {first_line(exc)})") from None
+    if any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in names):
+        raise ConvertError(f"{path}: a TorchScript archive (torch.jit.save), not a checkpoint; it is not loaded, "
+                           "since loading one runs its code: save the state dict with torch.save")
+
+
 def load_torch_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
     """Read a .pth safely (tensors only, see `_restricted_pickle`) and return its state dict as numpy arrays.
 
@@ -78,6 +93,8 @@ def load_torch_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
     # torch.save writes a zip archive (>= 1.6) or a protocol-2 pickle (legacy); anything else is not a .pth.
     if head != b"PK\x03\x04" and not head.startswith(b"\x80"):
         raise ConvertError(f"{path}: not a PyTorch checkpoint (unrecognised file header {head!r})")
+    if head == b"PK\x03\x04":
+        _refuse_torchscript(path)
     torch = _import_torch()
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle(torch))
