@@ -100,7 +100,17 @@ def test_ranks_resuming_from_different_snapshots_all_stop(monkeypatch, tmp_path)
                               f"nodes the work dir must be on storage that every node shares")
     for same in [(snap, True), (None, False)]:
         got, _ = start([same] * 3)
-        assert got == [None] * 3
+        assert got == [0] * 3
+
+
+def test_every_rank_takes_rank_0s_seed(monkeypatch, tmp_path):
+    """A run without --seed draws a seed in each process: every rank must train with rank 0's (the same new class
+    channels, one shuffled order that the shards split), up to the largest seed (2**31 - 1)."""
+    from solov2.engine.train import agree_to_start
+    for seeds in [(2 ** 31 - 1, 5, 77), (123456789, 2 ** 31 - 1, 0), (0, 1, 2)]:
+        got, calls = simulated_ranks(3, lambda r: agree_to_start(tmp_path, None, pending=False, failure=None, rank=r,
+                                                                 world=3, seed=seeds[r]), monkeypatch)
+        assert calls == 1 and got == [seeds[0]] * 3
 
 
 def test_a_rank_failing_its_start_up_checks_stops_every_rank(monkeypatch, tmp_path):

@@ -59,22 +59,28 @@ def check_load_from(load_from: Optional[str], work: Path) -> None:
 
 
 def agree_to_start(work: Path, counters: Optional[dict], *, pending: bool, failure: Optional[BaseException],
-                   rank: int, world: int) -> None:
+                   rank: int, world: int, seed: int = 0) -> int:
     """Before any rank builds a model (one collective): no rank failed its start-up checks (`failure`: this rank's
     error, raised here after the others have been told), and every rank resumes from the same snapshot (epoch,
     step; pending: its epoch's evaluation is still to be made up), or none does. On several nodes a work dir that
-    is not shared would resume node 0 and restart the others, each then training its own weights."""
-    mine = (failure is not None, *((counters["epoch"], counters["global_step"]) if counters else (0, 0)), pending)
+    is not shared would resume node 0 and restart the others, each then training its own weights.
+
+    Returns rank 0's `seed` (0 <= seed < 2**31), which every rank then uses: a run without --seed draws one per
+    process, and ranks with different seeds would start from different weights wherever load_from does not cover
+    them (the new class channels) and shuffle the epoch differently, so that their shards overlap."""
+    mine = (failure is not None, *((counters["epoch"], counters["global_step"]) if counters else (0, 0)), pending,
+            seed >> 16, seed & 0xFFFF)   # two halves: per_rank carries integers below 2**24 exactly
     table = per_rank(mine, rank=rank, world=world)
     if failure is not None:
         raise failure
     failed = [r for r in range(world) if table[r, 0]]
     if failed:
         raise SolovError(f"{ranks_text(failed)} failed before training ({see_logs(failed)}); every rank stops")
-    if (table == table[0]).all():
-        return
+    starts = table[:, 1:4]
+    if (starts == starts[0]).all():
+        return int(table[0, 4]) << 16 | int(table[0, 5])
     by_start: Dict[Tuple[int, int, bool], List[int]] = {}
-    for r, (_, epoch, step, due) in enumerate(table):
+    for r, (epoch, step, due) in enumerate(starts):
         by_start.setdefault((int(epoch), int(step), bool(due)), []).append(r)
     found = "; ".join((f"epoch {e} (step {g}{', its evaluation to make up' if due else ''})" if e else "no snapshot")
                       + f" on {ranks_text(ranks)}"
@@ -149,13 +155,13 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
                        and counters["epoch"] not in evaluated_epochs(work))   # its run stopped in that evaluation
     except Exception as e:
         failure, pending = e, False
-    agree_to_start(work, counters, pending=pending, failure=failure, rank=rank, world=world)
     given_seed = seed
     if counters is not None:
         seed = counters["seed"]   # the data order belongs to the snapshot's run
     elif seed is None:
         seed = int(np.random.SeedSequence().entropy % 2 ** 31)
-    ms.set_seed(seed)   # same initial weights on every rank
+    seed = agree_to_start(work, counters, pending=pending, failure=failure, rank=rank, world=world, seed=seed)
+    ms.set_seed(seed)   # rank 0's seed: the same initial weights and data order on every rank
     net = build_model(cfg)
     net.set_train(True)
     validator = Validator(cfg, *val_set, rank=rank, world=world) if evaluating else None   # after net: see Validator
