@@ -192,7 +192,8 @@ def table(rows: Dict[str, dict]) -> str:
         if "train" in name:
             line(name, "median step", statistics.median(x["median_step_s"] for x in o),
                  statistics.median(x["median_step_s"] for x in p) if p else None, "s")
-            line(name, "peak RSS", max(x["peak_rss_mb"] for x in o) / 1024,
+            # ru_maxrss is in KiB: ours is stored in MiB, the peer script's "GB" is KiB / 1e6; compare in the latter
+            line(name, "peak RSS", max(x["peak_rss_mb"] for x in o) * 1024 / 1e6,
                  max(x["peak_rss_gb"] for x in p) if p else None, "GB")
         else:
             line(name, "network", _median(o, "net_runs"), _median(p, "net_runs") if p else None, "s")
@@ -212,7 +213,7 @@ def main(argv=None) -> None:
         a = ap.parse_args(argv[1:])
         print(json.dumps(predict_once(a.arch, a.image, a.runs, a.model, a.runtime)))
         return
-    ap = argparse.ArgumentParser(prog="python -m solov2.tools.benchmark peer", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m solov2.tools.benchmark peer", description=__doc__.split("\n\n")[0])
     ap.add_argument("--image", required=True, help="a photo; the test-scale rows resize it into 1333x800")
     ap.add_argument("--ann", help="COCO annotations for the train-step row (e.g. trashcan_mini train)")
     ap.add_argument("--img-prefix", help="image folder of --ann")

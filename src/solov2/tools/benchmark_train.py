@@ -139,7 +139,7 @@ def _common_argv(a):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["step", "scaling", "loader", "_one"])
     ap.add_argument("--config", default=str(REPO / "configs/solov2/solov2_light_448_r18_fpn_8gpu_3x_trashcan.py"))
     ap.add_argument("--ann", required=True)

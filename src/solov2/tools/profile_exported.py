@@ -81,7 +81,7 @@ def openvino_profile(path: Path, x: np.ndarray, runs: int) -> Tuple[float, Dict[
 
 def main(argv: List[str]) -> None:
     """`python -m solov2.tools.benchmark profile ...` (argv without 'profile'): prints the profile."""
-    ap = argparse.ArgumentParser(prog="python -m solov2.tools.benchmark profile", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m solov2.tools.benchmark profile", description=__doc__.split("\n\n")[0])
     ap.add_argument("model", type=Path, help="an .onnx written by export.py (its .json sidecar beside it)")
     ap.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino"])
     ap.add_argument("--runs", type=int, default=3)
