@@ -282,6 +282,20 @@ def test_dcn_on_basic_blocks_and_groups_on_resnet_are_refused():
     ("total_epochs=None", r"total_epochs: must be an integer"),
     ("checkpoint_config.interval=0", r"checkpoint_config\.interval: must be >= 1, got 0"),
     ("log_config.interval=-5", r"log_config\.interval: must be >= 1, got -5"),
+    # read by the official code, not built by this port: refused rather than ignored
+    ("model.test_cfg={'score_thr': 0.3}", r"model\.test_cfg: is not read here: put it at the top level"),
+    ("model.train_cfg={'a': 1}", r"model\.train_cfg: is not read here"),
+    ("model.backbone.norm_cfg={'type': 'BN', 'requires_grad': False}", r"norm_cfg\.requires_grad: False is not sup"),
+    ("model.backbone.norm_cfg={'type': 'BN', 'eps': 1e-3}", r"backbone\.norm_cfg\.eps: 0\.001 is not supported"),
+    ("model.backbone.norm_cfg={'type': 'BN', 'momentum': 0.03}", r"norm_cfg\.momentum: 0\.03 is not supported"),
+    ("model.backbone.norm_cfg={'type': 'SyncBN'}", r"backbone\.norm_cfg\.type: 'SyncBN' is not supported"),
+    ("model.mask_feat_head.norm_cfg={'type': 'GN', 'num_groups': 32, 'eps': 1e-6}",
+     r"mask_feat_head\.norm_cfg\.eps: 1e-06 is not supported"),
+    ("model.mask_feat_head.norm_cfg={'type': 'GN', 'num_groups': 32, 'affine': False}",
+     r"mask_feat_head\.norm_cfg\.affine: unknown GN setting"),
+    ("model.neck.end_level=4", r"model\.neck\.end_level: 4 is not supported"),
+    ("lr_config.step=[33, 27]", r"lr_config\.step: must be epochs >= 1 in increasing order, got \[33, 27\]"),
+    ("lr_config.step=[0, 27]", r"lr_config\.step: must be epochs >= 1 in increasing order"),
 ])
 def test_unsupported_settings(override, match):
     msg = raises(load_config, R101, [override], match=match)

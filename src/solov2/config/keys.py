@@ -41,6 +41,6 @@ SECTIONS: Dict[str, FrozenSet[str]] = {
 # Keys of the free parts that the readers look up (pipeline steps, img_norm_cfg, top level).
 _FREE = _keys("img_scale multiscale_mode keep_ratio ratio_range flip flip_ratio direction transforms mean std to_rgb "
               "size_divisor num_groups img_norm_cfg total_epochs load_from resume_from work_dir classes CLASSES "
-              "dcn type deformable_groups fallback_on_stride amp_level")
+              "dcn type deformable_groups fallback_on_stride amp_level requires_grad eps")
 # What an override may add where the file lacks it (see config_reader.apply_overrides).
 SCHEMA_KEYS: FrozenSet[str] = frozenset().union(*SECTIONS.values(), _FREE, (s.split(".")[-1] for s in SECTIONS))

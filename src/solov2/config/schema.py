@@ -45,14 +45,31 @@ def _dcn(sec: Section, key: str, allow_cfg: bool) -> Optional[str]:
     return kind
 
 
+def _norm_cfg(parent: Section, kind: str, default=MISSING) -> None:
+    """parent.norm_cfg as mmcv's build_norm_layer reads it. This port builds its defaults only (eps 1e-5,
+    requires_grad=True; BN momentum 0.1, GN 32 groups): another value or an unknown key is an error, never ignored."""
+    nc = parent.sub("norm_cfg", default)
+    nc.one_of("type", (kind,), kind if default is not MISSING else MISSING)
+    nc.one_of("requires_grad", (True,), True), nc.one_of("eps", (1e-5,), 1e-5)
+    own = {"BN": ("momentum", (0.1,), 0.1), "GN": ("num_groups", (32,), MISSING)}[kind]
+    nc.one_of(*own)
+    for key in nc.d:
+        if key not in ("type", "requires_grad", "eps", own[0]):
+            raise nc.fail(key, f"unknown {kind} setting (build_norm_layer takes type, requires_grad, eps, {own[0]})")
+
+
 def _model(top: Section) -> tuple:
     """model.* -> (BackboneConfig, NeckConfig, HeadConfig, MaskFeatConfig, model.pretrained)."""
     model = top.sub("model")
     model.one_of("type", ("SOLOv2",))
+    # mmdet 1.x build_detector lets a model's own train_cfg/test_cfg win over the top-level ones; this port reads
+    # the top level (where every official SOLO config has them), so one inside the model is refused, not ignored
+    model.forbid("train_cfg", "test_cfg", msg="is not read here: put it at the top level of the config, as the "
+                                               "official SOLO configs do")
     b = model.sub("backbone")
     kind = b.one_of("type", ("ResNet", "ResNeXt"))
     b.one_of("num_stages", (4,), 4), b.one_of("style", ("pytorch",), "pytorch")
-    b.sub("norm_cfg", {}).one_of("type", ("BN",), "BN")
+    _norm_cfg(b, "BN", {})
     depth = b.one_of("depth", (18, 34, 50, 101))
     groups, base_width = (b.get("groups", "int>=1", 1), b.get("base_width", "int>=1", 4)) if kind == "ResNeXt" \
         else (1, 4)
@@ -73,7 +90,7 @@ def _model(top: Section) -> tuple:
                               groups=groups, base_width=base_width, dcn=dcn if any(stages) else None,
                               stage_with_dcn=tuple(stages) if dcn is not None else (False,) * 4)
     n = model.sub("neck")
-    n.one_of("type", ("FPN",)), n.one_of("start_level", (0,), 0), n.one_of("end_level", (-1, 4), -1)
+    n.one_of("type", ("FPN",)), n.one_of("start_level", (0,), 0), n.one_of("end_level", (-1,), -1)
     n.forbid("add_extra_convs", "conv_cfg", "norm_cfg", "activation")
     base = 64 if backbone.depth < 50 else 256
     neck = NeckConfig(in_channels=n.one_of("in_channels", (tuple(base << i for i in range(4)),)),
@@ -107,7 +124,7 @@ def _model(top: Section) -> tuple:
     m = model.sub("mask_feat_head")
     m.one_of("type", ("MaskFeatHead",))
     mask_dcn = _dcn(m, "conv_cfg", allow_cfg=True)
-    m.sub("norm_cfg").one_of("type", ("GN",)), m.sub("norm_cfg").one_of("num_groups", (32,))
+    _norm_cfg(m, "GN")
     mask_feat = MaskFeatConfig(in_channels=m.get("in_channels", "int"), out_channels=m.get("out_channels", "int"),
                                start_level=m.one_of("start_level", (0,)), end_level=m.one_of("end_level", (3,)),
                                num_classes=m.get("num_classes", "int"), dcn=mask_dcn)

@@ -18,11 +18,15 @@ def optim_config(top: Section) -> OptimConfig:
     if warmup and lc.get("warmup_iters", "int") <= 0:
         raise lc.fail("warmup_iters", "must be > 0 when warmup is set")
     step = lc.get("step")                                   # an int k means "every k epochs"
+    lr_steps = tuple(range(step, total, step)) if _is_int(step) and step > 0 else lc.get("step", "ints")
+    if any(s < 1 for s in lr_steps) or list(lr_steps) != sorted(set(lr_steps)):
+        # mmcv takes the first listed epoch the current one has not reached: unsorted lists mean something else there
+        raise lc.fail("step", f"must be epochs >= 1 in increasing order, got {step!r}")
     return OptimConfig(lr=o.get("lr", "num>0"), momentum=o.get("momentum", "0..1", 0.0),
                        weight_decay=o.get("weight_decay", "num>=0", 0.0),
                        grad_clip=clip and clip.get("max_norm", "num>0"), warmup=warmup,
                        warmup_iters=lc.get("warmup_iters", "int>=0", 0), warmup_ratio=lc.get("warmup_ratio", "0..1", 0.1),
-                       lr_steps=tuple(range(step, total, step)) if _is_int(step) and step > 0 else lc.get("step", "ints"),
+                       lr_steps=lr_steps,
                        lr_gamma=lc.get("gamma", "num>0", 0.1), total_epochs=total)
 
 
