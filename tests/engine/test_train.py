@@ -59,7 +59,7 @@ def test_train_step_is_one_sgd_update(ms_mode):
     net = build_model(cfg)                       # a fresh copy: the step changes the weights
     load_reference_weights(net)
     net.set_train(True)
-    opt = make_optimizer(net, cfg.optim, iters_per_epoch=1, total_epochs=1)
+    opt = make_optimizer(net, cfg.optim, iters_per_epoch=2, total_epochs=1)   # two steps at lr 0.01
     before = {p.name: p.asnumpy().copy() for p in opt.parameters}
     grad_fn = ms.value_and_grad(make_loss_fn(net, cfg.head), None, opt.parameters, has_aux=True)
     (want_loss, _, _), grads = grad_fn(*batch)
@@ -67,13 +67,14 @@ def test_train_step_is_one_sgd_update(ms_mode):
     norm = np.sqrt(sum((g ** 2).sum() for g in grads))
     clip = min(1.0, cfg.optim.grad_clip / norm)   # clip_by_global_norm
     lr = lr_schedule(cfg.optim, 1, 1)[0]
-    step = make_train_step(net, opt, head=cfg.head, grad_clip=cfg.optim.grad_clip, world=1, jit=ms_mode == "graph")
-    loss, _, _, finite = step(*batch)
+    train_step = make_train_step(net, opt, head=cfg.head, grad_clip=cfg.optim.grad_clip, world=1,
+                                 jit=ms_mode == "graph")
+    loss, _, _, finite = train_step(*batch)
     assert bool(finite.asnumpy())                 # no loss scaler: every update is applied
     assert float(loss.asnumpy()) == pytest.approx(float(want_loss.asnumpy()), rel=1e-5)
     assert int(opt.global_step.asnumpy().reshape(-1)[0]) == 1
     assert lr == cfg.optim.lr == 0.01 and cfg.optim.weight_decay == 0.05
-    moved, without_decay = 0, 0
+    moved, without_decay, velocity = 0, 0, {}
     for p, g in zip(opt.parameters, grads):
         w0 = before[p.name].astype(np.float64)
         step = p.asnumpy().astype(np.float64) - w0
@@ -82,12 +83,33 @@ def test_train_step_is_one_sgd_update(ms_mode):
         # by float32 reduction-order noise (GRAPH kernels vs PYNATIVE), far below 1e-4 of the tensor's largest step
         # (as in the 2-worker test); the weight is stored in float32 (1 ulp).
         want_step = -lr * (clip * g + decay)
+        velocity[p.name] = clip * g + decay
         tol = 1e-4 * np.abs(want_step).max() + np.spacing(np.abs(before[p.name]))
         err = np.abs(step - want_step)
         assert (err <= tol).all(), (p.name, float((err / tol).max()))
         without_decay += int((np.abs(step + lr * clip * g) > tol).any())   # the check sees the weight decay
         moved += not np.array_equal(p.asnumpy(), before[p.name])
     assert moved == len(grads) and without_decay > len(grads) // 2
+
+    # The second step carries the momentum: v2 = m v1 + clip2 g2 + wd w1, w2 = w1 - lr v2 (torch's SGD; the first
+    # step alone is the same with any momentum). v1 is known to the first step's tolerance (scaled by m and lr).
+    w1 = {p.name: p.asnumpy().copy() for p in opt.parameters}
+    (_, _, _), grads2 = grad_fn(*batch)
+    grads2 = [g.asnumpy().astype(np.float64) for g in grads2]
+    clip2 = min(1.0, cfg.optim.grad_clip / np.sqrt(sum((g ** 2).sum() for g in grads2)))
+    train_step(*batch)
+    m, without_momentum = cfg.optim.momentum, 0
+    assert m == 0.9
+    for p, g in zip(opt.parameters, grads2):
+        w = w1[p.name].astype(np.float64)
+        fresh = clip2 * g + cfg.optim.weight_decay * w
+        want_step = -lr * (m * velocity[p.name] + fresh)
+        step = p.asnumpy().astype(np.float64) - w
+        tol = (1e-4 * (np.abs(want_step).max() + m * lr * np.abs(velocity[p.name]).max())
+               + np.spacing(np.abs(w1[p.name])))
+        assert (np.abs(step - want_step) <= tol).all(), (p.name, float((np.abs(step - want_step) / tol).max()))
+        without_momentum += int((np.abs(step + lr * fresh) > tol).any())   # the check sees the momentum
+    assert without_momentum > len(grads2) // 2
 
 
 def test_lr_schedule_warmup_and_steps():
@@ -135,6 +157,41 @@ def test_amp_resume_gives_identical_weights_and_loss_scale(tmp_path):
     rows = [json.loads(s) for s in (straight / "log.json").read_text().splitlines()]
     assert [row["loss_scale"] for row in rows] == [1024.0, 1024.0, 2048.0, 2048.0]
     assert all(np.isfinite(row["loss"]) for row in rows)
+
+
+def test_a_new_run_over_an_earlier_one_needs_force(tmp_path):
+    """A new run (no --resume) in a work dir an earlier run used would have its first snapshot pruned as older than
+    the earlier run's (epoch_1 < epoch_36), replace its best checkpoint and mix the logs: refused in one line,
+    nothing touched; --force deletes the earlier run's files (only those) and starts afresh."""
+    work = tmp_path / "work"
+    run_train(work, "--seed", "3", "--mode", "pynative", epochs=1, images=2)
+    (work / "epoch_1.ckpt").rename(work / "epoch_36.ckpt")   # as if the earlier run had gone to epoch 36
+    (work / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
+    r = run_train(work, "--mode", "pynative", epochs=1, images=2, check=False)
+    errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"{work}: --work-dir holds an earlier run (epoch_36.ckpt, log.json" in errors[0] and "--force" in errors[0]
+    assert {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()} == before
+    r = run_train(work, "--mode", "pynative", "--force", epochs=1, images=2)
+    assert sorted(p.name for p in work.iterdir() if not p.name.startswith(".")) == [
+        "epoch_1.ckpt", "log.json", "loss_curve.png", "notes.txt", "run.json", "train.log"]
+    assert (work / "train.log").read_text().count("SOLOv2 fine-tuning:") == 1   # the new run's log only
+    assert len((work / "log.json").read_text().splitlines()) == 1                # its one step
+    from solov2.engine.train import check_new_run
+    assert check_new_run(tmp_path / "nowhere", force=False) == []
+
+
+def test_resuming_with_another_number_of_steps_per_epoch_is_refused(tmp_path):
+    """The learning rate is looked up by global step: a snapshot of 1 step per epoch resumed with 2 per epoch
+    (more images; on msrun, fewer devices) would run epoch 2 at epoch 3's rate, or past the schedule's end."""
+    work = tmp_path / "work"
+    run_train(work, "--seed", "3", "--mode", "pynative", epochs=1, images=2)
+    r = run_train(work, "--mode", "pynative", "--resume", "auto", epochs=2, images=4, check=False)
+    errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "epoch_1.ckpt: saved after 1 steps in 1 epoch(s), but this run has 2 steps per epoch" in errors[0]
+    assert not (work / "epoch_2.ckpt").exists()
 
 
 def test_bad_training_inputs_fail_cleanly(tmp_path):

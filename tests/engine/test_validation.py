@@ -152,3 +152,34 @@ def test_no_validate_and_a_missing_validation_set(tmp_path, pseudo_val):
                   more=more + [f"data.val.img_prefix={images}/", "checkpoint_config.interval=5"])
     assert "epoch 1: evaluating it first" in r.stdout + r.stderr, r.stderr[-3000:]
     assert [row["epoch"] for row in val_rows(tmp_path / "late")] == [1, 2]
+
+
+def test_an_evaluation_counts_as_done_only_once_its_best_checkpoint_is_written(tmp_path, monkeypatch):
+    """Stopped (Ctrl-C, a full disk) while the best checkpoint is written, an evaluation must leave no `val` row:
+    the resume then makes it up (`evaluated_epochs`) instead of skipping it and never writing that best."""
+    from types import SimpleNamespace
+
+    from solov2.engine import validation
+    from solov2.engine.logger import Logger
+    stats = [0.5] + [0.1] * 11
+    metrics = {"segm": dict(stats=stats, AP=0.5, AP50=0.6, summary="...", per_class=[])}
+
+    class Validator:   # what _evaluate_and_keep reads of one
+        world, num_images, compiled_graphs = 1, 2, 1
+        cfg = SimpleNamespace(evaluation=SimpleNamespace(save_best="segm_mAP"))
+
+        def __call__(self, net, epoch):
+            return metrics, 1.0
+    validator = Validator()
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(validation, "keep_best", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        validation._evaluate_and_keep(validator, None, log=Logger(tmp_path, True), work=tmp_path, epoch=3,
+                                      global_step=30, best=None)
+    assert validation.evaluated_epochs(tmp_path) == set()
+    monkeypatch.setattr(validation, "keep_best", lambda work, net, key, row, best: (row[key], 3))
+    assert validation._evaluate_and_keep(validator, None, log=Logger(tmp_path, True), work=tmp_path, epoch=3,
+                                         global_step=30, best=None) == (0.5, 3)
+    assert validation.evaluated_epochs(tmp_path) == {3}

@@ -28,6 +28,8 @@ def parser(distributed: bool) -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bitwise-reproducible runs)")
     p.add_argument("--keep-last", type=int, default=3, help="keep the newest K snapshots (0: all; the best "
                                                              "checkpoint is never deleted)")
+    p.add_argument("--force", action="store_true", help="start a new run in a work dir an earlier run used (its "
+                                                         "snapshots, best checkpoints and logs are deleted)")
     p.add_argument("--no-validate", action="store_true", help="skip the config's evaluation (validation on "
                                                              "data.val while training) for this run")
     p.add_argument("--amp", default=None, choices=["O0", "O1", "O2", "O3"],
@@ -55,5 +57,6 @@ def main(argv: Optional[Sequence[str]] = None, distributed: bool = False) -> Non
         # --amp is the config's amp_level, so run.json records it and a resume compares it
         cfg = load_config(config, a.cfg_options + ([f"amp_level={a.amp}"] if a.amp else []))
         train(cfg, work_dir_of(cfg, config, a.work_dir), resume=a.resume, load_from=a.load_from, seed=a.seed,
-              mode=a.mode, distributed=distributed, keep_last=a.keep_last, validate=not a.no_validate)
+              mode=a.mode, distributed=distributed, keep_last=a.keep_last, validate=not a.no_validate,
+              force=a.force)
     cli_main(body)

@@ -4,6 +4,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from solov2.errors import failure_line
+from solov2.files import atomic_write
+
 
 def read_log_rows(work_dir: Path) -> list:
     """The rows of work_dir/log.json (dicts; none when it is missing). A line cut by a kill is skipped: a resumed
@@ -70,5 +73,10 @@ class Logger:
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()
-        fig.savefig(self.work_dir / "loss_curve.png", dpi=100)
-        plt.close(fig)
+        try:   # a picture of the log: a failure to draw it is a warning, and a kill never leaves half a PNG
+            with atomic_write(self.work_dir / "loss_curve.png") as tmp:
+                fig.savefig(tmp, dpi=100)
+        except (OSError, ValueError) as e:
+            self.line(f"warning: loss_curve.png not written: {failure_line(e)}")
+        finally:
+            plt.close(fig)

@@ -4,6 +4,7 @@ One plain loop over a built model: deterministic batches -> the train step (forw
 clip, SGD; jit-compiled in GRAPH mode) -> logs -> a snapshot after every epoch. A resume restarts at an epoch
 boundary with exactly the state of the run that wrote the snapshot (weights, optimizer, counters, data order).
 """
+import re
 import sys
 import time
 from pathlib import Path
@@ -48,9 +49,37 @@ def find_snapshot(work: Path, resume: Optional[str]) -> Optional[Path]:
     return None
 
 
+BEST_RE = re.compile(r"^best_.+_epoch_\d+\.ckpt$")   # keep_best's names
+RUN_FILES = ("log.json", "train.log", "run.json", "loss_curve.png")   # what a run writes beside its checkpoints
+
+
+def earlier_run(work: Path) -> List[Path]:
+    """The files an earlier run left in `work`: its snapshots, best checkpoints and logs."""
+    if not work.is_dir():
+        return []
+    return sorted(p for p in work.iterdir() if SNAPSHOT_RE.match(p.name) or BEST_RE.match(p.name)
+                  or p.name in RUN_FILES)
+
+
+def check_new_run(work: Path, force: bool) -> List[Path]:
+    """A new run (no snapshot to resume) in a work dir an earlier run used: SolovError without --force (its
+    snapshots would be pruned as newer than the new run's, its best checkpoint replaced, the logs mixed). With
+    --force: the files to delete before the new run writes any."""
+    found = earlier_run(work)
+    if found and not force:
+        names = ", ".join(p.name for p in found[:4]) + (f" (+{len(found) - 4} more)" if len(found) > 4 else "")
+        raise SolovError(f"{work}: --work-dir holds an earlier run ({names}): --resume auto continues it, --force "
+                         f"starts a new run there (deleting those files), or choose another --work-dir")
+    return found
+
+
 def check_load_from(load_from: Optional[str], work: Path) -> None:
-    """--load-from must not be a file this run writes or prunes: an epoch_N.ckpt or best_*.ckpt of its work dir."""
-    if not load_from or not work.is_dir():
+    """--load-from must be a file, and not one this run writes or prunes: an epoch_N.ckpt or best_*.ckpt of its
+    work dir."""
+    if not load_from:
+        return
+    check_file(load_from, "--load-from checkpoint")   # here, where a file one node lacks stops every rank
+    if not work.is_dir():
         return
     path = Path(load_from)
     if same_file(path.parent, work) and (SNAPSHOT_RE.match(path.name) or path.name.startswith("best_")):
@@ -102,7 +131,7 @@ def training_set(cfg: SOLOv2Config) -> CocoDataset:
 
 def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_from: Optional[str] = None,
           seed: Optional[int] = None, mode: str = "graph", distributed: bool = False, keep_last: int = 3,
-          validate: bool = True) -> Path:
+          validate: bool = True, force: bool = False) -> Path:
     """Fine-tune SOLOv2 as `cfg` says; returns the work dir. See README "Fine-tuning" for the recipe.
 
     resume: 'auto' (newest snapshot of work_dir, else a new run) or a snapshot path; its seed then wins over
@@ -110,14 +139,15 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
     channels of a COCO checkpoint, keep their fresh initialisation). mode: 'graph' jit-compiles the step.
     keep_last: snapshots kept (0: all). validate: False skips the config's `evaluation` (validation on data.val
     every `interval` epochs and after the last, `solov2.engine.validation`; the best checkpoint is kept across
-    resumes). MindSpore's context must be set already (`set_runtime`).
+    resumes). force: start a new run in a work dir an earlier run used (its snapshots, best checkpoints and logs
+    are deleted; without it that is an error). MindSpore's context must be set already (`set_runtime`).
     """
     rank, world = init_distributed(distributed)
     work = Path(work_dir)
     if work.exists() and not work.is_dir():
         raise SolovError(f"{work}: --work-dir exists and is not a folder")
     args = dict(rank=rank, world=world, resume=resume, load_from=load_from, seed=seed, mode=mode, keep_last=keep_last,
-                validate=validate)
+                validate=validate, force=force)
     if rank != 0:   # rank 0 owns the work dir
         return _train(cfg, work, **args)
     created = not work.exists()
@@ -135,18 +165,21 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
 
 
 def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Optional[str], load_from: Optional[str],
-           seed: Optional[int], mode: str, keep_last: int, validate: bool) -> Path:
+           seed: Optional[int], mode: str, keep_last: int, validate: bool, force: bool) -> Path:
     """The body of `train`, with the work dir locked (rank 0)."""
     d, o, ev = cfg.data, cfg.optim, cfg.evaluation
     evaluating = validate and ev.interval > 0
     snapshot = counters = dataset = val_set = failure = None
     removed: List[str] = []
+    replaced: List[Path] = []
     try:   # the checks that may fail on one rank only (a file one node lacks): see agree_to_start
         if rank == 0:
             removed = remove_stale_temporaries(work)   # of a save that was interrupted
         snapshot = find_snapshot(work, resume)
         if snapshot is None:   # a resumed run does not read load_from
             check_load_from(load_from or cfg.load_from, work)
+            if rank == 0:
+                replaced = check_new_run(work, force)
         counters = read_counters(snapshot) if snapshot is not None else None
         dataset = training_set(cfg)
         val_set = validation_set(cfg) if evaluating else None   # its errors come before the first step
@@ -161,6 +194,8 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
     elif seed is None:
         seed = int(np.random.SeedSequence().entropy % 2 ** 31)
     seed = agree_to_start(work, counters, pending=pending, failure=failure, rank=rank, world=world, seed=seed)
+    for path in replaced:   # --force over an earlier run: only once every rank is ready to start
+        path.unlink()
     ms.set_seed(seed)   # rank 0's seed: the same initial weights and data order on every rank
     net = build_model(cfg)
     net.set_train(True)
@@ -194,6 +229,11 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
             log.line(f"warning: {snapshot.name} comes from a loss-scaled (mixed-precision) run; continuing without "
                      f"loss scaling (amp {cfg.amp.level})")
         start_epoch, global_step = counters["epoch"], counters["global_step"]
+        if global_step != start_epoch * iters:   # snapshots are saved at the end of an epoch only
+            raise SolovError(f"{snapshot}: saved after {global_step} steps in {start_epoch} epoch(s), but this run "
+                             f"has {iters} steps per epoch ({world} device(s) x {d.imgs_per_gpu} images, "
+                             f"{len(dataset)} training images): the learning-rate schedule counts steps, so resume "
+                             f"with the device count, data.imgs_per_gpu and training set of the run that saved it")
         log.line(f"resumed from {snapshot} at epoch {start_epoch} (global step {global_step}, seed {seed})"
                  + (f"; best {ev.save_best} so far {best[0]:.4f} (epoch {best[1]})" if best else ""))
     elif resume == "auto":

@@ -26,6 +26,7 @@ def make_loss_fn(net, head: HeadConfig):
 def make_train_step(net, optimizer, *, head: HeadConfig, grad_clip: Optional[float], world: int, jit: bool,
                     scaler=None):
     """A function batch tensors -> (loss, loss_ins, loss_cate, finite) that also applies one optimizer update.
+    The losses are float32 scalars, averaged over the ranks when world > 1.
 
     world > 1: gradients are averaged over the devices (losses are normalised per device as in the official
     code, so this equals the official DDP). jit: compile the step as one graph (GRAPH mode).
@@ -37,6 +38,15 @@ def make_train_step(net, optimizer, *, head: HeadConfig, grad_clip: Optional[flo
     loss_fn = make_loss_fn(net, head)
     # value_and_grad does not all-reduce by itself
     reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=world) if world > 1 else None
+    loss_sum = ops.AllReduce() if world > 1 else None
+
+    def over_ranks(loss, loss_ins, loss_cate):
+        """The losses averaged over the ranks, as mmdet's parse_losses logs them: every rank sees the same values,
+        so a loss that is not finite on one rank stops every rank, not only that one (the others would wait)."""
+        if loss_sum is None:
+            return loss, loss_ins, loss_cate
+        mean = loss_sum(ops.stack([loss, loss_ins, loss_cate])) / world
+        return mean[0], mean[1], mean[2]
 
     if scaler is None:
         grad_fn = ms.value_and_grad(loss_fn, None, optimizer.parameters, has_aux=True)
@@ -48,7 +58,7 @@ def make_train_step(net, optimizer, *, head: HeadConfig, grad_clip: Optional[flo
             if grad_clip:
                 grads = ops.clip_by_global_norm(grads, grad_clip)
             loss = ops.depend(loss, optimizer(grads))
-            return loss, loss_ins, loss_cate, ops.ones((), ms.bool_)
+            return (*over_ranks(loss, loss_ins, loss_cate), ops.ones((), ms.bool_))
         return ms.jit(step) if jit else step
 
     def scaled_loss(*batch):
@@ -77,7 +87,7 @@ def make_train_step(net, optimizer, *, head: HeadConfig, grad_clip: Optional[flo
         else:
             # skipped, yet the iteration counts (as in mmcv's fp16 hook): the per-step learning rate stays aligned
             loss = ops.depend(loss, ops.assign_add(optimizer.global_step, one))
-        return loss, loss_ins, loss_cate, finite
+        return (*over_ranks(loss, loss_ins, loss_cate), finite)
     return ms.jit(scaled_step) if jit else scaled_step
 
 

@@ -219,11 +219,11 @@ def _evaluate_and_keep(validator: Validator, net, *, log: Logger, work: Path, ep
     log.line(f"epoch {epoch} validation: {validator.num_images} image(s){devices} in {seconds:.1f} s: "
              f"{summary_line(metrics)} (inference graphs compiled in this run: {validator.compiled_graphs}, "
              f"rss {_rss_mb():.0f} MB)")
-    log.record(row)
     key = validator.cfg.evaluation.save_best
-    if key is None:
-        return best
-    new = keep_best(work, net, key, row, best)
+    new = best if key is None else keep_best(work, net, key, row, best)
+    # the row last: a resume counts the epoch as evaluated (`evaluated_epochs`) only once its best checkpoint is
+    # written too; stopped in between, the evaluation is made up
+    log.record(row)
     if new != best:
         log.line(f"epoch {epoch}: best {key} {new[0]:.4f}: saved {best_path(work, key, epoch)}")
     return new
