@@ -141,3 +141,26 @@ def test_stem_pool_equals_the_padded_pool_in_value_and_gradient(ms_mode, hw):
     grad_b = ms.grad(_ReluPool(StemMaxPool(), w))(x).asnumpy()
     assert np.abs(grad_a).sum() > 0
     np.testing.assert_array_equal(grad_a, grad_b)
+
+
+@pytest.mark.parametrize("norm_eval", [False, True])
+def test_frozen_stages_keep_their_bn_statistics_whatever_norm_eval(ms_mode, norm_eval):
+    """Official `_freeze_stages` puts the stem and layer1..frozen_stages in eval mode on every train() call, so
+    their BN statistics stay those of the pretrained model even with norm_eval=False; the other stages then
+    update theirs in a training forward (with norm_eval=True none does)."""
+    from solov2.models.resnet import ResNet
+    ms.set_seed(0)
+    net = ResNet(depth=18, frozen_stages=1, norm_eval=norm_eval, groups=1, base_width=4, dcn=None,
+                 stage_with_dcn=(False,) * 4, dcn_impl="native")
+    net.set_train(True)
+    stats = lambda: {n: p.asnumpy().copy() for n, p in net.parameters_and_names() if "moving_mean" in n}
+    before = stats()
+    net(ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)))
+    after = stats()
+    frozen = [n for n in before if n.startswith(("bn1.", "layer1."))]
+    others = [n for n in before if n not in frozen]
+    assert len(frozen) == 5 and len(others) == 15   # stem + 4 in layer1; 3 stages x (4 + downsample)
+    for n in frozen:
+        np.testing.assert_array_equal(after[n], before[n], err_msg=n)
+    for n in others:
+        assert (after[n] != before[n]).any() != norm_eval, n

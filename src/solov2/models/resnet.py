@@ -129,7 +129,9 @@ class ResNet(nn.Cell):
         self.depth, self.frozen_stages = depth, frozen_stages
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, pad_mode="pad", padding=3, has_bias=False,
                                weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
-        self.bn1 = bn(64, norm_eval)
+        # A frozen stage's BN statistics stay frozen whatever norm_eval says (official `_freeze_stages` puts the stem
+        # and layer1..k in eval mode on every train() call).
+        self.bn1 = bn(64, norm_eval or frozen_stages >= 0)
         self.relu = nn.ReLU()
         # The padded pool is the faster one here (67 vs 94 ms per light-R18 forward); StemMaxPool is for export.
         self.maxpool = StemMaxPool() if zero_pad_pool else nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad",
@@ -137,21 +139,22 @@ class ResNet(nn.Cell):
         cin = 64
         for i, n in enumerate(blocks):
             planes, stride = 64 * 2 ** i, 1 if i == 0 else 2
+            frozen_stats = norm_eval or i + 1 <= frozen_stages
             downsample = None
             if stride != 1 or cin != planes * block.expansion:
                 downsample = nn.SequentialCell([conv(cin, planes * block.expansion, 1, stride),
-                                                bn(planes * block.expansion, norm_eval)])
+                                                bn(planes * block.expansion, frozen_stats)])
             opts = dict(groups=groups, base_width=base_width, dcn=dcn if stage_with_dcn[i] else None,
                         dcn_impl=dcn_impl)
-            layer = [block(cin, planes, stride, downsample, norm_eval, **opts)]
+            layer = [block(cin, planes, stride, downsample, frozen_stats, **opts)]
             cin = planes * block.expansion
-            layer += [block(cin, planes, 1, None, norm_eval, **opts) for _ in range(1, n)]
+            layer += [block(cin, planes, 1, None, frozen_stats, **opts) for _ in range(1, n)]
             setattr(self, f"layer{i + 1}", nn.SequentialCell(layer))
         self.out_channels: List[int] = [64 * 2 ** i * block.expansion for i in range(4)]
         self._freeze()
 
     def _freeze(self) -> None:
-        """frozen_stages=k: stem and layer1..k get no gradient (their BN stats are frozen by norm_eval)."""
+        """frozen_stages=k: stem and layer1..k get no gradient (their BN statistics are frozen in __init__)."""
         cells = [self.conv1, self.bn1] if self.frozen_stages >= 0 else []
         cells += [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
         for cell in cells:
