@@ -348,6 +348,13 @@ def test_torchscript_archive_is_refused_before_torch_runs_it(tmp_path, monkeypat
     assert not pwned.exists()
 
 
+@pytest.mark.parametrize("tensor, kind", [(lambda: torch.zeros(2, 2).to_sparse(), "torch.sparse_coo"),
+                                          (lambda: torch.empty(2, 2, device="meta"), r"meta \(no data\)")])
+def test_a_tensor_numpy_cannot_hold_is_named(tmp_path, tensor, kind):
+    torch.save({"state_dict": {"a.weight": torch.zeros(1), "b.weight": tensor()}}, tmp_path / "odd.pth")
+    assert_refused(tmp_path / "odd.pth", tmp_path / "x.ckpt", f"odd.pth: key 'b.weight' is a {kind} tensor")
+
+
 def test_not_a_dict_of_tensors(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     assert_refused(tmp_path / "list.pth", tmp_path / "x.ckpt", "list.pth: not a checkpoint dict")
@@ -385,6 +392,18 @@ def test_dcn_key_on_a_basic_block_is_refused(reference, tmp_path):
     msg = assert_refused(official_pth(tmp_path / "d.pth", dcn, meta), tmp_path / "x.ckpt",
                          "backbone.layer3: only some blocks have a deformable conv2")
     assert msg.startswith(str(tmp_path / "d.pth"))
+
+
+def test_dcn_on_every_basic_block_of_a_stage_is_one_line(reference, tmp_path):
+    """Consistent within the stage, so the architecture is inferred; the model then refuses deformable BasicBlocks:
+    a ConvertError naming the file and the architecture, not the model's ValueError."""
+    sd, _, meta = reference
+    offsets = {f"backbone.layer3.{i}.conv2.conv_offset.{k}": torch.zeros(*shape)
+               for i in (0, 1) for k, shape in (("weight", (27, 256, 3, 3)), ("bias", (27,)))}
+    dcn = collections.OrderedDict(sd, **offsets)
+    msg = assert_refused(official_pth(tmp_path / "d.pth", dcn, meta), tmp_path / "x.ckpt",
+                         "cannot be built: .*BasicBlock")
+    assert msg.startswith(f"{tmp_path / 'd.pth'}: its architecture (")
 
 
 def test_dcn_checkpoint_against_a_plain_config_is_named():
@@ -428,6 +447,46 @@ def test_failed_write_leaves_nothing_behind(reference, tmp_path, monkeypatch):
         raise RuntimeError("disk full")
     monkeypatch.setattr(ms, "save_checkpoint", broken_save)
     assert_refused(src, tmp_path / "w.ckpt", "could not write the checkpoint.*disk full")
+
+
+def test_a_failed_rename_over_an_earlier_pair_keeps_it_whole(reference, tmp_path, monkeypatch):
+    """--force over an earlier checkpoint + sidecar: when the new checkpoint cannot be renamed into place (the last
+    step; Ctrl-C there), the earlier pair stays as it was: never the new class names beside the old weights."""
+    import solov2.files
+    sd, _, meta = reference
+    src = official_pth(tmp_path / "w.pth", sd, meta)
+    dst = tmp_path / "w.ckpt"
+    dst.write_bytes(b"earlier weights")
+    (tmp_path / "w.ckpt.json").write_text('{"earlier": "sidecar"}')
+    replace = os.replace
+
+    def interrupted(a, b):
+        if str(b) == str(dst):
+            raise KeyboardInterrupt
+        return replace(a, b)
+    monkeypatch.setattr(solov2.files.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert_checkpoint(str(src), str(dst), force=True, log=None)
+    assert dst.read_bytes() == b"earlier weights"
+    assert (tmp_path / "w.ckpt.json").read_text() == '{"earlier": "sidecar"}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.ckpt", "w.ckpt.json", "w.pth"]
+
+
+def test_two_keys_for_one_mindspore_parameter_are_refused(reference, tmp_path):
+    """`gn.weight` and `gn.gamma` both become MindSpore's `gn.gamma`: neither may silently win."""
+    sd, _, meta = reference
+    key = next(k for k in sd if k.endswith("gn.weight"))
+    src = official_pth(tmp_path / "d.pth", dict(sd, **{key[:-len("weight")] + "gamma": sd[key]}), meta)
+    assert_refused(src, tmp_path / "d.ckpt", f"two keys map to the MindSpore parameter '{key[:-6]}gamma'")
+
+
+def test_a_folder_as_destination_is_refused_even_with_force(reference, tmp_path):
+    sd, _, meta = reference
+    (tmp_path / "out.ckpt").mkdir()
+    src = official_pth(tmp_path / "w.pth", sd, meta)
+    with pytest.raises(ConvertError, match="out.ckpt: is a folder, not a file"):
+        convert_checkpoint(str(src), str(tmp_path / "out.ckpt"), force=True, log=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ckpt", "w.pth"]   # no sidecar written beside it
 
 
 def test_missing_torch_gives_install_hint(tmp_path, monkeypatch):

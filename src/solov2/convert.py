@@ -28,7 +28,8 @@ from solov2.checkpoint_arch import (check_config, config_from_arch, describe_arc
                                     infer_arch)
 from solov2.config import SOLOv2Config
 from solov2.errors import SolovError
-from solov2.files import atomic_write, check_not_an_input, check_writable, write_json_atomic
+from solov2.files import (atomic_write, check_not_an_input, check_writable, restored_on_failure,
+                          write_json_atomic)
 from solov2.torch_checkpoint import ConvertError, listing, load_torch_checkpoint
 
 LAYOUTS = ("official", "mmdet3", "pytorch_solov2")
@@ -135,14 +136,18 @@ def verify_names_and_shapes(ms_state: Dict[str, np.ndarray], expected: Dict[str,
 
 def save_mindspore_checkpoint(ms_state: Dict[str, np.ndarray], dst: str, sidecar: dict, force: bool) -> None:
     """Write `dst` (.ckpt) and its sidecar `dst + '.json'`, each atomically; the sidecar is written first, so a
-    checkpoint never appears without it. An existing pair is re-checked just before (another run may have
-    written it meanwhile)."""
+    checkpoint never appears without it, and both are written in full before either replaces an earlier one. If
+    the checkpoint alone could not be renamed into place (Ctrl-C), the earlier sidecar is put back: never a
+    sidecar beside another checkpoint. An existing pair is re-checked just before (another run
+    may have written it meanwhile)."""
     import mindspore as ms
 
     from solov2.checkpoint import save_failure, save_to_temporary, sidecar_path
     try:
-        with atomic_write(dst, mode=None) as tmp_ckpt:
+        with restored_on_failure(sidecar_path(dst)), atomic_write(dst, mode=None) as tmp_ckpt:
             save_to_temporary(tmp_ckpt, [{"name": k, "data": ms.Tensor(v)} for k, v in ms_state.items()])
+            with open(tmp_ckpt, "rb+") as f:   # on disk before the sidecar that describes it
+                os.fsync(f.fileno())
             _check_outputs(dst, force)  # again: another run may have written them meanwhile
             write_json_atomic(sidecar_path(dst), sidecar, indent=1)
     except (OSError, RuntimeError, TypeError, ValueError) as exc:
@@ -197,13 +202,21 @@ def convert_checkpoint(src: str, dst: str, config: Union[None, str, SOLOv2Config
     else:
         check_config(arch, config, src)
         cfg, cfg_note = config, f"checked against {config.source or 'the given config'}"
-    ms_state = {official_to_mindspore_name(k): v for k, v in official.items()}
+    ms_state: Dict[str, np.ndarray] = {}
+    for key, value in official.items():
+        name = official_to_mindspore_name(key)
+        if name in ms_state:   # e.g. both `gn.weight` and `gn.gamma`: one of them would be dropped unseen
+            raise ConvertError(f"{src}: two keys map to the MindSpore parameter {name!r}")
+        ms_state[name] = value
     bad_dtype = [k for k, v in ms_state.items() if v.dtype != np.float32]
     if bad_dtype:
         raise ConvertError(f"{src}: non-float parameters: {listing(bad_dtype)}")
     from solov2.checkpoint import check_finite  # imports MindSpore, which the conversion needs next anyway
     check_finite(src, ms_state)
-    expected = model_parameter_shapes(cfg)
+    try:
+        expected = model_parameter_shapes(cfg)
+    except ValueError as exc:   # a combination the model refuses (e.g. deformable BasicBlocks everywhere)
+        raise ConvertError(f"{src}: its architecture ({describe_arch(arch)}) cannot be built: {exc}") from None
     verify_names_and_shapes(ms_state, expected, src)
     ms_state = {k: ms_state[k] for k in expected}  # model order: identical files for every source layout
     classes = info["classes"]

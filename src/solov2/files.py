@@ -23,6 +23,8 @@ def already_exists(path, detail: str = "") -> SolovError:
 def check_writable(path, force: bool) -> None:
     """Before any long work: `path` may be written (absent, or --force), and its folder exists and is writable."""
     path = Path(path).absolute()
+    if path.is_dir():   # os.replace cannot put a file there, even with --force
+        raise SolovError(f"{path}: is a folder, not a file")
     if path.exists() and not force:
         raise already_exists(path)
     folder = path.parent
@@ -102,6 +104,25 @@ def atomic_write(path, mode=UMASK) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def restored_on_failure(path) -> Iterator[None]:
+    """For a small file (a sidecar) the block may replace before its last step fails (the rename of the file it
+    describes; Ctrl-C): on any failure put its earlier content back, or remove it if it did not exist. Never a new
+    sidecar beside an earlier model, nor an earlier model left without its sidecar."""
+    path = Path(path)
+    earlier = path.read_bytes() if path.is_file() else None
+    try:
+        yield
+    except BaseException:
+        if (path.read_bytes() if path.is_file() else None) != earlier:
+            if earlier is None:
+                path.unlink()
+            else:
+                with atomic_write(path) as tmp:
+                    tmp.write_bytes(earlier)
+        raise
 
 
 def _json_default(o):

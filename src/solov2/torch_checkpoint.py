@@ -116,6 +116,9 @@ def load_torch_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
                            "dict with a 'state_dict' or 'model' entry")
     state, cast = {}, {}
     for key, t in sd.items():
+        if t.layout != torch.strided or t.is_quantized or t.is_meta:   # numpy() refuses them (a TypeError traceback)
+            kind = "quantized" if t.is_quantized else "meta (no data)" if t.is_meta else str(t.layout)
+            raise ConvertError(f"{path}: key {key!r} is a {kind} tensor; the converter reads dense float weights")
         key = key[len("module."):] if key.startswith("module.") else key  # DataParallel / DDP wrapper
         if t.is_floating_point() and t.dtype != torch.float32:
             dtype = str(t.dtype).replace("torch.", "")

@@ -32,7 +32,9 @@ def test_a_failed_copy_leaves_the_earlier_model_and_sidecar(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json", "new.onnx"]
 
 
-def test_a_model_that_cannot_be_renamed_leaves_no_sidecar_beside_the_earlier_one(tmp_path, monkeypatch):
+def test_a_model_that_cannot_be_renamed_leaves_the_earlier_pair(tmp_path, monkeypatch):
+    """The last step, the model's rename, fails after the new sidecar replaced the earlier one: the earlier sidecar
+    is put back (never the new one beside the earlier model, nor the earlier model without one)."""
     out, side, new = _earlier_export(tmp_path)
     rename = os.replace
 
@@ -44,8 +46,8 @@ def test_a_model_that_cannot_be_renamed_leaves_no_sidecar_beside_the_earlier_one
     with pytest.raises(OSError):
         export.install(new, out, {"new": 1})
     monkeypatch.undo()
-    assert out.read_bytes() == b"earlier model" and not side.exists()      # refused for its missing sidecar
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "new.onnx"]
+    assert out.read_bytes() == b"earlier model" and side.read_text() == '{"earlier": 1}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json", "new.onnx"]
 
 
 def test_install_writes_the_model_and_its_digest(tmp_path):

@@ -22,7 +22,7 @@ from solov2.config import SOLOv2Config, load_config
 from solov2.config.section import MAX_IMAGE_SIDE
 from solov2.deploy.sidecar import INPUT_NAME, OUTPUT_NAMES, file_sha256, make_sidecar, sidecar_path
 from solov2.errors import SolovError, check_file, first_line
-from solov2.files import atomic_write, check_not_an_input, check_writable, write_json_atomic
+from solov2.files import atomic_write, check_not_an_input, check_writable, restored_on_failure, write_json_atomic
 
 FORMATS = ("MINDIR", "ONNX")
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx"}
@@ -169,21 +169,14 @@ def check_runtime(fmt: str) -> None:
 def install(file: Path, out: Path, sidecar: dict) -> None:
     """Copy the exported `file` to `out` and write the sidecar beside it, both atomically: `out` gets the permissions
     of a plain open(). Both are written in full before either replaces an earlier one, so a failure (a full disk,
-    Ctrl-C) leaves the earlier model and its sidecar as they were; if the model alone could not be renamed into
-    place, the new sidecar is removed (never a sidecar beside another model)."""
+    Ctrl-C) leaves the earlier model and its sidecar as they were, also when the model alone could not be renamed
+    into place (the earlier sidecar is put back: never a sidecar beside another model)."""
     side = sidecar_path(out)
-    side_replaced = False
-    try:
-        with atomic_write(out) as tmp:
-            shutil.copyfile(file, tmp)
-            with open(tmp, "rb+") as f:   # on disk before the sidecar that describes it
-                os.fsync(f.fileno())
-            write_json_atomic(side, dict(sidecar, model_sha256=file_sha256(tmp)), indent=1)
-            side_replaced = True   # only the model's rename is left
-    except BaseException:
-        if side_replaced:
-            side.unlink(missing_ok=True)
-        raise
+    with restored_on_failure(side), atomic_write(out) as tmp:
+        shutil.copyfile(file, tmp)
+        with open(tmp, "rb+") as f:   # on disk before the sidecar that describes it
+            os.fsync(f.fileno())
+        write_json_atomic(side, dict(sidecar, model_sha256=file_sha256(tmp)), indent=1)
 
 
 def export_model(config: str, checkpoint: str, *, fmt: str = "MINDIR", input_size: Optional[Sequence[int]] = None,
