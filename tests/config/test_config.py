@@ -296,6 +296,9 @@ def test_dcn_on_basic_blocks_and_groups_on_resnet_are_refused():
     ("model.neck.end_level=4", r"model\.neck\.end_level: 4 is not supported"),
     ("lr_config.step=[33, 27]", r"lr_config\.step: must be epochs >= 1 in increasing order, got \[33, 27\]"),
     ("lr_config.step=[0, 27]", r"lr_config\.step: must be epochs >= 1 in increasing order"),
+    ("data.train.pipeline.4.std=[1.0, 1.0, 1.0]", r"data\.test\.pipeline\[1\]\.transforms\[2\]\.std: \[58\.395, "
+                                                  r".*differs from data\.train\.pipeline\[4\]\.std \(\[1\.0, 1\.0, 1\.0\]\)"),
+    ("data.train.pipeline.5.size_divisor=64", r"transforms\[3\]\.size_divisor: 32 differs from .*one Pad to training"),
 ])
 def test_unsupported_settings(override, match):
     msg = raises(load_config, R101, [override], match=match)

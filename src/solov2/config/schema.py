@@ -156,12 +156,24 @@ def _steps(top: Section, data: Section, split: str) -> List[Section]:
     return out
 
 
+def _same_everywhere(steps: List[Section], keys: Iterable[str]) -> None:
+    """The pipelines' steps of one kind (Normalize, Pad) agree on `keys`: this port applies one of each to training,
+    validation and testing, so a step that differs would be ignored. (Validation runs the test pipeline.)"""
+    for s in steps[1:]:
+        for key in keys:
+            if s.d.get(key) != steps[0].d.get(key):
+                raise s.fail(key, f"{s.d.get(key)!r} differs from {steps[0].where}.{key} ({steps[0].d.get(key)!r}): "
+                                  f"this port applies one {s.d['type']} to training, validation and testing")
+
+
 def _data(top: Section) -> DataConfig:
     data = top.sub("data")
     train, test = _steps(top, data, "train"), _steps(top, data, "test")
 
     def find(steps: List[Section], kind: str) -> List[Section]:
         return [s for s in steps if s.d["type"] == kind]
+    _same_everywhere(find(train + test, "Normalize"), ("mean", "std", "to_rgb"))
+    _same_everywhere(find(train + test, "Pad"), ("size_divisor",))
     norm = (find(test, "Normalize") or [top.sub("img_norm_cfg")])[0]
     for s in find(train + test, "Resize"):
         s.one_of("keep_ratio", (True,), True), s.forbid("ratio_range")
