@@ -5,6 +5,7 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 from pycocotools import mask as mask_util
 
 from conftest import REPO
@@ -76,3 +77,13 @@ def test_demo_end_to_end_learns(tmp_path):
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)   # no --force: refused
     assert r.returncode == 2 and "--force" in r.stderr
     assert (out / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 31)])
+def test_demo_seed_out_of_range_is_one_line(tmp_path, seed):
+    """NumPy and MindSpore take seeds in 0 .. 2**31 - 1: outside, one line naming --seed, before any work."""
+    r = subprocess.run([sys.executable, "-m", "solov2.tools.demo", "--out", str(tmp_path / "d"), "--seed", seed],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "--seed" in errors[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "d").exists()

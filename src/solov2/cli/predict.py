@@ -1,6 +1,6 @@
 """`test.py` (one image -> picture) and `run.py` (folder / image / video -> pictures + results.json).
 
-    python test.py CONFIG CHECKPOINT --dataroot demo/demo.jpg --out demo_result.jpg
+    python test.py CONFIG CHECKPOINT --dataroot photo.jpg --out photo_result.jpg
     python run.py CONFIG CHECKPOINT INPUT --out OUTDIR
     python run.py --model solov2.onnx INPUT --out OUTDIR            (an exported network, export.py)
 (CONFIG and CHECKPOINT may also be given as --config / --checkpoint, as the older MindSpore port's test.py.)
@@ -291,7 +291,7 @@ def test_main(argv=None) -> None:
     def body():
         p = argparse.ArgumentParser(description="One image -> a picture of the SOLOv2 instances.")
         add_config_flags(p)
-        p.add_argument("--dataroot", default="demo/demo.jpg", help="input image (default: %(default)s)")
+        p.add_argument("--dataroot", required=True, help="input image")
         p.add_argument("--out", default=None, help="output picture (default: <image name>_result.jpg)")
         _common(p)
         add_force_flag(p, "--out")

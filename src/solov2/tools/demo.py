@@ -24,7 +24,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from solov2.cli.common import add_runtime_flags, cli_main
+from solov2.cli.common import add_runtime_flags, check_flag_range, cli_main
 from solov2.errors import SolovError
 from solov2.files import already_exists, write_image
 
@@ -120,6 +120,7 @@ def prediction_grid(predictor, ann_file: str, img_prefix: str, out_file: Path, n
 def run(a: argparse.Namespace) -> dict:
     """The whole demo; returns the metrics dict also written to OUT/metrics.json."""
     t_start = time.time()
+    check_flag_range("--seed", a.seed, 0, 2 ** 31 - 1)   # NumPy's and MindSpore's seed range
     out = Path(a.out)
     prepare_out(out, a.force)
     from solov2.engine.runtime import set_runtime
