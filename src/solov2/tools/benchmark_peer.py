@@ -229,6 +229,12 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv[1:])
     if bool(a.ann) != bool(a.img_prefix):
         raise SystemExit("error: --ann and --img-prefix go together")
+    # the processes it starts run in the repository: the user's relative paths are made absolute first
+    for key in ("image", "ann", "img_prefix", "peer_script", "json"):
+        if getattr(a, key):
+            setattr(a, key, str(Path(getattr(a, key)).absolute()))
+    if a.peer_python and os.sep in a.peer_python:   # a path, not a command found on PATH
+        a.peer_python = str(Path(a.peer_python).absolute())
     from solov2.cpu import cpu_kind
     print(f"CPU: {cpu_kind()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}", flush=True)
     rows = compare(a)

@@ -157,6 +157,10 @@ def main(argv=None):
     ap.add_argument("--cfg-options", nargs="*", default=[])
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
+    if a.iters < 3:   # the first two steps (compile, warm-up) are never in the median
+        ap.error("--iters must be >= 3")
+    # the workers msrun starts run in the repository: the user's relative paths are made absolute first
+    a.config, a.ann, a.img_prefix = (str(Path(v).absolute()) for v in (a.config, a.ann, a.img_prefix))
     if a.what == "_one":
         print(json.dumps(one_mode(a)))
         return
