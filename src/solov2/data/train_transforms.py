@@ -99,7 +99,7 @@ def collate(samples: Sequence[dict], canvas: Optional[Tuple[int, int]] = None, *
 
     scale_ranges/num_grids/sigma: the config's head settings (R101: ((1,96),(48,192),(96,384),(192,768),
     (384,2048)), (40,36,24,16,12), 0.2; light-448: ((1,56),(28,112),(56,224),(112,448),(224,896))). `max_pos`: rows of positive targets per image
-    (see `solov2.data.targets.pack_targets`); at most 9 cells x 2 levels per instance. Size it from the data: the
+    (see `solov2.data.targets.pack_targets`); at most 9 cells x 3 levels per instance. Size it from the data: the
     loss materialises (N, max_pos, Hc/4, Wc/4) float32 mask logits (trashcan_mini train, light-448, largest
     scale (768, 512): max 120 positives per image, 99th percentile 74).
 
