@@ -160,9 +160,9 @@ def test_amp_resume_gives_identical_weights_and_loss_scale(tmp_path):
 
 
 def test_a_new_run_over_an_earlier_one_needs_force(tmp_path):
-    """A new run (no --resume) in a work dir an earlier run used would have its first snapshot pruned as older than
-    the earlier run's (epoch_1 < epoch_36), replace its best checkpoint and mix the logs: refused in one line,
-    nothing touched; --force deletes the earlier run's files (only those) and starts afresh."""
+    """A new run (no --resume) in a work dir an earlier run left checkpoints in would have its first snapshot
+    pruned as older than the earlier run's (epoch_1 < epoch_36) and replace its best checkpoint: refused in one
+    line, nothing touched; --force deletes the earlier run's checkpoints and logs (only those) and starts afresh."""
     work = tmp_path / "work"
     run_train(work, "--seed", "3", "--mode", "pynative", epochs=1, images=2)
     (work / "epoch_1.ckpt").rename(work / "epoch_36.ckpt")   # as if the earlier run had gone to epoch 36
@@ -171,15 +171,22 @@ def test_a_new_run_over_an_earlier_one_needs_force(tmp_path):
     r = run_train(work, "--mode", "pynative", epochs=1, images=2, check=False)
     errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert f"{work}: --work-dir holds an earlier run (epoch_36.ckpt, log.json" in errors[0] and "--force" in errors[0]
+    assert f"{work}: --work-dir holds an earlier run's checkpoints (epoch_36.ckpt): --resume auto" in errors[0]
     assert {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()} == before
     r = run_train(work, "--mode", "pynative", "--force", epochs=1, images=2)
     assert sorted(p.name for p in work.iterdir() if not p.name.startswith(".")) == [
         "epoch_1.ckpt", "log.json", "loss_curve.png", "notes.txt", "run.json", "train.log"]
     assert (work / "train.log").read_text().count("SOLOv2 fine-tuning:") == 1   # the new run's log only
     assert len((work / "log.json").read_text().splitlines()) == 1                # its one step
+    # --force never turns into a resume (train_multi.py resumes by default)
+    r = run_train(work, "--mode", "pynative", "--force", "--resume", "auto", epochs=1, images=2, check=False)
+    assert r.returncode == 2 and "--force starts a new run, but --resume auto found" in r.stderr, r.stderr[-3000:]
+    # logs alone (a run stopped before its first snapshot) are no earlier run: relaunched, it starts again
+    (work / "epoch_1.ckpt").unlink()
+    run_train(work, "--mode", "pynative", epochs=1, images=2)
+    assert (work / "epoch_1.ckpt").is_file()
     from solov2.engine.train import check_new_run
-    assert check_new_run(tmp_path / "nowhere", force=False) == []
+    assert check_new_run(tmp_path / "nowhere", resume=None, force=False) == []
 
 
 def test_resuming_with_another_number_of_steps_per_epoch_is_refused(tmp_path):

@@ -183,3 +183,21 @@ def test_an_evaluation_counts_as_done_only_once_its_best_checkpoint_is_written(t
     assert validation._evaluate_and_keep(validator, None, log=Logger(tmp_path, True), work=tmp_path, epoch=3,
                                          global_step=30, best=None) == (0.5, 3)
     assert validation.evaluated_epochs(tmp_path) == {3}
+
+
+def test_a_made_up_evaluations_best_survives_a_second_resume(tmp_path):
+    """Epoch 3's snapshot says best 0.40 (epoch 2); its evaluation, made up after a resume, reached 0.50 and wrote
+    best_segm_mAP_epoch_3.ckpt. Interrupted again before epoch 4 was saved, the next resume must start from 0.50
+    (epoch 3), not the snapshot's 0.40, or a 0.45 at epoch 4 would replace the real best. Rows after the snapshot's
+    epoch (a branch that was not saved) do not count; a tie keeps the earlier epoch."""
+    from solov2.engine.validation import best_with_made_up
+    rows = [dict(mode="train", epoch=1, iter=5, loss=1.0), dict(mode="val", epoch=1, segm_mAP=0.3),
+            dict(mode="val", epoch=2, segm_mAP=0.4), dict(mode="val", epoch=3, segm_mAP=0.5),
+            dict(mode="val", epoch=4, segm_mAP=0.9)]
+    (tmp_path / "log.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert best_with_made_up(tmp_path, "segm_mAP", 3, (0.4, 2)) == (0.5, 3)
+    assert best_with_made_up(tmp_path, "segm_mAP", 2, (0.4, 2)) == (0.4, 2)
+    assert best_with_made_up(tmp_path, "segm_mAP", 3, None) == (0.5, 3)
+    assert best_with_made_up(tmp_path, "segm_mAP", 3, (0.5, 2)) == (0.5, 2)
+    assert best_with_made_up(tmp_path, None, 3, None) is None
+    assert best_with_made_up(tmp_path / "nowhere", "segm_mAP", 3, (0.4, 2)) == (0.4, 2)

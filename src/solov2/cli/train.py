@@ -28,8 +28,8 @@ def parser(distributed: bool) -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bitwise-reproducible runs)")
     p.add_argument("--keep-last", type=int, default=3, help="keep the newest K snapshots (0: all; the best "
                                                              "checkpoint is never deleted)")
-    p.add_argument("--force", action="store_true", help="start a new run in a work dir an earlier run used (its "
-                                                         "snapshots, best checkpoints and logs are deleted)")
+    p.add_argument("--force", action="store_true", help="start a new run in a work dir an earlier run left "
+                                                         "checkpoints in (they and its logs are deleted)")
     p.add_argument("--no-validate", action="store_true", help="skip the config's evaluation (validation on "
                                                              "data.val while training) for this run")
     p.add_argument("--amp", default=None, choices=["O0", "O1", "O2", "O3"],

@@ -28,8 +28,8 @@ from solov2.engine.runtime import init_distributed
 from solov2.engine.snapshot import (SNAPSHOT_RE, latest_valid_snapshot, load_snapshot, params_digest, prune_snapshots,
                                     read_counters, save_snapshot)
 from solov2.engine.train_step import make_train_step, to_tensors
-from solov2.engine.validation import (Validator, best_entries, best_from_counters, evaluated_epochs, evaluation_due,
-                                     run_validation, validation_set)
+from solov2.engine.validation import (Validator, best_entries, best_from_counters, best_with_made_up,
+                                     evaluated_epochs, evaluation_due, run_validation, validation_set)
 from solov2.engine.workdir import lock_work_dir, remove_stale_temporaries, unlock_work_dir
 from solov2.errors import SolovError, check_file, failure_line
 from solov2.files import same_file
@@ -53,24 +53,25 @@ BEST_RE = re.compile(r"^best_.+_epoch_\d+\.ckpt$")   # keep_best's names
 RUN_FILES = ("log.json", "train.log", "run.json", "loss_curve.png")   # what a run writes beside its checkpoints
 
 
-def earlier_run(work: Path) -> List[Path]:
-    """The files an earlier run left in `work`: its snapshots, best checkpoints and logs."""
+def earlier_checkpoints(work: Path) -> List[Path]:
+    """The snapshots and best checkpoints an earlier run left in `work`."""
     if not work.is_dir():
         return []
-    return sorted(p for p in work.iterdir() if SNAPSHOT_RE.match(p.name) or BEST_RE.match(p.name)
-                  or p.name in RUN_FILES)
+    return sorted(p for p in work.iterdir() if SNAPSHOT_RE.match(p.name) or BEST_RE.match(p.name))
 
 
-def check_new_run(work: Path, force: bool) -> List[Path]:
-    """A new run (no snapshot to resume) in a work dir an earlier run used: SolovError without --force (its
-    snapshots would be pruned as newer than the new run's, its best checkpoint replaced, the logs mixed). With
-    --force: the files to delete before the new run writes any."""
-    found = earlier_run(work)
+def check_new_run(work: Path, *, resume: Optional[str], force: bool) -> List[Path]:
+    """A new run (no snapshot to resume) in a work dir whose checkpoints an earlier run left: SolovError without
+    --force (its snapshots would be pruned as newer than the new run's, its best checkpoint replaced). Logs alone
+    (a run stopped before its first snapshot: relaunched, it starts again) are no reason. With --force: the
+    checkpoints and logs to delete before the new run writes any."""
+    found = earlier_checkpoints(work)
     if found and not force:
         names = ", ".join(p.name for p in found[:4]) + (f" (+{len(found) - 4} more)" if len(found) > 4 else "")
-        raise SolovError(f"{work}: --work-dir holds an earlier run ({names}): --resume auto continues it, --force "
-                         f"starts a new run there (deleting those files), or choose another --work-dir")
-    return found
+        how = ("none is a readable snapshot to resume" if resume == "auto" else "--resume auto continues it")
+        raise SolovError(f"{work}: --work-dir holds an earlier run's checkpoints ({names}): {how}; --force starts a "
+                         f"new run there (deleting them and its logs), or choose another --work-dir")
+    return (found + [work / name for name in RUN_FILES if (work / name).is_file()]) if force else []
 
 
 def check_load_from(load_from: Optional[str], work: Path) -> None:
@@ -139,8 +140,9 @@ def train(cfg: SOLOv2Config, work_dir, *, resume: Optional[str] = None, load_fro
     channels of a COCO checkpoint, keep their fresh initialisation). mode: 'graph' jit-compiles the step.
     keep_last: snapshots kept (0: all). validate: False skips the config's `evaluation` (validation on data.val
     every `interval` epochs and after the last, `solov2.engine.validation`; the best checkpoint is kept across
-    resumes). force: start a new run in a work dir an earlier run used (its snapshots, best checkpoints and logs
-    are deleted; without it that is an error). MindSpore's context must be set already (`set_runtime`).
+    resumes). force: start a new run in a work dir an earlier run left checkpoints in (they and its logs are
+    deleted; without it that is an error; with a snapshot to resume, too). MindSpore's context must be set already
+    (`set_runtime`).
     """
     rank, world = init_distributed(distributed)
     work = Path(work_dir)
@@ -179,7 +181,10 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
         if snapshot is None:   # a resumed run does not read load_from
             check_load_from(load_from or cfg.load_from, work)
             if rank == 0:
-                replaced = check_new_run(work, force)
+                replaced = check_new_run(work, resume=resume, force=force)
+        elif force:   # never silently a resume when a new run was asked for
+            raise SolovError(f"--force starts a new run, but --resume {resume} found {snapshot}: drop --force to "
+                             f"continue that run, or choose another --work-dir")
         counters = read_counters(snapshot) if snapshot is not None else None
         dataset = training_set(cfg)
         val_set = validation_set(cfg) if evaluating else None   # its errors come before the first step
@@ -201,6 +206,8 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
     net.set_train(True)
     validator = Validator(cfg, *val_set, rank=rank, world=world) if evaluating else None   # after net: see Validator
     best = best_from_counters(ev.save_best, counters)   # kept through a --no-validate run too
+    if counters is not None:
+        best = best_with_made_up(work, ev.save_best, counters["epoch"], best)
     loader = TrainLoader(dataset, cfg, seed=seed, world=world, rank=rank, workers=d.workers_per_gpu)
     iters, total = len(loader), o.total_epochs
     check_schedule(total, iters)

@@ -172,6 +172,21 @@ def best_from_counters(key: Optional[str], counters: Optional[dict]) -> Best:
     return counters[f"best_{key}"], int(counters[f"best_{key}_epoch"])
 
 
+def best_with_made_up(work: Path, key: Optional[str], epoch: int, best: Best) -> Best:
+    """`best` (a snapshot's) updated by the `val` rows of work/log.json up to `epoch` (the snapshot's): an
+    evaluation made up after that snapshot was saved may have set a best it does not hold, and a second
+    interruption would otherwise let a worse epoch replace that best checkpoint. A row is written only once its
+    best checkpoint is (`_evaluate_and_keep`). Strictly better wins, in epoch order: keep_best's rule."""
+    if key is None:
+        return best
+    rows = [r for r in read_log_rows(work) if r.get("mode") == "val" and isinstance(r.get("epoch"), int)
+            and r["epoch"] <= epoch and isinstance(r.get(key), (int, float))]
+    for r in sorted(rows, key=lambda r: r["epoch"]):
+        if best is None or r[key] > best[0]:
+            best = (float(r[key]), r["epoch"])
+    return best
+
+
 def evaluation_due(epoch: int, interval: int, total: int) -> bool:
     """Whether epoch (1-based) ends with an evaluation: every `interval` epochs and after the last."""
     return epoch % interval == 0 or epoch == total
