@@ -69,3 +69,33 @@ def test_check_writable(tmp_path):
     check_writable(tmp_path / "new", force=False)
     with pytest.raises(SolovError, match="nowhere: output folder does not exist"):
         check_writable(tmp_path / "nowhere" / "b", force=False)
+
+
+def test_restored_on_failure_puts_back_only_what_the_block_replaced(tmp_path):
+    """A sidecar replaced before the failing last step is put back (or removed if there was none); one that
+    another run wrote before the block's replacing() (the re-check that then fails) is left alone."""
+    from solov2.files import restored_on_failure
+    side = tmp_path / "m.json"
+    side.write_text("earlier")
+    with pytest.raises(KeyboardInterrupt):
+        with restored_on_failure(side) as replacing:
+            replacing()
+            side.write_text("new")
+            raise KeyboardInterrupt   # the model's rename
+    assert side.read_text() == "earlier"
+    side.unlink()
+    with pytest.raises(OSError):
+        with restored_on_failure(side) as replacing:
+            replacing()
+            side.write_text("new")
+            raise OSError("rename failed")
+    assert not side.exists()
+    with pytest.raises(RuntimeError):
+        with restored_on_failure(side) as replacing:
+            side.write_text("another run's")   # appears before this block replaces anything
+            raise RuntimeError("already exists")
+    assert side.read_text() == "another run's"
+    with restored_on_failure(side) as replacing:   # success: the new content stays
+        replacing()
+        side.write_text("new")
+    assert side.read_text() == "new"

@@ -16,6 +16,14 @@ def infer_arch(shapes: Dict[str, Tuple[int, ...]], path: str = "checkpoint") -> 
 
     shapes: official key -> shape. num_classes follows the official convention (cate channels + 1).
     """
+    try:
+        return _infer_arch(shapes, path)
+    except (IndexError, ZeroDivisionError) as exc:   # a conv weight that is not 4-D, or has a zero size
+        raise ConvertError(f"{path}: a convolution weight has a shape no SOLOv2 layer has ({type(exc).__name__}: "
+                           f"{exc}); the file's shapes do not describe a SOLOv2 model") from None
+
+
+def _infer_arch(shapes: Dict[str, Tuple[int, ...]], path: str) -> dict:
     def shape(key):
         if key not in shapes:
             raise ConvertError(f"{path}: missing key {key!r} (needed to infer the architecture)")

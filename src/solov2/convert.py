@@ -79,6 +79,8 @@ def detect_layout(keys: List[str], path: str = "checkpoint") -> str:
         clash = {"mmdet3": {"fpn", "bbox_head", "mask_feat_head"}, "pytorch_solov2": {"neck"}}[layout] & tops
         if clash:
             raise ConvertError(f"{path}: mixed key layouts (top-level prefixes {sorted(tops)})")
+        if "backbone" not in tops:   # else the architecture inference would report a ResNet of 0 blocks
+            raise ConvertError(f"{path}: no backbone.* keys (a {layout} state dict of the neck and head only?)")
         return layout
     if {"backbone", "neck", "bbox_head", "mask_feat_head"} <= tops:
         return "official"
@@ -144,11 +146,12 @@ def save_mindspore_checkpoint(ms_state: Dict[str, np.ndarray], dst: str, sidecar
 
     from solov2.checkpoint import save_failure, save_to_temporary, sidecar_path
     try:
-        with restored_on_failure(sidecar_path(dst)), atomic_write(dst, mode=None) as tmp_ckpt:
+        with restored_on_failure(sidecar_path(dst)) as replacing, atomic_write(dst, mode=None) as tmp_ckpt:
             save_to_temporary(tmp_ckpt, [{"name": k, "data": ms.Tensor(v)} for k, v in ms_state.items()])
             with open(tmp_ckpt, "rb+") as f:   # on disk before the sidecar that describes it
                 os.fsync(f.fileno())
             _check_outputs(dst, force)  # again: another run may have written them meanwhile
+            replacing()
             write_json_atomic(sidecar_path(dst), sidecar, indent=1)
     except (OSError, RuntimeError, TypeError, ValueError) as exc:
         raise ConvertError(str(save_failure(dst, exc))) from None
@@ -172,13 +175,16 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def convert_checkpoint(src: str, dst: str, config: Union[None, str, SOLOv2Config] = None,
-                       force: bool = False, log=print) -> dict:
+def convert_checkpoint(src: Union[str, os.PathLike], dst: Union[str, os.PathLike],
+                       config: Union[None, str, os.PathLike, SOLOv2Config] = None, force: bool = False,
+                       log=print) -> dict:
     """Convert `src` (.pth, any supported layout) into `dst` (.ckpt) + `dst.json`; returns the summary.
 
     config: a SOLOv2Config, a config file path (read with `solov2.config.load_config`), or None to infer
     the architecture from the checkpoint. Raises ConvertError (DST untouched) on any problem.
     """
+    src, dst = os.fspath(src), os.fspath(dst)
+    config = os.fspath(config) if isinstance(config, os.PathLike) else config
     if not dst.endswith(".ckpt"):
         raise ConvertError(f"{dst}: the output name must end in .ckpt (MindSpore refuses other suffixes)")
     check_not_an_input([dst, dst + ".json"], {"checkpoint SRC": src, "--config": config if isinstance(config, str)

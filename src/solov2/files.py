@@ -10,7 +10,7 @@ import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional, Tuple
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Tuple
 
 from solov2.errors import SolovError
 
@@ -107,21 +107,26 @@ def atomic_write(path, mode=UMASK) -> Iterator[Path]:
 
 
 @contextmanager
-def restored_on_failure(path) -> Iterator[None]:
-    """For a small file (a sidecar) the block may replace before its last step fails (the rename of the file it
-    describes; Ctrl-C): on any failure put its earlier content back, or remove it if it did not exist. Never a new
-    sidecar beside an earlier model, nor an earlier model left without its sidecar."""
+def restored_on_failure(path) -> Iterator[Callable[[], None]]:
+    """For a small file (a sidecar) the block replaces before its last step, which may fail (the rename of the file
+    it describes; Ctrl-C). The block calls the yielded function just before it writes `path`; on any failure after
+    that, the content `path` had then is put back (or `path` removed if it had none). Never a new sidecar beside an
+    earlier model, nor an earlier model without its sidecar; a failure before the call touches nothing (e.g. the
+    check that finds another run's sidecar)."""
     path = Path(path)
-    earlier = path.read_bytes() if path.is_file() else None
+    earlier: list = []
+
+    def replacing() -> None:
+        earlier.append(path.read_bytes() if path.is_file() else None)
     try:
-        yield
+        yield replacing
     except BaseException:
-        if (path.read_bytes() if path.is_file() else None) != earlier:
-            if earlier is None:
+        if earlier and (path.read_bytes() if path.is_file() else None) != earlier[0]:
+            if earlier[0] is None:
                 path.unlink()
             else:
                 with atomic_write(path) as tmp:
-                    tmp.write_bytes(earlier)
+                    tmp.write_bytes(earlier[0])
         raise
 
 

@@ -2,6 +2,7 @@
 
 Used by the converter (`solov2.convert`); torch is imported only here, and only when a file is read.
 """
+import os
 import zipfile
 from typing import Dict, List, Tuple
 
@@ -72,7 +73,7 @@ def _refuse_torchscript(path: str) -> None:
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
+    except Exception as exc:   # a damaged archive raises more than BadZipFile (NotImplementedError, ...)
         raise ConvertError(f"{path}: not a readable PyTorch checkpoint (zip archive: {first_line(exc)})") from None
     if any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in names):
         raise ConvertError(f"{path}: a TorchScript archive (torch.jit.save), not a checkpoint; it is not loaded, "
@@ -95,9 +96,14 @@ def load_torch_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
         raise ConvertError(f"{path}: not a PyTorch checkpoint (unrecognised file header {head!r})")
     if head == b"PK\x03\x04":
         _refuse_torchscript(path)
+    if os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+        # torch then refuses any pickle module: the file would be blamed for the environment
+        raise ConvertError("TORCH_FORCE_WEIGHTS_ONLY_LOAD is set: torch then refuses the converter's restricted "
+                           "reader (which also reads mmdetection 3.x files, running no code from them); unset it")
     torch = _import_torch()
+    pickle_module = _restricted_pickle(torch)   # outside the try: a failure here is not the file's
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle(torch))
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=pickle_module)
     except Exception as exc:  # corrupt zip, truncated file, ...: any reader failure means "not a checkpoint"
         reason = first_line(exc.__context__ or exc)  # torch wraps the real cause in a long hint
         raise ConvertError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {reason})") from None

@@ -172,10 +172,11 @@ def install(file: Path, out: Path, sidecar: dict) -> None:
     Ctrl-C) leaves the earlier model and its sidecar as they were, also when the model alone could not be renamed
     into place (the earlier sidecar is put back: never a sidecar beside another model)."""
     side = sidecar_path(out)
-    with restored_on_failure(side), atomic_write(out) as tmp:
+    with restored_on_failure(side) as replacing, atomic_write(out) as tmp:
         shutil.copyfile(file, tmp)
         with open(tmp, "rb+") as f:   # on disk before the sidecar that describes it
             os.fsync(f.fileno())
+        replacing()
         write_json_atomic(side, dict(sidecar, model_sha256=file_sha256(tmp)), indent=1)
 
 
