@@ -305,6 +305,12 @@ def test_unsupported_settings(override, match):
     assert msg.startswith(f"{R101}: "), msg
 
 
+def test_pipelines_that_mean_the_same_normalisation_agree():
+    """A mean written as a tuple in one pipeline and as a list in the other is the same normalisation."""
+    cfg = load_config(R101, ["data.train.pipeline.4.mean=(123.675, 116.28, 103.53)"])
+    assert cfg.data.to_rgb is True
+
+
 def test_multiscale_without_mode_is_mmdet_range(tmp_path):
     """mmdet's Resize defaults to multiscale_mode='range': several scales without 'value' must be refused."""
     text = R101.read_text()

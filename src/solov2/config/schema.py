@@ -159,9 +159,12 @@ def _steps(top: Section, data: Section, split: str) -> List[Section]:
 def _same_everywhere(steps: List[Section], keys: Iterable[str]) -> None:
     """The pipelines' steps of one kind (Normalize, Pad) agree on `keys`: this port applies one of each to training,
     validation and testing, so a step that differs would be ignored. (Validation runs the test pipeline.)"""
+    def value(step: Section, key: str):   # as read: a list is a tuple, and to_rgb defaults to True (mmdet's)
+        v = step.d.get(key, True if key == "to_rgb" else None)
+        return tuple(v) if isinstance(v, list) else v
     for s in steps[1:]:
         for key in keys:
-            if s.d.get(key) != steps[0].d.get(key):
+            if value(s, key) != value(steps[0], key):
                 raise s.fail(key, f"{s.d.get(key)!r} differs from {steps[0].where}.{key} ({steps[0].d.get(key)!r}): "
                                   f"this port applies one {s.d['type']} to training, validation and testing")
 
