@@ -4,7 +4,8 @@ import re
 from typing import Dict, Optional, Tuple
 
 from solov2.config import BackboneConfig, HeadConfig, MaskFeatConfig, NeckConfig, SOLOv2Config
-from solov2.torch_checkpoint import ConvertError, listing
+from solov2.errors import listing
+from solov2.torch_checkpoint import ConvertError
 
 # (bottleneck?, blocks per stage) -> ResNet depth, as in mmdet ResNet.arch_settings.
 RESNET_DEPTHS = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34,

@@ -27,10 +27,10 @@ import numpy as np
 from solov2.checkpoint_arch import (check_config, config_from_arch, describe_arch,  # noqa: F401 (API)
                                     infer_arch)
 from solov2.config import SOLOv2Config
-from solov2.errors import SolovError
+from solov2.errors import SolovError, listing
 from solov2.files import (atomic_write, check_not_an_input, check_writable, restored_on_failure,
                           write_json_atomic)
-from solov2.torch_checkpoint import ConvertError, listing, load_torch_checkpoint
+from solov2.torch_checkpoint import ConvertError, load_torch_checkpoint
 
 LAYOUTS = ("official", "mmdet3", "pytorch_solov2")
 

@@ -2,7 +2,7 @@
 line, and a JSON reader using it."""
 import json
 import os
-from typing import Optional
+from typing import Iterable, Optional
 
 
 class SolovError(Exception):
@@ -13,6 +13,13 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (library errors can span many lines), else its type name."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def listing(names: Iterable[str], limit: int = 5) -> str:
+    """'a, b, c (+7 more)' for error messages: the first `limit` names, then how many more."""
+    names = list(names)
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def not_a_file(path, what: str) -> Optional[str]:

@@ -4,22 +4,15 @@ Used by the converter (`solov2.convert`); torch is imported only here, and only 
 """
 import os
 import zipfile
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 
-from solov2.errors import SolovError, check_file, first_line
+from solov2.errors import SolovError, check_file, first_line, listing
 
 
 class ConvertError(SolovError):
     """A checkpoint that cannot be converted; the message names the file and the offending keys."""
-
-
-def listing(names: List[str], limit: int = 5) -> str:
-    """'a, b, c (+7 more)' for error messages."""
-    names = list(names)
-    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
 
 
 def _import_torch():

@@ -12,6 +12,7 @@ from solov2.data.coco import CocoDataset
 from solov2.data.train_transforms import collate, train_transform
 from solov2.engine.optim import lr_schedule
 from solov2.engine.train_step import make_loss_fn, to_tensors
+from solov2.errors import SolovError
 
 DATA = SHARED / "datasets" / "trashcan_mini"
 TRASHCAN_R18 = REPO / "configs" / "solov2" / "solov2_light_448_r18_fpn_8gpu_3x_trashcan.py"
@@ -187,6 +188,24 @@ def test_a_new_run_over_an_earlier_one_needs_force(tmp_path):
     assert (work / "epoch_1.ckpt").is_file()
     from solov2.engine.train import check_new_run
     assert check_new_run(tmp_path / "nowhere", resume=None, force=False) == []
+
+
+def test_which_files_are_an_earlier_runs_checkpoints(tmp_path):
+    """epoch_N.ckpt and keep_best's best_<key>_epoch_N.ckpt count (any key; the first 4 named, then how many
+    more); a user's copies beside them do not."""
+    from solov2.engine.train import check_new_run
+    from solov2.engine.validation import best_path
+    mine = ["epoch_1.ckpt", "epoch_2.ckpt", "epoch_10.ckpt", "notes.ckpt", "best_segm_mAP.ckpt", "epoch_1.ckpt.bak",
+            "best_segm_mAP_epoch_x.ckpt", "my_best_bbox_mAP_epoch_3.ckpt"]
+    for name in mine + [best_path(tmp_path, "segm_mAP", 2).name, best_path(tmp_path, "bbox_mAP_50", 10).name]:
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(SolovError) as e:
+        check_new_run(tmp_path, resume=None, force=False)
+    assert ("checkpoints (best_bbox_mAP_50_epoch_10.ckpt, best_segm_mAP_epoch_2.ckpt, epoch_1.ckpt, epoch_10.ckpt "
+            "(+1 more))") in str(e.value)
+    assert {p.name for p in check_new_run(tmp_path, resume=None, force=True)} == {
+        "best_bbox_mAP_50_epoch_10.ckpt", "best_segm_mAP_epoch_2.ckpt", "epoch_1.ckpt", "epoch_10.ckpt",
+        "epoch_2.ckpt"}
 
 
 def test_resuming_with_another_number_of_steps_per_epoch_is_refused(tmp_path):

@@ -4,7 +4,6 @@ One plain loop over a built model: deterministic batches -> the train step (forw
 clip, SGD; jit-compiled in GRAPH mode) -> logs -> a snapshot after every epoch. A resume restarts at an epoch
 boundary with exactly the state of the run that wrote the snapshot (weights, optimizer, counters, data order).
 """
-import re
 import sys
 import time
 from pathlib import Path
@@ -28,10 +27,10 @@ from solov2.engine.runtime import init_distributed
 from solov2.engine.snapshot import (SNAPSHOT_RE, latest_valid_snapshot, load_snapshot, params_digest, prune_snapshots,
                                     read_counters, save_snapshot)
 from solov2.engine.train_step import make_train_step, to_tensors
-from solov2.engine.validation import (Validator, best_entries, best_from_counters, best_with_made_up,
+from solov2.engine.validation import (Validator, best_entries, best_from_counters, best_name_re, best_with_made_up,
                                      evaluated_epochs, evaluation_due, run_validation, validation_set)
 from solov2.engine.workdir import lock_work_dir, remove_stale_temporaries, unlock_work_dir
-from solov2.errors import SolovError, check_file, failure_line
+from solov2.errors import SolovError, check_file, failure_line, listing
 from solov2.files import same_file
 from solov2.models import build_model
 
@@ -49,7 +48,6 @@ def find_snapshot(work: Path, resume: Optional[str]) -> Optional[Path]:
     return None
 
 
-BEST_RE = re.compile(r"^best_.+_epoch_\d+\.ckpt$")   # keep_best's names
 RUN_FILES = ("log.json", "train.log", "run.json", "loss_curve.png")   # what a run writes beside its checkpoints
 
 
@@ -57,7 +55,8 @@ def earlier_checkpoints(work: Path) -> List[Path]:
     """The snapshots and best checkpoints an earlier run left in `work`."""
     if not work.is_dir():
         return []
-    return sorted(p for p in work.iterdir() if SNAPSHOT_RE.match(p.name) or BEST_RE.match(p.name))
+    best = best_name_re()
+    return sorted(p for p in work.iterdir() if SNAPSHOT_RE.match(p.name) or best.match(p.name))
 
 
 def check_new_run(work: Path, *, resume: Optional[str], force: bool) -> List[Path]:
@@ -67,7 +66,7 @@ def check_new_run(work: Path, *, resume: Optional[str], force: bool) -> List[Pat
     checkpoints and logs to delete before the new run writes any."""
     found = earlier_checkpoints(work)
     if found and not force:
-        names = ", ".join(p.name for p in found[:4]) + (f" (+{len(found) - 4} more)" if len(found) > 4 else "")
+        names = listing([p.name for p in found], limit=4)
         how = ("none is a readable snapshot to resume" if resume == "auto" else "--resume auto continues it")
         raise SolovError(f"{work}: --work-dir holds an earlier run's checkpoints ({names}): {how}; --force starts a "
                          f"new run there (deleting them and its logs), or choose another --work-dir")

@@ -139,6 +139,11 @@ def best_path(work: Path, key: str, epoch: int) -> Path:
     return work / f"best_{key}_epoch_{epoch}.ckpt"
 
 
+def best_name_re(key: Optional[str] = None) -> "re.Pattern":
+    """The file names `best_path` gives: for `key`, or for any key (None)."""
+    return re.compile(rf"^best_{'.+' if key is None else re.escape(key)}_epoch_\d+\.ckpt$")
+
+
 def keep_best(work: Path, net, key: str, row: dict, best: Best) -> Best:
     """If row[key] beats `best` (strictly: the earliest epoch keeps a tie), write best_<key>_epoch_N.ckpt (the
     weights, with `epoch` and `key` entries) atomically, then remove the earlier best_<key>_epoch_*.ckpt.
@@ -149,7 +154,7 @@ def keep_best(work: Path, net, key: str, row: dict, best: Best) -> Best:
     path = best_path(work, key, epoch)
     write_checkpoint(path, [{"name": p.name, "data": p} for p in net.get_parameters()],
                      append_dict={"epoch": epoch, key: ms.Tensor(np.array([value], np.float64))})
-    mine = re.compile(rf"^best_{re.escape(key)}_epoch_\d+\.ckpt$")   # never a user's copy beside it
+    mine = best_name_re(key)   # never a user's copy beside it
     for old in work.iterdir():
         if mine.match(old.name) and old != path:
             old.unlink()
