@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,10 +100,43 @@ def reference_net():
     return net
 
 
+# For msrun jobs that are meant to fail: with a crashed worker, msrun ends the job only when its scheduler takes the
+# worker for dead, after the node timeout (MS_NODE_TIMEOUT, 30 s by default). 10 s ends such a test 20 s sooner and
+# still leaves a worker busy compiling alive: heartbeats have their own thread. The CPU collectives' timeout falls
+# back to MS_NODE_TIMEOUT when MS_CPU_COMM_OP_TIMEOUT is unset (MindSpore's collective_ops_impl.h): kept at its 30 s.
+FAILING_JOB_ENV = {"MS_NODE_TIMEOUT": "10", "MS_CPU_COMM_OP_TIMEOUT": "30"}
+
+
 def cli(*args, timeout=600, env=None):
     """Run a root script of the repo (`cli("run.py", ...)`) as the user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           cwd=REPO, env=env)
+
+
+def run_train(work, *extra, epochs=2, images=4, scale="(256,160)", check=True, more=(), config=TRASHCAN_CFG):
+    """train.py on the first `images` TrashCan training images, 2 per step, at `scale`, logging every step."""
+    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(config), "--work-dir", str(work),
+           *extra, "--cfg-options", f"data.train.ann_file={MINI}/annotations/instances_train_trashcan.json",
+           f"data.train.img_prefix={MINI}/train/", f"data.train.max_images={images}", "data.imgs_per_gpu=2",
+           f"total_epochs={epochs}", f"data.train.pipeline.2.img_scale=[{scale}]", "log_config.interval=1", *more]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="session")
+def one_epoch_run(tmp_path_factory):
+    """A function dst -> dst: a copy of one work dir of `run_train(..., "--seed", "3", "--mode", "pynative",
+    epochs=1, images=2)` (light-R18 TrashCan from its initial weights; epoch_1.ckpt after 1 step, its logs),
+    trained once per session for the tests that only need an earlier run's work dir (each changes its own copy)."""
+    work = tmp_path_factory.mktemp("one_epoch") / "work"
+    run_train(work, "--seed", "3", "--mode", "pynative", epochs=1, images=2)
+
+    def copy_to(dst):
+        shutil.copytree(work, dst)
+        return dst
+    return copy_to
 
 
 @pytest.fixture(scope="session")

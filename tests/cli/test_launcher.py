@@ -9,15 +9,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import FAILING_JOB_ENV, REPO
 
 LAUNCHER = REPO / "msrun_launcher.sh"
 VENV_BIN = str(Path(sys.executable).parent)  # msrun and the `python` it starts must come from this venv
 
 
-def run_launcher(args, cwd, path_first=(), timeout=60):
+def run_launcher(args, cwd, path_first=(), timeout=60, env_extra=None):
     """Run the launcher in its own session; on timeout interrupt msrun (it then kills its workers) and fail."""
-    env = dict(os.environ, PATH=os.pathsep.join([*map(str, path_first), VENV_BIN, os.environ.get("PATH", "")]))
+    env = dict(os.environ, PATH=os.pathsep.join([*map(str, path_first), VENV_BIN, os.environ.get("PATH", "")]),
+               **(env_extra or {}))
     env.pop("PYTHONPATH", None)  # the workers find solov2 as the user's would: installed in the venv
     p = subprocess.Popen(["bash", str(LAUNCHER), *args], cwd=cwd, env=env, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -209,7 +210,8 @@ def test_two_workers_all_reduce(tmp_path):
 
 def test_failing_rank_makes_launcher_fail(tmp_path):
     (tmp_path / "job.py").write_text(TINY_JOB)
-    r = run_launcher(["job.py --fail", "2", str(free_port()), "logs", "True", "60"], tmp_path, timeout=240)
+    r = run_launcher(["job.py --fail", "2", str(free_port()), "logs", "True", "60"], tmp_path, timeout=240,
+                     env_extra=FAILING_JOB_ENV)
     assert r.returncode != 0
     assert not (tmp_path / "rank_1.json").exists()
     assert "rank 1 fails on purpose" in (tmp_path / "logs" / "worker_1.log").read_text()

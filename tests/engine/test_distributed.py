@@ -12,7 +12,7 @@ import mindspore as ms
 import mindspore.ops as ops
 import numpy as np
 import pytest
-from conftest import REPO, SHARED, cli, in_mode
+from conftest import FAILING_JOB_ENV, REPO, SHARED, cli, in_mode
 
 from solov2.config import load_config
 from solov2.data.coco import CocoDataset
@@ -54,12 +54,14 @@ def setup(tmp_path_factory):
 AMP = ["amp_level=O2", "fp16.loss_scale=1024."]     # static: the same scale in this process's reference
 
 
-def launch(setup, work, epochs, log_dir, wait=True, flags="", more=(), init=None):
+def launch(setup, work, epochs, log_dir, wait=True, flags="", more=(), init=None, fails=False):
+    """msrun_launcher.sh with 2 workers of train_multi.py; fails: the job is meant to fail (FAILING_JOB_ENV)."""
     d, overrides = setup
     cmd = (f"train_multi.py --config {CFG} --work-dir {work} --seed 5 --load-from {init or d / 'init.ckpt'} "
            f"{flags} "
            f"--cfg-options {' '.join(overrides + list(more))} total_epochs={epochs}")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               **(FAILING_JOB_ENV if fails else {}))
     args = ["bash", str(REPO / "msrun_launcher.sh"), cmd, "2", "2", "127.0.0.1", str(free_port()), "0",
             str(log_dir), "True", "60"]
     if not wait:
@@ -99,7 +101,7 @@ def reference_step(setup, more=()):
             losses)
 
 
-def test_two_workers_average_gradients_snapshot_and_resume(setup, tmp_path):
+def test_two_workers_average_gradients_and_snapshot(setup, tmp_path):
     work = tmp_path / "work"
     r = launch(setup, work, 1, tmp_path / "logs1")
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
@@ -138,12 +140,7 @@ def test_two_workers_average_gradients_snapshot_and_resume(setup, tmp_path):
     assert all(not init[n].asnumpy().any() for n in still), sorted(still)
     assert len(still) <= 6 and len(moved) > 80
 
-    # relaunching the same command continues from the newest snapshot
-    r = launch(setup, work, 2, tmp_path / "logs2")
-    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    log0 = (tmp_path / "logs2" / "worker_0.log").read_text()
-    assert f"resumed from {work / 'epoch_1.ckpt'} at epoch 1" in log0
-    assert (work / "epoch_2.ckpt").is_file()
+    # relaunching continues from the newest snapshot: test_two_workers_validate_as_one_process
 
 
 def test_two_workers_with_amp_agree_with_one_process(setup, tmp_path):
@@ -186,7 +183,7 @@ def test_two_workers_validate_as_one_process(setup, tmp_path, ckpt, native_val_r
     broken = val_images_with_a_broken_one(ann, images, 1)   # the 2nd image in file order: rank 1's first
     work, more = tmp_path / "work", val_settings(ann) + [f"data.val.img_prefix={images}/",
                                                          "model.backbone.norm_eval=False"]
-    r = launch(setup, work, epochs=2, log_dir=tmp_path / "logs1", init=ckpt, more=more)
+    r = launch(setup, work, epochs=2, log_dir=tmp_path / "logs1", init=ckpt, more=more, fails=True)
     logs = [(tmp_path / "logs1" / f"worker_{k}.log").read_text() for k in (0, 1)]
     assert r.returncode != 0, (r.stdout + r.stderr)[-3000:]
     assert any(s.startswith("error:") and broken.name in s for s in logs[1].splitlines()), logs[1][-3000:]
@@ -197,6 +194,8 @@ def test_two_workers_validate_as_one_process(setup, tmp_path, ckpt, native_val_r
     r = launch(setup, work, epochs=2, log_dir=tmp_path / "logs2", init=ckpt, more=more)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     log0 = (tmp_path / "logs2" / "worker_0.log").read_text()
+    # relaunching the same command continues from the newest snapshot
+    assert f"resumed from {work / 'epoch_1.ckpt'} at epoch 1" in log0 and (work / "epoch_2.ckpt").is_file(), log0
     assert "epoch 1: evaluating it first" in log0 and "epoch 2 validation: 4 image(s) on 2 devices in" in log0, log0
     rows = val_rows(work)
     assert [row["epoch"] for row in rows] == [1, 2] and min(row["segm_mAP"] for row in rows) > 0.05, rows
@@ -227,7 +226,7 @@ def worker_pid(work: Path, rank: int):
 
 def test_killed_worker_ends_the_job_with_an_error(setup, tmp_path):
     work, logs = tmp_path / "work", tmp_path / "logs"
-    job = launch(setup, work, 100, logs, wait=False)
+    job = launch(setup, work, 100, logs, wait=False, fails=True)
     try:
         deadline = time.time() + 300
         while time.time() < deadline:

@@ -6,7 +6,7 @@ import sys
 import mindspore as ms
 import numpy as np
 import pytest
-from conftest import NORM, REF, REPO, SHARED
+from conftest import NORM, REF, REPO, SHARED, run_train
 
 from solov2.data.coco import CocoDataset
 from solov2.data.train_transforms import collate, train_transform
@@ -123,17 +123,6 @@ def test_lr_schedule_warmup_and_steps():
     assert lrs[2700] == pytest.approx(0.001) and lrs[3300] == pytest.approx(0.0001)
 
 
-def run_train(work, *extra, epochs=2, images=4, scale="(256,160)", check=True, more=(), config=TRASHCAN_R18):
-    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(config), "--work-dir", str(work),
-           *extra, "--cfg-options", f"data.train.ann_file={DATA}/annotations/instances_train_trashcan.json",
-           f"data.train.img_prefix={DATA}/train/", f"data.train.max_images={images}", "data.imgs_per_gpu=2",
-           f"total_epochs={epochs}", f"data.train.pipeline.2.img_scale=[{scale}]", "log_config.interval=1", *more]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if check:
-        assert r.returncode == 0, r.stderr[-3000:]
-    return r
-
-
 def test_amp_resume_gives_identical_weights_and_loss_scale(tmp_path):
     """--amp O2 with a dynamic scale that doubles after 3 finite steps: 2 epochs straight (4 steps) == its epoch-1
     snapshot resumed (`--resume PATH`, into another work dir) for epoch 2, bitwise, the scaler's value and its
@@ -160,12 +149,11 @@ def test_amp_resume_gives_identical_weights_and_loss_scale(tmp_path):
     assert all(np.isfinite(row["loss"]) for row in rows)
 
 
-def test_a_new_run_over_an_earlier_one_needs_force(tmp_path):
+def test_a_new_run_over_an_earlier_one_needs_force(tmp_path, one_epoch_run):
     """A new run (no --resume) in a work dir an earlier run left checkpoints in would have its first snapshot
     pruned as older than the earlier run's (epoch_1 < epoch_36) and replace its best checkpoint: refused in one
     line, nothing touched; --force deletes the earlier run's checkpoints and logs (only those) and starts afresh."""
-    work = tmp_path / "work"
-    run_train(work, "--seed", "3", "--mode", "pynative", epochs=1, images=2)
+    work = one_epoch_run(tmp_path / "work")
     (work / "epoch_1.ckpt").rename(work / "epoch_36.ckpt")   # as if the earlier run had gone to epoch 36
     (work / "notes.txt").write_text("mine")
     before = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
@@ -208,11 +196,10 @@ def test_which_files_are_an_earlier_runs_checkpoints(tmp_path):
         "epoch_2.ckpt"}
 
 
-def test_resuming_with_another_number_of_steps_per_epoch_is_refused(tmp_path):
+def test_resuming_with_another_number_of_steps_per_epoch_is_refused(tmp_path, one_epoch_run):
     """The learning rate is looked up by global step: a snapshot of 1 step per epoch resumed with 2 per epoch
     (more images; on msrun, fewer devices) would run epoch 2 at epoch 3's rate, or past the schedule's end."""
-    work = tmp_path / "work"
-    run_train(work, "--seed", "3", "--mode", "pynative", epochs=1, images=2)
+    work = one_epoch_run(tmp_path / "work")
     r = run_train(work, "--mode", "pynative", "--resume", "auto", epochs=2, images=4, check=False)
     errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]

@@ -7,10 +7,9 @@ import re
 import mindspore as ms
 import numpy as np
 import pytest
-from conftest import MINI, TRASHCAN_CFG, cli
+from conftest import MINI, TRASHCAN_CFG, cli, run_train
 
 from deploy.deploy_common import pseudo_ground_truth
-from engine.test_train import run_train
 
 SUFFIXES = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")   # pycocotools' first 6 stats, in order
 
