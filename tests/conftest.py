@@ -184,7 +184,10 @@ def random_checkpoint(config, path):
     random; these give logits that vary from cell to cell (std ~ 1.4), about 10 % of the (cell, class) pairs
     above score_thr 0.1 (logit -2.2) and ~3 % after points-NMS: thousands of candidates, as an undertrained model
     gives. A mean of -1 gave ~75,000 per image (80 classes), whose masks took 9 s of NumPy per image and most of
-    these tests' time. Seeded (ms.set_seed, which seeds the initializers too): the same model in every session."""
+    these tests' time. Deformable offset convs (initialised to 0: a regular convolution) get weights ~ N(0, 0.05),
+    offsets of a fraction of a pixel to a few (measured on a val image: mean 0.15-0.2 px in the backbone, ~1.3 in
+    the head), so that an exported model's offset layout or sampling is checked. Seeded (ms.set_seed, which seeds
+    the initializers too): the same model in every session."""
     from solov2.config import load_config
     from solov2.models import build_model
     ms.set_seed(0)
@@ -192,6 +195,9 @@ def random_checkpoint(config, path):
     rng = np.random.default_rng(0)
     for p, mean, std in ((net.bbox_head.solo_cate.weight, 0.0, 0.03), (net.bbox_head.solo_cate.bias, -4.0, 1.0)):
         p.set_data(ms.Tensor(rng.normal(mean, std, p.shape).astype(np.float32)))
+    for p in net.get_parameters():
+        if p.name.endswith("conv_offset.weight"):
+            p.set_data(ms.Tensor(rng.normal(0.0, 0.05, p.shape).astype(np.float32)))
     ms.save_checkpoint(net, str(path))
     return path
 
@@ -214,6 +220,24 @@ def r50_ckpt(tmp_path_factory):
     r = cli("weight_convert.py", d / "r50_official.pth", d / "r50.ckpt", "--config", R50_CFG)
     assert r.returncode == 0, r.stderr
     return d / "r50.ckpt"
+
+
+@pytest.fixture(scope="session")
+def native_predictor():
+    """A function (config path, checkpoint, overrides=()) -> the native Predictor of that model, built once per
+    session: the MindIR and ONNX tests compare several exported models with the same native networks, whose GRAPH
+    compile (one for every image size, kept by the Predictor's cell) then happens once. A Predictor runs in the mode
+    set when it is called, so one serves both modes."""
+    from solov2.config import load_config
+    from solov2.inference import Predictor
+    made = {}
+
+    def get(config, weights, overrides=()):
+        key = (str(config), str(weights), tuple(overrides))
+        if key not in made:
+            made[key] = Predictor(load_config(config, list(overrides)), str(weights))
+        return made[key]
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,8 @@ from conftest import MINI, VAL_ANN, cli
 
 # 480x270 (resized to 768x432, padded to 448x768: the TrashCan light-R18's static export size) and 480x360
 IMAGES = [MINI / "val" / "vid_000002_frame0000017.jpg", MINI / "val" / "vid_000106_frame0000032.jpg"]
+# The R50 test models' test scale (input 448x768): smaller than the config's 1333x800, for time
+R50_SCALE = "data.test.pipeline.1.img_scale=(768, 448)"
 
 
 def pseudo_ground_truth(results, num_images, path):

@@ -18,18 +18,22 @@ import cv2
 import pytest
 from conftest import (DCN_CFG, R50_CFG, TRASHCAN_CFG, VAL_ANN, assert_bad_input, cli, match_instances,
                       near_decided)
-from deploy_common import IMAGES, assert_valuation_gives_native_ap
+from deploy_common import IMAGES, R50_SCALE, assert_valuation_gives_native_ap
 
 from solov2.config import load_config
 from solov2.deploy.export import pre_nms_scores, relative_differences
 from solov2.deploy.exported import ExportedPredictor
-from solov2.inference import Predictor
 
 RUNTIMES = [pytest.param("onnxruntime"),
             pytest.param("openvino", marks=pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
                                                                reason="openvino not installed: pip install -e '.[openvino]'"))]
 TOLERANCE = {"onnxruntime": 1e-5, "openvino": 1e-4}
-R50_SCALE = "data.test.pipeline.1.img_scale=(768, 448)"
+
+
+# name -> (config, --cfg-options, export.py --mode): R50 and DCN export in PYNATIVE mode, whose export check then
+# skips a native GRAPH compile; R18 in the default GRAPH mode
+MODELS = {"r18": (TRASHCAN_CFG, [], "graph"), "r50": (R50_CFG, [R50_SCALE], "pynative"),
+          "dcn": (DCN_CFG, [], "pynative")}
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +41,10 @@ def onnx_models(ckpt, r50_ckpt, dcn_ckpt, tmp_path_factory):
     """name -> (loaded config, checkpoint, .onnx, export.py stdout), exported once per module."""
     d = tmp_path_factory.mktemp("onnx")
     out = {}
-    for name, cfg, weights, overrides in (("r18", TRASHCAN_CFG, ckpt, []),
-                                          ("r50", R50_CFG, r50_ckpt, [R50_SCALE]), ("dcn", DCN_CFG, dcn_ckpt, [])):
+    for name, weights in (("r18", ckpt), ("r50", r50_ckpt), ("dcn", dcn_ckpt)):
+        cfg, overrides, mode = MODELS[name]
         model = d / f"{name}.onnx"
-        r = cli("export.py", cfg, weights, "--format", "onnx", "--out", model,
+        r = cli("export.py", cfg, weights, "--format", "onnx", "--out", model, "--mode", mode,
                 *(["--cfg-options", *overrides] if overrides else []), timeout=900)
         assert r.returncode == 0, r.stderr[-3000:]
         out[name] = (load_config(cfg, overrides), weights, model, r.stdout)
@@ -56,7 +60,7 @@ def test_onnx_export_is_static_and_checked(onnx_models):
 
 
 @pytest.fixture(scope="module")
-def native_outputs(onnx_models):
+def native_outputs(onnx_models, native_predictor):
     """(name, mode) -> (x: the 480x270 image in the export's input, native outputs, pre-points-NMS scores, config),
     computed once for both runtimes."""
     done = {}
@@ -64,7 +68,7 @@ def native_outputs(onnx_models):
     def get(name, mode):
         if (name, mode) not in done:
             cfg, weights, model, _ = onnx_models[name]
-            native = Predictor(cfg, str(weights))
+            native = native_predictor(MODELS[name][0], weights, MODELS[name][1])
             x, _ = ExportedPredictor(model).prepare(cv2.imread(str(IMAGES[0])))
             done[name, mode] = (x, native.network(x), pre_nms_scores(native.net.net, x), cfg)
         return done[name, mode]
@@ -86,7 +90,7 @@ def test_onnx_network_equals_native(onnx_models, native_outputs, ms_mode, name, 
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_run_py_onnx_gives_the_native_instances(onnx_models, tmp_path, runtime):
+def test_run_py_onnx_gives_the_native_instances(onnx_models, native_predictor, tmp_path, runtime):
     """run.py --model r18.onnx (no config) on the 480x270 image, whose native padded input is the export size:
     the native instances (IoU >= 0.999, scores within 1e-4 after the near-threshold rule of tests/conftest.py: the
     native post-processing with its near-threshold mask pixels decided by the exported network)."""
@@ -94,7 +98,7 @@ def test_run_py_onnx_gives_the_native_instances(onnx_models, tmp_path, runtime):
     r = cli("run.py", "--model", model, IMAGES[0], "--out", tmp_path / "out", "--runtime", runtime)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads((tmp_path / "out" / "results.json").read_text())
-    native, exp = Predictor(cfg, str(weights)), ExportedPredictor(model, runtime=runtime)
+    native, exp = native_predictor(TRASHCAN_CFG, weights), ExportedPredictor(model, runtime=runtime)
     img = cv2.imread(str(IMAGES[0]))
     x, meta = native.prepare(img)
     assert x.shape[2:] == (448, 768)
