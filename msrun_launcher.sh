@@ -148,7 +148,8 @@ ARGS+=("${TASK[@]}")
 # %q shows the exact words msrun receives (quoted where needed), so the line can be pasted back.
 echo "Running command: $(printf '%q ' "${ARGS[@]}")"
 # With JOIN=True a crashed worker ends the job only once the scheduler's node timeout expires (about 30 s on
-# MindSpore 2.10; env MS_NODE_TIMEOUT shortens it), independent of CLUSTER_TIME_OUT.
+# MindSpore 2.10; env MS_NODE_TIMEOUT shortens it), independent of CLUSTER_TIME_OUT. Without MS_CPU_COMM_OP_TIMEOUT
+# MS_NODE_TIMEOUT is also the CPU collectives' timeout (30 s by default): set both when shortening it.
 mkdir -p "$LOG_DIR"
 STARTED=$(mktemp "$LOG_DIR/.launch.XXXXXX")   # the logs of this job are newer than this file
 rc=0

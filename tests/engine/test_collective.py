@@ -240,6 +240,29 @@ def test_end_of_epoch_saves_before_a_failed_evaluation_ends_every_rank(monkeypat
     assert "warning: epoch 3 was not saved: /w/epoch_3.ckpt.tmp: No space left on device" in capsys.readouterr().err
 
 
+def test_a_failed_save_ends_every_rank(monkeypatch):
+    """Rank 0's save of a due epoch fails (a full disk) with no evaluation that epoch: rank 0 raises its error and
+    the other ranks stop with one naming rank 0, instead of going on to wait in the next epoch's all-reduce; a
+    save that worked lets every rank go on (one collective call per saved epoch)."""
+    from solov2.engine.train import end_epoch
+    from solov2.errors import SolovError
+    disk = OSError(errno.ENOSPC, "No space left on device", "/w/epoch_5.ckpt.tmp")
+
+    def full_disk(best, stopped):
+        raise disk
+    got, calls = simulated_ranks(3, lambda r: end_epoch((0.5, 4), evaluate=None, save=full_disk, save_due=True,
+                                                        epoch=5, rank=r, world=3), monkeypatch)
+    assert got[0] is disk and calls == 1
+    for e in got[1:]:
+        assert isinstance(e, SolovError) and str(e) == ("epoch 5: rank 0 could not save its snapshot (see its log); "
+                                                         "every rank stops")
+    saved = []
+    got, calls = simulated_ranks(3, lambda r: end_epoch((0.5, 4), evaluate=lambda: (0.6, 5),
+                                                        save=lambda best, stopped: saved.append(best), save_due=True,
+                                                        epoch=5, rank=r, world=3), monkeypatch)
+    assert got == [(0.6, 5)] * 3 and saved == [(0.6, 5)] and calls == 1
+
+
 def test_end_of_epoch_evaluates_then_saves_when_due():
     """One rank: the new best reaches the snapshot; no save when none is due; a failed save without a failed
     evaluation is raised as it is; an interrupted evaluation (Ctrl-C) still saves the epoch."""
@@ -250,8 +273,8 @@ def test_end_of_epoch_evaluates_then_saves_when_due():
         saved.append((best, stopped))
     assert end_epoch(None, evaluate=lambda: (0.5, 4), save=save, save_due=True, epoch=4, rank=0, world=1) == (0.5, 4)
     assert end_epoch((0.5, 4), evaluate=None, save=save, save_due=False, epoch=5, rank=0, world=1) == (0.5, 4)
-    assert end_epoch((0.5, 4), evaluate=lambda: (0.5, 4), save=save, save_due=True, epoch=6, rank=1,
-                     world=2) == (0.5, 4)   # rank 1 never saves, and makes no collective call when nothing failed
+    assert end_epoch((0.5, 4), evaluate=None, save=save, save_due=False, epoch=6, rank=1,
+                     world=2) == (0.5, 4)   # rank 1 never saves, and makes no collective call when none is due
     assert saved == [((0.5, 4), False)]
 
     def broken(best, stopped):

@@ -329,7 +329,10 @@ def end_epoch(best: T, *, evaluate: Optional[Callable[[], T]], save: Callable[[T
     the evaluation failed: that epoch's training is not lost, and its snapshot keeps the best as it was before.
     Returns the best. A failed or interrupted evaluation then ends the run, raised on every rank after rank 0's
     save: msrun kills every worker as soon as one exits. If that save fails too, the evaluation's error is still
-    the one raised (the save's is its cause, and a warning names it)."""
+    the one raised (the save's is its cause, and a warning names it). A failed save alone ends every rank too:
+    rank 0 raises its error, the others a SolovError naming rank 0 (without it they would wait in the next
+    epoch's first all-reduce: msrun kills them, a RANK_TABLE_FILE launch would leave them to the collective's
+    timeout)."""
     stopped = None
     if evaluate is not None:
         try:
@@ -341,11 +344,16 @@ def end_epoch(best: T, *, evaluate: Optional[Callable[[], T]], save: Callable[[T
         try:
             save(best, stopped is not None)
         except Exception as e:
-            if stopped is None:
-                raise
             save_error = e
-            print(f"warning: epoch {epoch} was not saved: {failure_line(e)}", file=sys.stderr)
+            if stopped is not None:
+                print(f"warning: epoch {epoch} was not saved: {failure_line(e)}", file=sys.stderr)
     if stopped is None:
+        failed = failed_ranks(save_error is None, rank=rank, world=world) if save_due and world > 1 else []
+        if save_error is not None:
+            raise save_error
+        if failed:
+            raise SolovError(f"epoch {epoch}: rank 0 could not save its snapshot ({see_logs(failed)}); every rank "
+                             f"stops")
         return best
     if world > 1 and isinstance(stopped, Exception):   # every rank saw it (run_validation): wait for the save
         try:
