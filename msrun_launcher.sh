@@ -152,6 +152,7 @@ echo "Running command: $(printf '%q ' "${ARGS[@]}")"
 # MS_NODE_TIMEOUT is also the CPU collectives' timeout (30 s by default): set both when shortening it.
 mkdir -p "$LOG_DIR"
 STARTED=$(mktemp "$LOG_DIR/.launch.XXXXXX")   # the logs of this job are newer than this file
+trap 'rm -f "$STARTED"' EXIT                  # Ctrl-C too: no marker left among the logs
 rc=0
 "${ARGS[@]}" || rc=$?
 
@@ -178,5 +179,4 @@ if [[ $JOIN == True ]]; then
 else
   echo "Workers run in the background (JOIN=False). Logs: $LOG_DIR/scheduler.log, $LOG_DIR/worker_*.log"
 fi
-rm -f "$STARTED"
 exit "$rc"

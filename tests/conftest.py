@@ -115,11 +115,11 @@ def cli(*args, timeout=600, env=None):
 
 def run_train(work, *extra, epochs=2, images=4, scale="(256,160)", check=True, more=(), config=TRASHCAN_CFG):
     """train.py on the first `images` TrashCan training images, 2 per step, at `scale`, logging every step."""
-    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(config), "--work-dir", str(work),
-           *extra, "--cfg-options", f"data.train.ann_file={MINI}/annotations/instances_train_trashcan.json",
-           f"data.train.img_prefix={MINI}/train/", f"data.train.max_images={images}", "data.imgs_per_gpu=2",
-           f"total_epochs={epochs}", f"data.train.pipeline.2.img_scale=[{scale}]", "log_config.interval=1", *more]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    r = cli("train.py", "--config", config, "--work-dir", work, *extra, "--cfg-options",
+            f"data.train.ann_file={MINI}/annotations/instances_train_trashcan.json",
+            f"data.train.img_prefix={MINI}/train/", f"data.train.max_images={images}", "data.imgs_per_gpu=2",
+            f"total_epochs={epochs}", f"data.train.pipeline.2.img_scale=[{scale}]", "log_config.interval=1", *more,
+            timeout=900)
     if check:
         assert r.returncode == 0, r.stderr[-3000:]
     return r

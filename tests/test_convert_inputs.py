@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402  (in .[dev]: a broken install must fail, not skip)
 import mindspore as ms  # noqa: E402
 
 from solov2.convert import ConvertError, check_config, convert_checkpoint, infer_arch  # noqa: E402

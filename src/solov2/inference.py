@@ -6,7 +6,7 @@ import mindspore as ms
 import numpy as np
 
 from solov2.config import SOLOv2Config
-from solov2.data.transforms import preprocess_test
+from solov2.data.transforms import padded_test_size, preprocess_test
 from solov2.models import SOLOv2Eval, build_model
 from solov2.models.postprocess import get_seg_single
 from solov2.checkpoint import checkpoint_class_names, load_weights
@@ -49,6 +49,11 @@ class Predictor:
     def compiled_graphs(self) -> int:
         """How many GRAPH_MODE graphs the network has compiled so far (0 in PYNATIVE_MODE)."""
         return len(self.net.compile_cache)
+
+    def check_size(self, h: int, w: int) -> None:
+        """SolovError when an (h, w) image cannot be prepared (too thin for the test scale), from its size alone."""
+        d = self.cfg.data
+        padded_test_size(h, w, d.test_scale, d.size_divisor)
 
     def prepare(self, img_bgr: np.ndarray) -> Tuple[np.ndarray, dict]:
         """img_bgr uint8 (H, W, 3) -> (x float32 (1, 3, Hp, Wp), meta): the official test pipeline."""

@@ -368,6 +368,10 @@ def test_load_config_with_overrides():
     ("optimizer.lrr=0.5", r"optimizer has no key 'lrr' \(did you mean 'lr'\?\) and it is not a setting"),
     ("total_epoch=3", r"the top level has no key 'total_epoch' \(did you mean 'total_epochs'\?\)"),
     ("model.backbone.frozen_stage=-1", r"did you mean 'frozen_stages'"),
+    # a section's key without its section would be a new top-level entry that nothing reads
+    ("lr=0.005", r"override 'lr=0.005': 'lr' is not a top-level setting \(did you mean optimizer\.lr\?\)"),
+    ("imgs_per_gpu=4", r"'imgs_per_gpu' is not a top-level setting \(did you mean data\.imgs_per_gpu\?\)"),
+    ("backbone.frozen_stages=-1", r"'backbone' is not a top-level setting \(did you mean model\.backbone\?\)"),
 ])
 def test_typos_in_overrides_are_errors_with_the_closest_key(override, match):
     raises(load_config, R101, [override], match=match)

@@ -19,6 +19,7 @@ from conftest import (DCN_CFG, MINI, R50_CFG, TRASHCAN_CFG, VAL_ANN, assert_bad_
 from deploy_common import IMAGES, R50_SCALE, assert_valuation_gives_native_ap
 
 from solov2.deploy.exported import ExportedPredictor
+from solov2.deploy.sidecar import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,6 @@ def exported(ckpt, dcn_ckpt, tmp_path_factory):
 
 
 def test_export_writes_model_and_sidecar(exported):
-    from solov2.deploy.sidecar import file_sha256
     for name, shape in (("r18", [-1, 3, -1, -1]), ("dcn", [1, 3, 512, 864])):
         cfg, weights, model, stdout = exported[name]
         side = json.loads((model.parent / (model.name + ".json")).read_text())
@@ -146,10 +146,43 @@ def _copy_model(t, exported, name, with_sidecar=True):
     return t / model.name
 
 
+def _edit_sidecar(model, **changes):
+    """The sidecar of `model` with top-level keys replaced, or preprocess keys (`preprocess_<key>=value`)."""
+    side = model.parent / (model.name + ".json")
+    d = json.loads(side.read_text())
+    for key, value in changes.items():
+        if key.startswith("preprocess_"):
+            d["preprocess"][key[len("preprocess_"):]] = value
+        else:
+            d[key] = value
+    side.write_text(json.dumps(d))
+    return model
+
+
 def _not_a_mindir(t, exported):
+    """A foreign file under a sidecar that names its hash: MindSpore's own load error is what must show."""
     path = _copy_model(t / "m", exported, "r18")
     path.write_bytes(b"not a MindIR model\n" * 100)
+    return _edit_sidecar(path, model_sha256=file_sha256(path))
+
+
+def _replaced_model(t, exported):
+    """r18.mindir replaced by another export (the DCN model) but its sidecar kept."""
+    path = _copy_model(t / "m", exported, "r18")
+    shutil.copy(exported["dcn"][2], path)
     return path
+
+
+def _portrait_video(t):
+    """A 2-frame MJPG video of the portrait photo: frames 852x479 at the DCN model's test scale."""
+    frame = cv2.imread(str(_portrait_image(t)))
+    writer = cv2.VideoWriter(str(t / "portrait.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5,
+                             (frame.shape[1], frame.shape[0]))
+    for _ in range(2):
+        writer.write(frame)
+    writer.release()
+    (t / "portrait.jpg").unlink()
+    return t / "portrait.avi"
 
 
 def _upper_case_copy(t, exported):
@@ -165,6 +198,20 @@ def _portrait_image(t):
     t.mkdir(exist_ok=True)
     cv2.imwrite(str(t / "portrait.jpg"), cv2.rotate(cv2.imread(str(IMAGES[0])), cv2.ROTATE_90_CLOCKWISE))
     return t / "portrait.jpg"
+
+
+def _portrait_dataset(t):
+    """(annotation file, image folder): the landscape val photo, then the portrait one, 80 categories (the DCN
+    model's); no annotations (nothing to read before the sizes)."""
+    img = t / "img"
+    _portrait_image(img)
+    shutil.copy(IMAGES[0], img)
+    images = [{"id": 1, "file_name": IMAGES[0].name, "height": 270, "width": 480},
+              {"id": 2, "file_name": "portrait.jpg", "height": 480, "width": 270}]
+    ann = t / "portrait.json"
+    ann.write_text(json.dumps({"images": images, "annotations": [],
+                               "categories": [{"id": i + 1, "name": f"c{i}"} for i in range(80)]}))
+    return ann, img
 
 
 # (id, argv from (tmp_path, exported), texts the one error line must contain)
@@ -186,7 +233,22 @@ BAD = [
     ("an image larger than a static model's input",
      lambda t, e: ["test.py", "--model", _copy_model(t / "m", e, "dcn"), "--dataroot", _portrait_image(t / "img"),
                    "--out", t / "pic.jpg"],
-     ["dcn.mindir", "480x864", "larger than the model's static input 864x512"]),
+     ["portrait.jpg", "dcn.mindir", "480x864", "larger than the model's static input 864x512"]),
+    ("a video whose frames are larger than a static model's input (found before the first frame runs)",
+     lambda t, e: ["run.py", "--model", _copy_model(t / "m", e, "dcn"), _portrait_video(t / "vid"),
+                   "--out", t / "out"],
+     ["portrait.avi", "dcn.mindir", "larger than the model's static input 864x512"]),
+    ("valuation.py: an annotated size larger than a static model's input, found before the first image runs",
+     lambda t, e: ["valuation.py", "--model", _copy_model(t / "m", e, "dcn"),
+                   *(lambda a: ["--ann", a[0], "--img-prefix", a[1]])(_portrait_dataset(t))],
+     ["portrait.jpg", "larger than the model's static input 864x512", "(its size in", "portrait.json"]),
+    ("a model file replaced after its export (the sidecar describes another file)",
+     lambda t, e: ["run.py", "--model", _replaced_model(t, e), IMAGES[0], "--out", t / "out"],
+     ["r18.mindir", "not the file its sidecar r18.mindir.json was written for"]),
+    ("a sidecar edited into a zero size_divisor and a zero std",
+     lambda t, e: ["run.py", "--model", _edit_sidecar(_copy_model(t / "m", e, "r18"), preprocess_size_divisor=0,
+                                                      preprocess_std=[1.0, 0.0, 1.0]), IMAGES[0], "--out", t / "out"],
+     ["r18.mindir.json", "size_divisor 0 is not a positive integer", "std > 0"]),
     ("export.py over an existing model without --force",
      lambda t, e: ["export.py", TRASHCAN_CFG, e["r18"][1], "--out", _copy_model(t / "m", e, "r18")],
      ["r18.mindir", "already exists", "--force"]),

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 
 import cv2
 import pytest
@@ -137,6 +138,18 @@ def test_an_onnxruntime_failure_is_one_error_naming_the_model(onnx_models):
     with pytest.raises(SolovError, match=r"r18\.onnx: onnxruntime failed to run it \("):
         run(np.zeros((1, 3, 448, 768), np.float64))
     assert [o.shape for o in run(np.zeros((1, 3, 448, 768), np.float32))][2] == (1, 128, 112, 192)
+
+
+def test_an_onnx_sidecar_without_one_static_size_is_one_line(onnx_models, tmp_path):
+    """An .onnx whose sidecar was edited to the dynamic MindIR's input [-1, 3, -1, -1] (the ONNX graph holds
+    constants of one size): one line naming the sidecar, not a TypeError from the runner."""
+    model = tmp_path / "r18.onnx"
+    shutil.copy(onnx_models["r18"][2], model)
+    side = json.loads((onnx_models["r18"][2].parent / "r18.onnx.json").read_text())
+    side["input"]["shape"] = [-1, 3, -1, -1]
+    (tmp_path / "r18.onnx.json").write_text(json.dumps(side))
+    assert_bad_input(["run.py", "--model", model, IMAGES[0], "--out", tmp_path / "out"], tmp_path,
+                     ["r18.onnx.json", "an ONNX export has one static input size"])
 
 
 def test_valuation_onnx_gives_the_native_ap(onnx_models, native_val_results, tmp_path):

@@ -1,5 +1,6 @@
 """Training: the full objective vs the official losses, exact resume, and a short run that learns."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -162,10 +163,20 @@ def test_a_new_run_over_an_earlier_one_needs_force(tmp_path, one_epoch_run):
     assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert f"{work}: --work-dir holds an earlier run's checkpoints (epoch_36.ckpt): --resume auto" in errors[0]
     assert {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()} == before
+    # --force deletes the earlier run only once the new one has its initial weights: an unreadable --load-from
+    # leaves both runs' worth of nothing lost
+    (tmp_path / "corrupt.ckpt").write_bytes(b"not a checkpoint" * 64)
+    r = run_train(work, "--mode", "pynative", "--force", "--load-from", tmp_path / "corrupt.ckpt", epochs=1,
+                  images=2, check=False)
+    assert r.returncode == 2 and "corrupt.ckpt" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()} == before
     r = run_train(work, "--mode", "pynative", "--force", epochs=1, images=2)
     assert sorted(p.name for p in work.iterdir() if not p.name.startswith(".")) == [
         "epoch_1.ckpt", "log.json", "loss_curve.png", "notes.txt", "run.json", "train.log"]
-    assert (work / "train.log").read_text().count("SOLOv2 fine-tuning:") == 1   # the new run's log only
+    log = (work / "train.log").read_text()
+    assert log.count("SOLOv2 fine-tuning:") == 1   # the new run's log only
+    # the config's model.pretrained is not downloaded: with no --load-from, the log says the weights are random
+    assert "warning: model.pretrained 'torchvision://resnet18' is not loaded" in log, log
     assert len((work / "log.json").read_text().splitlines()) == 1                # its one step
     # --force never turns into a resume (train_multi.py resumes by default)
     r = run_train(work, "--mode", "pynative", "--force", "--resume", "auto", epochs=1, images=2, check=False)
@@ -205,6 +216,29 @@ def test_resuming_with_another_number_of_steps_per_epoch_is_refused(tmp_path, on
     assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "epoch_1.ckpt: saved after 1 steps in 1 epoch(s), but this run has 2 steps per epoch" in errors[0]
     assert not (work / "epoch_2.ckpt").exists()
+    # the config's resume_from (mmdetection's way to resume) is not silently ignored: one flag decides
+    r = run_train(work, "--mode", "pynative", epochs=2, images=4, check=False,
+                  more=[f"resume_from={work / 'epoch_1.ckpt'}"])
+    assert r.returncode == 2 and "is not read by this port: resume with --resume PATH" in r.stderr, r.stderr[-3000:]
+
+
+def test_resuming_a_snapshot_over_checkpoints_it_does_not_own_is_refused(tmp_path, one_epoch_run):
+    """--resume PATH where the work dir holds a later epoch's snapshot (an abandoned continuation) or, for a
+    snapshot from another folder, any other run's: the resumed run would prune them, and a later --resume auto
+    would continue them instead of it. One line naming them; nothing touched."""
+    work = one_epoch_run(tmp_path / "work")
+    shutil.copy(work / "epoch_1.ckpt", work / "epoch_5.ckpt")
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(work / "epoch_1.ckpt", other / "epoch_3.ckpt")
+    for where, text in ((work, "holds checkpoints of later epochs than 1 (epoch_5.ckpt)"),
+                        (other, "holds checkpoints of another run (epoch_3.ckpt)")):
+        before = {p.name: p.read_bytes() for p in where.iterdir() if p.is_file()}
+        r = run_train(where, "--mode", "pynative", "--resume", work / "epoch_1.ckpt", epochs=2, images=2, check=False)
+        errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
+        assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert text in errors[0], errors[0]
+        assert {p.name: p.read_bytes() for p in where.iterdir() if p.is_file()} == before
 
 
 def test_bad_training_inputs_fail_cleanly(tmp_path):

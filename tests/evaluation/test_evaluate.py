@@ -204,7 +204,7 @@ def _gt_predictor(gt, cfg):
                     scores=np.ones(len(anns), np.float32))
     # The Predictor's three stages: prepare(img) -> (x, meta), network(x) -> outputs, finish(outputs, meta)
     return SimpleNamespace(class_names=resolve_class_names(cfg), source=cfg.source,
-                           prepare=lambda img_bgr: (img_bgr, {}),
+                           check_size=lambda h, w: None, prepare=lambda img_bgr: (img_bgr, {}),
                            network=lambda x: by_pixels[x.tobytes()], finish=finish)
 
 

@@ -221,7 +221,7 @@ def test_wrong_number_of_cells_rejected(ref):
     ((1, 5), (3, 9), None),
 ])
 def test_resize_bilinear_matches_torch(in_hw, out_hw, crop_hw):
-    torch = pytest.importorskip("torch")
+    import torch  # in .[dev]: a broken install must fail, not skip
     x = np.random.default_rng(0).random((3,) + in_hw, dtype=np.float32)
     expected = torch.nn.functional.interpolate(torch.from_numpy(x)[None], size=out_hw, mode="bilinear",
                                                align_corners=False)[0].numpy()
@@ -233,7 +233,7 @@ def test_resize_bilinear_matches_torch(in_hw, out_hw, crop_hw):
 
 
 def test_masks_to_original_matches_torch():
-    torch = pytest.importorskip("torch")
+    import torch  # in .[dev]: a broken install must fail, not skip
     F = torch.nn.functional
     # smooth soft masks (few values near the threshold) at 1/4 of a 160x224 padded input
     yy, xx = np.mgrid[0:40, 0:56].astype(np.float32)

@@ -48,6 +48,10 @@ def predict_image(config: Optional[str], checkpoint: Optional[str], image: str, 
         raise SolovError(f"{out_path}: --out must end in an image extension OpenCV writes (.jpg, .png, ...)")
     cfg = load_config(config, overrides) if config else None
     pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime)
+    try:
+        pred.check_size(*img.shape[:2])
+    except SolovError as e:   # too thin for the test scale, larger than a static export: name the image
+        raise SolovError(f"{image}: {e}") from None
     res, t = predict_timed(pred, img)
     write_image(out_path, draw_instances(img, res["masks"], res["labels"], res["scores"], pred.class_names,
                                          score_thr=score_thr))
@@ -111,21 +115,24 @@ def list_inputs(inp: Path) -> Tuple[str, List[Path]]:
     raise SolovError(f"{inp}: not an image, a video ({', '.join(sorted(VIDEO_EXTS))}) or a folder")
 
 
-def probe_video(path: Path) -> Optional[int]:
-    """The frame count `path`'s header announces (None if it gives none). SolovError if OpenCV cannot open it or
-    read its first frame: checked before the model loads, so a bad video costs seconds, not a model load."""
+def probe_video(path: Path) -> Tuple[Optional[int], np.ndarray]:
+    """(the frame count `path`'s header announces or None, its first frame BGR uint8 (H, W, 3)). SolovError if
+    OpenCV cannot open it or read its first frame: checked before the model loads, so a bad video costs seconds,
+    not a model load."""
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
             raise SolovError(f"{path}: cannot open the video")
-        if not cap.read()[0]:
+        ok, first = cap.read()
+        if not ok:
             raise SolovError(f"{path}: the video has no readable frames")
-        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None, first
     finally:
         cap.release()
 
 
 def video_frames(path: Path) -> Iterator[Tuple[str, np.ndarray]]:
+    """(picture name `<stem>_NNNNNN.jpg`, frame BGR uint8 (H, W, 3)) for each frame of the video at `path`."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise SolovError(f"{path}: cannot open the video")
@@ -165,7 +172,7 @@ def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, out
         raise already_exists(results_path)
     if kind == "images":  # a bad file found now costs nothing; found at image 900 it costs hours
         files = keep_usable(inp, files, file_problem, skip_bad=skip_bad)
-    total = probe_video(files[0]) if kind == "video" else None   # frames; images are counted after --skip-bad
+    total, first = probe_video(files[0]) if kind == "video" else (None, None)   # images are counted after --skip-bad
     pictures = picture_names(files) if kind == "images" else {}
     check_pictures(out, files, pictures, video=files[0] if kind == "video" else None, force=force)
     check_not_an_input([results_path], {"CONFIG": config, "CHECKPOINT": checkpoint, "--model": model})
@@ -173,6 +180,8 @@ def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, out
     pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime)
     if kind == "images":
         files = keep_usable(inp, files, partial(prepare_problem, pred=pred), skip_bad=skip_bad)
+    elif problem := prepare_problem(files[0], pred, first):   # e.g. frames larger than a static export
+        raise SolovError(f"{files[0]}: {problem}")
     out.mkdir(parents=True, exist_ok=True)
     if kind == "video":
         items = video_frames(files[0])
@@ -236,12 +245,13 @@ def keep_usable(source: str, files: List[Path], problem_of: Callable[[Path], Opt
     return good
 
 
-def prepare_problem(path: Path, pred) -> Optional[str]:
+def prepare_problem(path: Path, pred, img: Optional[np.ndarray] = None) -> Optional[str]:
     """Why `pred` (a Predictor or ExportedPredictor; its `prepare` takes BGR uint8 (H, W, 3)) cannot run on the
     image `path` (unreadable, undecodable, too thin for the test scale, larger than a static export), found by
-    decoding and preparing it once before the model runs; or None."""
+    decoding and preparing it once before the model runs; or None. img: the image already decoded (a video's
+    first frame; its frames share one size), else read from `path`."""
     try:
-        pred.prepare(read_image(path))
+        pred.prepare(read_image(path) if img is None else img)
     except SolovError as e:   # read_image names the file; bad_file names it again
         text = str(e)
         return text[len(f"{path}: "):] if text.startswith(f"{path}: ") else text

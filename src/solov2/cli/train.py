@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from solov2.cli.common import (add_config_flags, add_runtime_flags, check_flag_range, cli_main, config_and_checkpoint,
                                start_runtime)
+from solov2.errors import SolovError
 
 DESCRIPTIONS = {False: "Fine-tune SOLOv2 on a COCO-format dataset on one device.",
                 True: "Data-parallel SOLOv2 fine-tuning, started by msrun (see msrun_launcher.sh); resumes from the "
@@ -20,9 +21,9 @@ def parser(distributed: bool) -> argparse.ArgumentParser:
     add_config_flags(p, checkpoint=False)
     p.add_argument("--work-dir", default=None, help="snapshots and logs (default: config work_dir or work_dirs/<config>)")
     # The "resume after a crash" use of train_multi.py: relaunching the same command continues the run.
-    p.add_argument("--resume", default="auto" if distributed else None, metavar="auto|PATH",
-                   help="continue from the newest (auto) or a given snapshot" + (" (default: auto)" if distributed
-                                                                                   else ""))
+    p.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="continue from the newest (auto) or a given snapshot" + (
+                       " (default: auto; with --force a new run)" if distributed else ""))
     p.add_argument("--load-from", default=None, help="initial weights (.ckpt), e.g. a converted COCO checkpoint")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, logged)")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (bitwise-reproducible runs)")
@@ -56,7 +57,11 @@ def main(argv: Optional[Sequence[str]] = None, distributed: bool = False) -> Non
         from solov2.engine.train import train
         # --amp is the config's amp_level, so run.json records it and a resume compares it
         cfg = load_config(config, a.cfg_options + ([f"amp_level={a.amp}"] if a.amp else []))
-        train(cfg, work_dir_of(cfg, config, a.work_dir), resume=a.resume, load_from=a.load_from, seed=a.seed,
+        if cfg.resume_from:   # mmdetection's way; here one flag decides, so a relaunch never re-resumes a fixed file
+            raise SolovError(f"{config}: resume_from={cfg.resume_from!r} is not read by this port: resume with "
+                             "--resume PATH (or --resume auto, the newest snapshot of the work dir)")
+        resume = a.resume if a.resume is not None else ("auto" if distributed and not a.force else None)
+        train(cfg, work_dir_of(cfg, config, a.work_dir), resume=resume, load_from=a.load_from, seed=a.seed,
               mode=a.mode, distributed=distributed, keep_last=a.keep_last, validate=not a.no_validate,
               force=a.force)
     cli_main(body)

@@ -44,3 +44,8 @@ _FREE = _keys("img_scale multiscale_mode keep_ratio ratio_range flip flip_ratio 
               "dcn type deformable_groups fallback_on_stride amp_level requires_grad eps")
 # What an override may add where the file lacks it (see config_reader.apply_overrides).
 SCHEMA_KEYS: FrozenSet[str] = frozenset().union(*SECTIONS.values(), _FREE, (s.split(".")[-1] for s in SECTIONS))
+# What may stand at the top level once the overrides are applied, where the file lacks it: the sections and the
+# top-level settings the readers look up. A section's key given without its section (`lr=0.01` for
+# `optimizer.lr=0.01`) would otherwise be a new top-level entry nobody reads.
+TOP_KEYS: FrozenSet[str] = frozenset(s for s in SECTIONS if "." not in s) | _keys(
+    "total_epochs load_from resume_from work_dir classes CLASSES amp_level img_norm_cfg")

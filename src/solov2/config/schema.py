@@ -9,7 +9,7 @@ import difflib
 import os
 from typing import Iterable, List, Optional
 
-from solov2.config.keys import SCHEMA_KEYS, SECTIONS
+from solov2.config.keys import SCHEMA_KEYS, SECTIONS, TOP_KEYS
 from solov2.config.reader import ConfigError, _is_int, apply_overrides, load_config_dict  # noqa: F401 (API)
 from solov2.config.section import MISSING, Section
 from solov2.config.settings import (AmpConfig, BackboneConfig, DataConfig, EvalConfig, HeadConfig,  # noqa: F401
@@ -240,6 +240,17 @@ def _check_known_keys(top: Section) -> None:
                                   + f"; {where} takes: {', '.join(sorted(allowed))}")
 
 
+def _check_new_top_keys(path: str, new_keys, overrides: List[str]) -> None:
+    """ConfigError for a top-level key an override added that no reader looks up there (keys.TOP_KEYS): most
+    often a section's key without its section, `lr=0.01` for `optimizer.lr=0.01`."""
+    for key in sorted(new_keys - TOP_KEYS):
+        item = next(o for o in overrides if o.partition("=")[0].strip().split(".")[0] == key)
+        homes = [f"{where}.{key}" for where, allowed in SECTIONS.items() if key in allowed]
+        raise ConfigError(f"{path}: override {item!r}: {key!r} is not a top-level setting"
+                          + (f" (did you mean {' or '.join(homes)}?)" if homes else "")
+                          + f"; the top level takes: {', '.join(sorted(TOP_KEYS))}")
+
+
 def _test(top: Section) -> TestConfig:
     t = top.sub("test_cfg")
     return TestConfig(nms_pre=t.get("nms_pre", "int>=1"), score_thr=t.get("score_thr", "0..1"),
@@ -271,7 +282,11 @@ def load_config(path, overrides: Iterable[str] = ()) -> SOLOv2Config:
     settings and for settings this port does not support (DCN, other heads, 'range' multi-scale, ...).
     """
     path = os.fspath(path)
-    top = Section(path, apply_overrides(load_config_dict(path), overrides, source=path, known_keys=SCHEMA_KEYS))
+    overrides = list(overrides)
+    file_dict = load_config_dict(path)
+    merged = apply_overrides(file_dict, overrides, source=path, known_keys=SCHEMA_KEYS)
+    _check_new_top_keys(path, merged.keys() - file_dict.keys(), overrides)
+    top = Section(path, merged)
     backbone, neck, head, mask_feat, pretrained = _model(top)
     test = _test(top)
     data, optim, amp, evaluation = _data(top), optim_config(top), amp_config(top), evaluation_config(top)

@@ -9,6 +9,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from solov2.data.train_transforms import collate, train_transform
+from solov2.data.transforms import round_up
 
 
 def _rng(*key: int) -> np.random.RandomState:
@@ -48,7 +49,7 @@ def canvas_buckets(scales: Sequence[Tuple[int, int]], size_divisor: int = 32) ->
     6 official TrashCan scales).
     """
     def up(v: int) -> int:
-        return -(-int(v) // size_divisor) * size_divisor
+        return round_up(int(v), size_divisor)
     out = set()
     for a, b in scales:
         long, short = max(a, b), min(a, b)

@@ -35,14 +35,29 @@ def normalize(img_bgr: np.ndarray, mean: Sequence[float], std: Sequence[float], 
     return (img.astype(np.float32) - mean32) / std32
 
 
+def round_up(x: int, divisor: int) -> int:
+    """The smallest multiple of `divisor` that is >= x (the Pad step's rule)."""
+    return -(-x // divisor) * divisor
+
+
 def pad_to_multiple(img: np.ndarray, divisor: int = 32, value: float = 0) -> np.ndarray:
     """Pad bottom/right so H and W are multiples of `divisor`. img (H, W, ...) -> (Hp, Wp, ...)."""
     h, w = img.shape[:2]
-    ph, pw = -(-h // divisor) * divisor, -(-w // divisor) * divisor
+    ph, pw = round_up(h, divisor), round_up(w, divisor)
     if (ph, pw) == (h, w):
         return img
     pad = [(0, ph - h), (0, pw - w)] + [(0, 0)] * (img.ndim - 2)
     return np.pad(img, pad, mode="constant", constant_values=value)
+
+
+def padded_test_size(h: int, w: int, scale: Tuple[int, int], size_divisor: int = 32) -> Tuple[int, int]:
+    """(Hp, Wp): the network input of an (h, w) image through `preprocess_test`, known from the size alone (a
+    dataset's annotated sizes are checked before its images run). SolovError when it rescales to nothing."""
+    (nh, nw), _ = rescale_size(h, w, scale)
+    if min(nh, nw) < 1:   # cv2.resize would fail naming nothing
+        raise SolovError(f"a {h}x{w} image rescales to {nh}x{nw} at the test scale {tuple(scale)}: too thin to "
+                         "detect anything in")
+    return round_up(nh, size_divisor), round_up(nw, size_divisor)
 
 
 def preprocess_test(img_bgr: np.ndarray, scale: Tuple[int, int], mean, std, to_rgb: bool = True,
@@ -52,10 +67,7 @@ def preprocess_test(img_bgr: np.ndarray, scale: Tuple[int, int], mean, std, to_r
     Returns (x, meta): x float32 (1, 3, Hp, Wp); meta with ori_shape, img_shape, pad_shape (h, w, c)
     and scale_factor.
     """
-    (nh, nw), _ = rescale_size(img_bgr.shape[0], img_bgr.shape[1], scale)
-    if min(nh, nw) < 1:   # cv2.resize would fail naming nothing
-        raise SolovError(f"a {img_bgr.shape[0]}x{img_bgr.shape[1]} image rescales to {nh}x{nw} at the test scale "
-                         f"{tuple(scale)}: too thin to detect anything in")
+    padded_test_size(img_bgr.shape[0], img_bgr.shape[1], scale, size_divisor)   # too thin: an error naming sizes
     resized, sf = resize_keep_ratio(img_bgr, scale)
     padded = pad_to_multiple(normalize(resized, mean, std, to_rgb), size_divisor)
     x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None])

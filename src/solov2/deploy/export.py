@@ -20,6 +20,7 @@ import numpy as np
 
 from solov2.config import SOLOv2Config, load_config
 from solov2.config.section import MAX_IMAGE_SIDE
+from solov2.data.transforms import round_up
 from solov2.deploy.sidecar import INPUT_NAME, OUTPUT_NAMES, file_sha256, make_sidecar, sidecar_path
 from solov2.errors import SolovError, check_file, first_line
 from solov2.files import atomic_write, check_not_an_input, check_writable, restored_on_failure, write_json_atomic
@@ -33,7 +34,7 @@ def default_input_size(cfg: SOLOv2Config) -> Tuple[int, int]:
     """(H, W) of a landscape image at the test scale, padded: (1333, 800) -> (800, 1344)."""
     div = cfg.data.size_divisor
     long_edge, short_edge = max(cfg.data.test_scale), min(cfg.data.test_scale)
-    return -(-short_edge // div) * div, -(-long_edge // div) * div
+    return round_up(short_edge, div), round_up(long_edge, div)
 
 
 def check_input_size(hw: Sequence[int], divisor: int) -> Tuple[int, int]:
@@ -129,7 +130,7 @@ def check_sizes(input_hw: Optional[Tuple[int, int]], cfg: SOLOv2Config) -> List[
         return [input_hw]
     h, w = default_input_size(cfg)
     div = cfg.data.size_divisor
-    return [(h, w), (-(-h // 2 // div) * div, -(-w // 2 // div) * div)]
+    return [(h, w), (round_up(h // 2, div), round_up(w // 2, div))]
 
 
 def check_export(native_eval, file: Path, input_hw: Optional[Tuple[int, int]], sizes: Sequence[Tuple[int, int]],

@@ -11,9 +11,9 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from solov2.data.transforms import preprocess_test
+from solov2.data.transforms import padded_test_size, preprocess_test
 from solov2.config import SOLOv2Config
-from solov2.deploy.sidecar import check_config, read_sidecar, shapes_match, test_settings
+from solov2.deploy.sidecar import check_config, file_sha256, read_sidecar, shapes_match, sidecar_path, test_settings
 from solov2.deploy.runtimes import RUNTIMES, network_runner
 from solov2.errors import SolovError, check_file
 from solov2.models.postprocess import get_seg_single
@@ -45,6 +45,9 @@ class ExportedPredictor:
             raise SolovError(f"--runtime {runtime}: must be one of {', '.join(RUNTIMES)}")
         check_file(path, "file")
         self.spec = read_sidecar(path)
+        if file_sha256(path) != self.spec.model_sha256:   # e.g. a re-export copied without its sidecar
+            raise SolovError(f"{path}: not the file its sidecar {sidecar_path(path).name} was written for (its "
+                             "SHA-256 differs): copy a model together with its sidecar, or export it again")
         self.path = path
         self.source = str(path)   # named by class-count errors
         if cfg is not None:
@@ -56,19 +59,26 @@ class ExportedPredictor:
             self.class_names = list(self.spec.class_names)
         self._run = network_runner(path, self.spec.input_hw, runtime=runtime)
 
+    def check_size(self, h: int, w: int) -> None:
+        """SolovError when an (h, w) image cannot be prepared: too thin for the test scale, or, for a static-size
+        export, larger than its input once resized and padded. From the size alone (`padded_test_size`)."""
+        s = self.spec
+        hp, wp = padded_test_size(h, w, s.test_scale, s.size_divisor)
+        if s.input_hw is not None and (hp > s.input_hw[0] or wp > s.input_hw[1]):
+            raise SolovError(f"{self.path}: a {w}x{h} image is {wp}x{hp} at the test scale (padded), larger than the "
+                             f"model's static input {s.input_hw[1]}x{s.input_hw[0]} (W x H); export it with a larger "
+                             "--input-size")
+
     def prepare(self, img_bgr: np.ndarray) -> Tuple[np.ndarray, dict]:
         """img_bgr uint8 (H, W, 3) -> (x float32 (1, 3, Hp, Wp), meta): the official test pipeline, as the native
         `Predictor`; a static-size export then pads x with zeros (bottom, right) to its input size (H, W).
         SolovError when the padded image is larger than that size."""
         s = self.spec
+        self.check_size(*img_bgr.shape[:2])
         x, meta = preprocess_test(img_bgr, s.test_scale, s.mean, s.std, s.to_rgb, s.size_divisor)
         if s.input_hw is None:
             return x, meta
         (h, w), (eh, ew) = x.shape[2:], s.input_hw
-        if h > eh or w > ew:
-            raise SolovError(f"{self.path}: a {img_bgr.shape[1]}x{img_bgr.shape[0]} image is {w}x{h} at the test "
-                             f"scale (padded), larger than the model's static input {ew}x{eh} (W x H); export it "
-                             "with a larger --input-size")
         padded = np.zeros((1, 3, eh, ew), np.float32)
         padded[:, :, :h, :w] = x
         return padded, dict(meta, pad_shape=(eh, ew, 3))
@@ -88,5 +98,6 @@ class ExportedPredictor:
                               self.spec.num_grids, self.spec.strides)
 
     def predict(self, img_bgr: np.ndarray) -> Dict[str, np.ndarray]:
+        """img_bgr uint8 (H, W, 3) -> `finish`'s masks, labels and scores."""
         x, meta = self.prepare(img_bgr)
         return self.finish(self.network(x), meta)

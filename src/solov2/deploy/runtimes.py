@@ -30,6 +30,7 @@ def network_runner(path: Path, input_hw: Optional[Tuple[int, int]], runtime: str
 
 
 def _check_input(path: Path, shape, input_hw: Tuple[int, int]) -> None:
+    """SolovError unless the model's declared input shape (N, 3, H, W) has the sidecar's H and W."""
     if tuple(shape[2:]) != tuple(input_hw):
         raise SolovError(f"{path}: its input is {list(shape)}, the sidecar says [1, 3, {input_hw[0]}, {input_hw[1]}]")
 
@@ -95,11 +96,17 @@ def openvino_runner(path: Path, input_hw: Tuple[int, int]) -> Runner:
     """The three outputs through OpenVINO's CPU plugin reading the same .onnx, in float32: the precision hint keeps
     OpenVINO from choosing bf16 on CPUs that have it (AMX, AVX-512 BF16), which would not give the native results."""
     compiled = openvino_compiled(path)
-    _check_input(path, compiled.inputs[0].get_partial_shape().to_shape(), input_hw)
+    shape = compiled.inputs[0].get_partial_shape()
+    if shape.is_dynamic:
+        raise SolovError(f"{path}: its input {shape} is not of one static size (export.py writes one)")
+    _check_input(path, shape.to_shape(), input_hw)
     request = compiled.create_infer_request()
     outputs = compiled.outputs
 
     def run(x: np.ndarray) -> List[np.ndarray]:
-        result = request.infer({0: x})   # one inference, then its three outputs (not one inference per output)
+        try:
+            result = request.infer({0: x})   # one inference, then its three outputs (not one inference per output)
+        except Exception as e:   # OpenVINO's own RuntimeError subclasses (out of memory, ...)
+            raise SolovError(f"{path}: OpenVINO failed to run it ({first_line(e)})") from e
         return [np.asarray(result[o]) for o in outputs]
     return run

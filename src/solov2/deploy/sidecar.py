@@ -1,11 +1,12 @@
 """The JSON beside an exported model (`<model file>.json`): everything needed to run it without the config.
 
     {"solov2_export": 1, "model_format": "ONNX", "model_file": "solov2.onnx",
-     "input": {"shape": [1, 3, H, W] (a dynamic MindIR: [-1, 3, -1, -1]), "dtype": "float32", "layout": "NCHW, normalised, zero-padded bottom/right"},
+     "input": {"shape": [1, 3, H, W] (a dynamic MindIR: [-1, 3, -1, -1]), "dtype": "float32", "layout": ...},
      "outputs": [{"name": "cate_scores", "shape": [1, cells, C]}, {"name": "kernels", ...}, {"name": "mask_feat"...}],
      "preprocess": {"test_scale": [1333, 800], "mean": [...], "std": [...], "to_rgb": true, "size_divisor": 32},
      "class_names": [...], "test_cfg": {...}, "head": {"num_grids": [...], "strides": [...]},
-     "source": {"config": ..., "checkpoint": ..., "checkpoint_sha256": ...}, "software": {...}}
+     "source": {"config": ..., "checkpoint": ..., "checkpoint_sha256": ...}, "software": {...},
+     "model_sha256": ...}
 """
 import dataclasses
 import hashlib
@@ -26,6 +27,7 @@ def sidecar_path(model_path) -> Path:
 
 
 def file_sha256(path) -> str:
+    """The hex SHA-256 of the file at `path`, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -55,6 +57,8 @@ def shapes_match(shapes, expected) -> bool:
 
 def make_sidecar(cfg: SOLOv2Config, *, model_format: str, model_file: str, input_hw: Optional[Tuple[int, int]],
                  class_names: List[str], source: Dict[str, Optional[str]], software: Dict[str, str]) -> dict:
+    """The sidecar (a JSON object, the module docstring's layout) of a model exported from cfg; input_hw (H, W) of
+    a static export, None for a dynamic one."""
     d = cfg.data
     return {
         "solov2_export": VERSION, "model_format": model_format, "model_file": model_file,
@@ -85,6 +89,7 @@ class ExportSpec:
     test_cfg: dict
     num_grids: Tuple[int, ...]
     strides: Tuple[int, ...]
+    model_sha256: str
 
 
 def read_sidecar(model_path) -> ExportSpec:
@@ -110,15 +115,37 @@ def read_sidecar(model_path) -> ExportSpec:
                           size_divisor=int(p["size_divisor"]),
                           class_names=tuple(map(str, s["class_names"])), test_cfg=dict(s["test_cfg"]),
                           num_grids=tuple(int(v) for v in s["head"]["num_grids"]),
-                          strides=tuple(int(v) for v in s["head"]["strides"]))
+                          strides=tuple(int(v) for v in s["head"]["strides"]),
+                          model_sha256=str(s["model_sha256"]))
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise SolovError(f"{path}: malformed export sidecar ({type(e).__name__}: {e})") from None
+    _check_preprocess(spec, path)
     cells = sum(g * g for g in spec.num_grids)
     if len(spec.output_shapes) != 3 or len(spec.output_shapes[0]) != 3 or spec.output_shapes[0][1] != cells \
             or spec.output_shapes[0][2] != len(spec.class_names):
         raise SolovError(f"{path}: outputs {spec.output_shapes} do not match {len(spec.class_names)} classes and "
                          f"grids {spec.num_grids}")
     return spec
+
+
+def _check_preprocess(spec: ExportSpec, path: Path) -> None:
+    """SolovError '<sidecar>: ...' for settings the predictor would fail on later, deep in NumPy (a zero divisor,
+    a mean of 2 values) or run with silently (a zero std): the sidecar was edited or is not export.py's."""
+    problems = []
+    if spec.size_divisor < 1:
+        problems.append(f"size_divisor {spec.size_divisor} is not a positive integer")
+    if len(spec.mean) != 3 or len(spec.std) != 3 or min(spec.std, default=0) <= 0:
+        problems.append(f"mean {list(spec.mean)} and std {list(spec.std)} must be 3 values each, std > 0")
+    if len(spec.test_scale) != 2 or min(spec.test_scale) < 1:
+        problems.append(f"test_scale {list(spec.test_scale)} must be 2 positive integers")
+    if spec.input_hw is None and spec.model_format == "ONNX":
+        problems.append("an ONNX export has one static input size, not [-1, 3, -1, -1]")
+    if spec.input_hw is not None and spec.size_divisor >= 1 and \
+            any(v < 1 or v % spec.size_divisor for v in spec.input_hw):
+        problems.append(f"input size {spec.input_hw[0]}x{spec.input_hw[1]} is not a positive multiple of "
+                        f"size_divisor {spec.size_divisor}")
+    if problems:
+        raise SolovError(f"{path}: malformed export sidecar: {'; '.join(problems)}")
 
 
 def check_config(spec: ExportSpec, cfg: SOLOv2Config, model_path) -> None:

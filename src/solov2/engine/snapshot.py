@@ -15,6 +15,11 @@ from solov2.errors import SolovError, check_file, first_line
 SNAPSHOT_RE = re.compile(r"^epoch_(\d+)\.ckpt$")
 
 
+def checkpoint_epoch(name: str) -> int:
+    """N of a snapshot's or a best checkpoint's file name (epoch_N.ckpt, best_<key>_epoch_N.ckpt)."""
+    return int(re.search(r"epoch_(\d+)\.ckpt$", name).group(1))
+
+
 def snapshots(work_dir: Path) -> List[Path]:
     """epoch_N.ckpt files of a work dir, oldest first."""
     if not work_dir.is_dir():

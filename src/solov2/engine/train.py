@@ -24,8 +24,8 @@ from solov2.engine.logger import Logger
 from solov2.engine.optim import check_schedule, lr_schedule, make_optimizer
 from solov2.engine.run_record import changes_since_last_run, record_run
 from solov2.engine.runtime import init_distributed
-from solov2.engine.snapshot import (SNAPSHOT_RE, latest_valid_snapshot, load_snapshot, params_digest, prune_snapshots,
-                                    read_counters, save_snapshot)
+from solov2.engine.snapshot import (SNAPSHOT_RE, checkpoint_epoch, latest_valid_snapshot, load_snapshot,
+                                    params_digest, prune_snapshots, read_counters, save_snapshot)
 from solov2.engine.train_step import make_train_step, to_tensors
 from solov2.engine.validation import (Validator, best_entries, best_from_counters, best_name_re, best_with_made_up,
                                      evaluated_epochs, evaluation_due, run_validation, validation_set)
@@ -71,6 +71,21 @@ def check_new_run(work: Path, *, resume: Optional[str], force: bool) -> List[Pat
         raise SolovError(f"{work}: --work-dir holds an earlier run's checkpoints ({names}): {how}; --force starts a "
                          f"new run there (deleting them and its logs), or choose another --work-dir")
     return (found + [work / name for name in RUN_FILES if (work / name).is_file()]) if force else []
+
+
+def check_resume_target(work: Path, snapshot: Path, epoch: int) -> None:
+    """--resume PATH (a snapshot of `epoch`): SolovError when `work` holds checkpoints the resumed run does not own,
+    which it would prune or replace and which a later `--resume auto` would continue instead of it: a later
+    epoch's (for a snapshot of this work dir), or any (for a snapshot from elsewhere)."""
+    inside = same_file(snapshot.parent, work)   # through symlinks: a linked snapshot is still this dir's
+    found = [p for p in earlier_checkpoints(work)
+             if not same_file(p, snapshot) and (not inside or checkpoint_epoch(p.name) > epoch)]
+    if found:
+        whose = f"later epochs than {epoch}" if inside else "another run"
+        how = "--resume auto continues the newest" if inside else "choose another --work-dir"
+        raise SolovError(f"{snapshot}: --work-dir {work} holds checkpoints of {whose} "
+                         f"({listing([p.name for p in found], limit=4)}), which resuming this snapshot there would "
+                         f"prune or replace: move them away, or {how}")
 
 
 def check_load_from(load_from: Optional[str], work: Path) -> None:
@@ -185,6 +200,8 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
             raise SolovError(f"--force starts a new run, but --resume {resume} found {snapshot}: drop --force to "
                              f"continue that run, or choose another --work-dir")
         counters = read_counters(snapshot) if snapshot is not None else None
+        if counters is not None and resume != "auto" and rank == 0:
+            check_resume_target(work, snapshot, counters["epoch"])
         dataset = training_set(cfg)
         val_set = validation_set(cfg) if evaluating else None   # its errors come before the first step
         pending = bool(evaluating and counters and counters["epoch"] > 0
@@ -198,11 +215,13 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
     elif seed is None:
         seed = int(np.random.SeedSequence().entropy % 2 ** 31)
     seed = agree_to_start(work, counters, pending=pending, failure=failure, rank=rank, world=world, seed=seed)
-    for path in replaced:   # --force over an earlier run: only once every rank is ready to start
-        path.unlink()
     ms.set_seed(seed)   # rank 0's seed: the same initial weights and data order on every rank
     net = build_model(cfg)
     net.set_train(True)
+    load_from = load_from or (cfg.load_from if snapshot is None else None)
+    reinit = load_weights(net, load_from, skip_mismatched=True) if load_from and snapshot is None else None
+    for path in replaced:   # --force over an earlier run (rank 0): once every rank is ready and rank 0 has loaded
+        path.unlink()
     validator = Validator(cfg, *val_set, rank=rank, world=world) if evaluating else None   # after net: see Validator
     best = best_from_counters(ev.save_best, counters)   # kept through a --no-validate run too
     if counters is not None:
@@ -244,9 +263,10 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
                  + (f"; best {ev.save_best} so far {best[0]:.4f} (epoch {best[1]})" if best else ""))
     elif resume == "auto":
         log.line(f"no snapshot in {work}; starting a new run")
-    load_from = load_from or (cfg.load_from if snapshot is None else None)
-    if load_from and snapshot is None:
-        reinit = load_weights(net, load_from, skip_mismatched=True)
+    if cfg.pretrained and snapshot is None and reinit is None:   # mmcv would download it; this port reads files
+        log.line(f"warning: model.pretrained {cfg.pretrained!r} is not loaded (nothing is downloaded): the model "
+                 "starts from random weights; give --load-from a converted checkpoint (weight_convert.py)")
+    if reinit is not None:
         log.line(f"loaded weights from {load_from}" + (f"; re-initialised {len(reinit)} parameter(s) whose shape "
                                                        f"differs: {', '.join(reinit)}" if reinit else ""))
     if rank == 0:

@@ -22,6 +22,7 @@ from solov2.checkpoint import write_checkpoint
 from solov2.engine.collective import failed_ranks, gather_bytes, ranks_text, see_logs, share_from_rank0
 from solov2.config import SOLOv2Config
 from solov2.config.settings import VAL_METRIC_SUFFIXES
+from solov2.data.transforms import padded_test_size
 from solov2.engine.logger import Logger, read_log_rows
 from solov2.errors import SolovError, check_file
 from solov2.evaluation.coco_eval import (check_class_count, check_ground_truth, first_image_ids, format_metrics,
@@ -49,6 +50,10 @@ def validation_set(cfg: SOLOv2Config):
     for i in ids:
         path = os.path.join(d.val_img_prefix, coco.imgs[i]["file_name"])
         check_file(path, "image", hint=f" (data.val.img_prefix {d.val_img_prefix}, image id {i})")
+        try:   # too thin for the test scale: found now, not after the first epoch's training
+            padded_test_size(coco.imgs[i]["height"], coco.imgs[i]["width"], d.test_scale, d.size_divisor)
+        except SolovError as e:
+            raise SolovError(f"{path}: {e} (its size in {d.val_ann_file}, data.val)") from None
     return coco, d.val_img_prefix
 
 

@@ -89,13 +89,21 @@ def predict_dataset(predictor, ann_file: Union[str, COCO], img_prefix: str, max_
     Returns:
         COCO results, one dict per instance: image_id, category_id (= sorted category ids[label]), score,
         segmentation (RLE, counts str), bbox [x, y, w, h] of the mask, plus file_name/label/category_name.
-    Raises SolovError for a class-count mismatch, a missing/unreadable image, or an image whose size differs
-    from the annotated one (its masks could not be compared with the ground truth).
+    Raises SolovError for a class-count mismatch, an annotated size the predictor cannot take (`check_size`:
+    too thin, larger than a static export; before any image runs), a missing/unreadable image, or an image whose
+    size differs from the annotated one (its masks could not be compared with the ground truth).
     """
     coco = ann_file if isinstance(ann_file, COCO) else load_coco(ann_file)
     check_class_count(len(predictor.class_names), coco, predictor.source)
     cat_ids, names = categories(coco)
     ids = first_image_ids(coco, max_images)[shard[0]::shard[1]]
+    for img_id in ids:   # an image the model cannot take, found from the annotated sizes now, not at image 900
+        info = coco.imgs[img_id]
+        try:
+            predictor.check_size(info["height"], info["width"])
+        except SolovError as e:
+            raise SolovError(f"{os.path.join(img_prefix, info['file_name'])}: {e} (its size in "
+                             f"{ann_name(coco)})") from None
 
     def prepare(img_id):
         info = coco.imgs[img_id]
