@@ -2,7 +2,8 @@
 same instances as PYNATIVE, through the real run.py and valuation.py.
 
 Before dynamic shapes each new padded size compiled another graph (10-18 s, +1.8 GB resident never freed), so
-40 images of 20+ sizes would have needed ~36 GB here.
+20 images of 20 sizes would have needed ~36 GB here. One image per size: a size met again adds nothing that the
+first meeting of each size does not already show (a graph per size, or memory growth per size).
 """
 import json
 import os
@@ -39,16 +40,16 @@ def distinct_sizes(n):
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
-    """40 trashcan_mini val images resized to 20 sizes with distinct padded inputs, and their COCO annotations."""
+    """20 trashcan_mini val images resized to 20 sizes with distinct padded inputs, and their COCO annotations."""
     d = tmp_path_factory.mktemp("mixed")
     (d / "img").mkdir()
     gt = json.loads(VAL_ANN.read_text())
     by_image = {}
     for a in gt["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
-    sources = [im for im in gt["images"] if im["id"] in by_image][:40]
+    sources = [im for im in gt["images"] if im["id"] in by_image][:20]
     images, anns = [], []
-    for k, (im, (h, w)) in enumerate(zip(sources, distinct_sizes(20) * 2)):
+    for k, (im, (h, w)) in enumerate(zip(sources, distinct_sizes(20))):
         img = cv2.imread(str(VAL / im["file_name"]))
         name = f"mixed_{k:02d}_{h}x{w}.jpg"
         cv2.imwrite(str(d / "img" / name), cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA))
@@ -73,14 +74,13 @@ def results_by_file(path):
 
 def test_graph_mode_compiles_once_with_flat_memory_and_pynative_results(mixed, ckpt, tmp_path):
     subsets = {}
-    for name, n in (("two", 2), ("twenty", 20)):   # twenty: the first 20 images, one of each padded size
-        subsets[name] = tmp_path / name
-        subsets[name].mkdir()
-        for p in sorted((mixed / "img").iterdir())[:n]:
-            (subsets[name] / p.name).write_bytes(p.read_bytes())
+    subsets = {"two": tmp_path / "two"}
+    subsets["two"].mkdir()
+    for p in sorted((mixed / "img").iterdir())[:2]:
+        (subsets["two"] / p.name).write_bytes(p.read_bytes())
     runs = {}
     for name, inp, mode in [("two", subsets["two"], "graph"), ("graph", mixed / "img", "graph"),
-                            ("pynative", subsets["twenty"], "pynative")]:
+                            ("pynative", mixed / "img", "pynative")]:
         log = tmp_path / f"{name}.log"
         with open(log, "w") as f:
             p = subprocess.Popen([sys.executable, "run.py", str(TRASHCAN_CFG), str(ckpt), str(inp),
@@ -91,14 +91,13 @@ def test_graph_mode_compiles_once_with_flat_memory_and_pynative_results(mixed, c
         out = log.read_text()
         assert p.returncode == 0, out[-3000:]
         runs[name] = dict(out=out, rss_gb=usage.ru_maxrss / 1e6)
-    assert "40 image(s)" in runs["graph"]["out"]
+    assert "20 image(s)" in runs["graph"]["out"]
     assert "GRAPH mode: 1 network graph(s) compiled" in runs["graph"]["out"], runs["graph"]["out"]
     growth = runs["graph"]["rss_gb"] - runs["two"]["rss_gb"]
-    assert growth < 1.0, f"peak RSS grew {growth:.2f} GB from 2 to 40 images of 20 sizes"
+    assert growth < 1.0, f"peak RSS grew {growth:.2f} GB from 2 images to 20 of 20 sizes"
     graph, pynative = results_by_file(tmp_path / "out_graph" / "results.json"), \
         results_by_file(tmp_path / "out_pynative" / "results.json")
-    assert len(graph) >= 30 and len(pynative) >= 15  # nearly every image has instances
-    assert set(pynative) == {name for name in graph if name in {p.name for p in subsets["twenty"].iterdir()}}
+    assert len(graph) >= 15 and set(pynative) == set(graph)  # nearly every image has instances
     for name in pynative:   # every padded size once
         match_instances(pynative[name], graph[name])
 

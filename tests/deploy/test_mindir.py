@@ -92,8 +92,8 @@ def test_converted_r50_through_run_py_model_without_config(r50_ckpt, native_pred
     exports')."""
     from solov2.evaluation.results import instances_to_records
     model = tmp_path / "r50.mindir"
-    r = cli("export.py", R50_CFG, r50_ckpt, "--out", model, "--mode", "pynative", "--cfg-options", R50_SCALE,
-            timeout=900)
+    r = cli("export.py", R50_CFG, r50_ckpt, "--out", model, "--mode", "pynative", "--no-check", "--cfg-options",
+            R50_SCALE, timeout=900)   # the instances below compare it with the native network: the check repeats it
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp_path / "r50.mindir.json").read_text())["input"]["shape"] == [-1, 3, -1, -1]
     r = cli("run.py", "--model", model, IMAGES[1], "--out", tmp_path / "exported")

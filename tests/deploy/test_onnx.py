@@ -31,10 +31,11 @@ RUNTIMES = [pytest.param("onnxruntime"),
 TOLERANCE = {"onnxruntime": 1e-5, "openvino": 1e-4}
 
 
-# name -> (config, --cfg-options, export.py --mode): R50 and DCN export in PYNATIVE mode, whose export check then
-# skips a native GRAPH compile; R18 in the default GRAPH mode
-MODELS = {"r18": (TRASHCAN_CFG, [], "graph"), "r50": (R50_CFG, [R50_SCALE], "pynative"),
-          "dcn": (DCN_CFG, [], "pynative")}
+# name -> (config, --cfg-options, export.py flags): R18 exports in the default GRAPH mode with export.py's own check
+# against the native network; R50 and DCN in PYNATIVE mode and --no-check, since test_onnx_network_equals_native
+# compares the same outputs, more tightly (1e-5), in both modes: the check would only repeat it
+MODELS = {"r18": (TRASHCAN_CFG, [], []), "r50": (R50_CFG, [R50_SCALE], ["--mode", "pynative", "--no-check"]),
+          "dcn": (DCN_CFG, [], ["--mode", "pynative", "--no-check"])}
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +44,9 @@ def onnx_models(ckpt, r50_ckpt, dcn_ckpt, tmp_path_factory):
     d = tmp_path_factory.mktemp("onnx")
     out = {}
     for name, weights in (("r18", ckpt), ("r50", r50_ckpt), ("dcn", dcn_ckpt)):
-        cfg, overrides, mode = MODELS[name]
+        cfg, overrides, flags = MODELS[name]
         model = d / f"{name}.onnx"
-        r = cli("export.py", cfg, weights, "--format", "onnx", "--out", model, "--mode", mode,
+        r = cli("export.py", cfg, weights, "--format", "onnx", "--out", model, *flags,
                 *(["--cfg-options", *overrides] if overrides else []), timeout=900)
         assert r.returncode == 0, r.stderr[-3000:]
         out[name] = (load_config(cfg, overrides), weights, model, r.stdout)
@@ -57,7 +58,7 @@ def test_onnx_export_is_static_and_checked(onnx_models):
         _, _, model, stdout = onnx_models[name]
         side = json.loads((model.parent / (model.name + ".json")).read_text())
         assert side["model_format"] == "ONNX" and side["input"]["shape"] == shape, name
-        assert "checked against the native network" in stdout, stdout
+        assert ("checked against the native network" in stdout) == ("--no-check" not in MODELS[name][2]), stdout
 
 
 @pytest.fixture(scope="module")
