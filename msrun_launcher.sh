@@ -153,6 +153,7 @@ echo "Running command: $(printf '%q ' "${ARGS[@]}")"
 mkdir -p "$LOG_DIR"
 STARTED=$(mktemp "$LOG_DIR/.launch.XXXXXX")   # the logs of this job are newer than this file
 trap 'rm -f "$STARTED"' EXIT                  # Ctrl-C too: no marker left among the logs
+trap 'exit 143' TERM                          # bash skips the EXIT trap when a TERM kills it
 rc=0
 "${ARGS[@]}" || rc=$?
 

@@ -24,7 +24,7 @@ def snapshots(work_dir: Path) -> List[Path]:
     """epoch_N.ckpt files of a work dir, oldest first."""
     if not work_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in work_dir.iterdir() if (m := SNAPSHOT_RE.match(p.name))]
+    found = [(checkpoint_epoch(p.name), p) for p in work_dir.iterdir() if SNAPSHOT_RE.match(p.name)]
     return [p for _, p in sorted(found)]
 
 
