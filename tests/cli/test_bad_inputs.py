@@ -145,3 +145,37 @@ def test_read_only_output_folder_is_refused_before_the_model_runs(tmp_path, ckpt
     errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1 and "not writable" in errors[0], r.stderr[-2000:]
     assert "evaluate" not in r.stderr  # no progress bar: the model never ran
+
+
+# Runs a root script as `python script ...` would, and says on stderr, as the process exits, whether MindSpore was
+# imported (its import alone takes ~2 s).
+WITH_IMPORT_PROBE = ("import atexit, runpy, sys; atexit.register(lambda: print('mindspore imported:', 'mindspore' in "
+                     "sys.modules, file=sys.stderr)); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], "
+                     "run_name='__main__')")
+
+# (argv from (tmp_path, checkpoint), an error fragment, whether MindSpore is needed to find the problem)
+IMPORT_CASES = [
+    (lambda t, c: ["test.py", TRASHCAN_CFG, c, "--dataroot", t / "missing.jpg", "--out", t / "p.jpg"],
+     "missing.jpg", False),
+    (lambda t, c: ["run.py", TRASHCAN_CFG, c, t / "missing", "--out", t / "out"], "missing", False),
+    (lambda t, c: ["valuation.py", "--results", t / "missing.json", "--ann", VAL_ANN], "missing.json", False),
+    (lambda t, c: ["export.py", TRASHCAN_CFG, t / "missing.ckpt"], "missing.ckpt", False),
+    (lambda t, c: ["train.py", TRASHCAN_CFG, "--work-dir", t / "work", "--cfg-options", "total_epoch=3"],
+     "total_epoch=3", False),
+    (lambda t, c: ["test.py", TRASHCAN_CFG, t / "missing.ckpt", "--dataroot", VAL_IMG, "--out", t / "p.jpg"],
+     "missing.ckpt", False),
+    # the control: only MindSpore can tell that a file is not a checkpoint, so it is imported (the probe can tell)
+    (lambda t, c: ["test.py", TRASHCAN_CFG, not_a_video_and_not_a_checkpoint(t)[0], "--dataroot", VAL_IMG,
+                   "--out", t / "p.jpg"], "bad.ckpt", True),
+]
+
+
+@pytest.mark.parametrize("args, fragment, imported", IMPORT_CASES,
+                         ids=["test.py image", "run.py input", "valuation.py --results", "export.py checkpoint",
+                              "train.py override", "test.py checkpoint", "control: test.py unreadable checkpoint"])
+def test_a_bad_input_is_found_before_mindspore_is_imported(tmp_path, ckpt, args, fragment, imported):
+    """The commands check their inputs before they import MindSpore (2 s, then the model): the error is at once."""
+    r = cli("-c", WITH_IMPORT_PROBE, *args(tmp_path, ckpt), timeout=120)
+    errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and fragment in errors[0], r.stderr[-2000:]
+    assert f"mindspore imported: {imported}" in r.stderr, r.stderr[-2000:]

@@ -10,7 +10,8 @@ import signal
 import sys
 from typing import Callable, Optional, Sequence
 
-from solov2.errors import SolovError, failure_line
+from solov2.engine.runtime import RuntimeFlags
+from solov2.errors import SolovError, check_file, failure_line
 
 DEBUG_VAR = "SOLOV2_DEBUG"
 
@@ -126,10 +127,14 @@ def check_model_flags(a: argparse.Namespace, checkpoint: Optional[str]) -> str:
 
 
 def open_predictor(cfg, checkpoint: Optional[str], model: Optional[str], overrides: Sequence[str] = (),
-                   static_shapes: bool = False, runtime: str = "onnxruntime"):
+                   static_shapes: bool = False, runtime: str = "onnxruntime", *, context: RuntimeFlags):
     """The predictor of a command: `ExportedPredictor(model, cfg)` for --model, else `Predictor(cfg, checkpoint)`.
     cfg: the loaded config (None only with --model); overrides: --cfg-options (already in cfg when it is given);
-    runtime: what runs an .onnx model."""
+    runtime: what runs an .onnx model; context: the MindSpore context, started here (after the command's cheap
+    checks, before the first cell is built)."""
+    if checkpoint:   # found before MindSpore's import (read_checkpoint checks it again, for its other callers)
+        check_file(checkpoint, "checkpoint file")
+    context.start()
     if model:
         from solov2.deploy.exported import ExportedPredictor
         return ExportedPredictor(model, cfg=cfg, overrides=() if cfg is not None else overrides, runtime=runtime)
@@ -146,7 +151,7 @@ def add_force_flag(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--force", action="store_true", help=f"overwrite {what} if it exists")
 
 
-def start_runtime(a: argparse.Namespace, deterministic: bool = False) -> None:
-    """The MindSpore context of the parsed flags (imported here: parsing and --help need no MindSpore)."""
-    from solov2.engine.runtime import set_runtime
-    set_runtime(a.device_target, a.mode, deterministic=deterministic, precision=a.precision)
+def runtime_flags(a: argparse.Namespace, deterministic: bool = False) -> RuntimeFlags:
+    """The MindSpore context of the parsed `add_runtime_flags`; the command starts it right before its model."""
+    return RuntimeFlags(device_target=a.device_target, mode=a.mode, precision=a.precision,
+                        deterministic=deterministic)

@@ -10,8 +10,9 @@ from typing import Dict, Optional, Sequence
 
 from solov2.cli.common import (add_config_flags, add_force_flag, add_model_flag, add_runtime_flags,
                                add_static_shapes_flag, check_model_flags, cli_main, config_and_checkpoint,
-                               open_predictor, start_runtime)
+                               open_predictor, runtime_flags)
 from solov2.config import load_config
+from solov2.engine.runtime import RuntimeFlags
 from solov2.errors import SolovError
 from solov2.evaluation.coco_eval import (IOU_TYPES, check_class_count, check_ground_truth, check_results,
                                          evaluate_results, first_image_ids, format_metrics, load_coco,
@@ -55,7 +56,8 @@ def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = Non
                    runtime: str = "onnxruntime", ann: Optional[str] = None, img_prefix: Optional[str] = None,
                    out: Optional[str] = None, iou_types: Sequence[str] = IOU_TYPES, max_images: Optional[int] = None,
                    force: bool = False,
-                   results_file: Optional[str] = None, overrides=(), static_shapes: bool = False) -> Dict[str, dict]:
+                   results_file: Optional[str] = None, overrides=(), static_shapes: bool = False,
+                   context: RuntimeFlags) -> Dict[str, dict]:
     """`valuation.py`: model (or an existing results file) -> COCO AP printed; returns `evaluate_results`'.
 
     Without `results_file` the model of `config` + `checkpoint` (or the exported `model`, config optional, run by
@@ -64,6 +66,7 @@ def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = Non
     With `results_file` that file is scored instead (config optional: it only selects the split and is checked
     against it).
     `max_images` restricts both running and scoring to the first N images of the annotation file.
+    context: the MindSpore context, started only to run a model (scoring a results file needs no MindSpore).
     """
     if max_images is not None and max_images < 1:
         raise SolovError(f"--max-images must be >= 1, got {max_images}")
@@ -91,7 +94,7 @@ def run_evaluation(config: Optional[str] = None, checkpoint: Optional[str] = Non
     img_ids = first_image_ids(coco, max_images)
     if results is None:
         from solov2.evaluation.results import predict_and_evaluate  # builds the network: only on this path
-        predictor = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime)
+        predictor = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime, context=context)
         results, metrics = predict_and_evaluate(predictor, coco, prefix, iou_types, max_images)
         if predictor.compiled_graphs:
             print(f"GRAPH mode: {predictor.compiled_graphs} network graph(s) compiled")
@@ -114,8 +117,7 @@ def main(argv=None) -> None:
         a = p.parse_intermixed_args(argv)   # positionals may stand between flags
         config, checkpoint = config_and_checkpoint(p, a, need=())  # run_evaluation says which it needs
         runtime = check_model_flags(a, checkpoint)
-        start_runtime(a)
         run_evaluation(config, checkpoint, model=a.model, runtime=runtime, ann=a.ann, img_prefix=a.img_prefix,
                        out=a.out, iou_types=a.eval, max_images=a.max_images, force=a.force, results_file=a.results,
-                       overrides=a.cfg_options, static_shapes=a.static_shapes)
+                       overrides=a.cfg_options, static_shapes=a.static_shapes, context=runtime_flags(a))
     cli_main(body)

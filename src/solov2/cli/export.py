@@ -10,7 +10,7 @@ import argparse
 from typing import Optional, Sequence
 
 from solov2.cli.common import (add_config_flags, add_force_flag, add_runtime_flags, cli_main, config_and_checkpoint,
-                               start_runtime)
+                               runtime_flags)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -30,8 +30,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         add_force_flag(p, "--out and its .json sidecar")
         a = p.parse_intermixed_args(argv)
         config, checkpoint = config_and_checkpoint(p, a, need=("config", "checkpoint"))
-        start_runtime(a)
         from solov2.deploy.export import export_model
         export_model(config, checkpoint, fmt=a.format, input_size=a.input_size, out=a.out, force=a.force,
-                     overrides=a.cfg_options, check=not a.no_check)
+                     overrides=a.cfg_options, check=not a.no_check,
+                     start_context=runtime_flags(a).start)
     cli_main(body)

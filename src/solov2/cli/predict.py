@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 from solov2.cli.common import (add_config_flags, add_force_flag, add_model_flag, add_runtime_flags,
                                add_static_shapes_flag, check_flag_range, check_model_flags, cli_main,
-                               config_and_checkpoint, open_predictor, start_runtime)
+                               config_and_checkpoint, open_predictor, runtime_flags)
 from solov2.config import load_config
 from solov2.data.images import file_problem, read_image
+from solov2.engine.runtime import RuntimeFlags
 from solov2.errors import SolovError
 from solov2.evaluation.results import instances_to_records
 from solov2.files import already_exists, check_not_an_input, check_writable, write_image, write_json_atomic
@@ -34,12 +35,10 @@ VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".webm", ".m4v"}
 
 def predict_image(config: Optional[str], checkpoint: Optional[str], image: str, out: Optional[str], *,
                   model: Optional[str] = None, runtime: str = "onnxruntime", score_thr: float = 0.3, force: bool = False,
-                  overrides=(),
-                  static_shapes: bool = False) -> Path:
+                  overrides=(), static_shapes: bool = False, context: RuntimeFlags) -> Path:
     """One image -> a picture with masks, class names and scores. Returns the picture's path.
     model: an exported network (then config is optional and checkpoint None) run by `runtime`, see
-    `open_predictor`."""
-    from solov2.inference import predict_timed  # MindSpore cells are built only after the cheap checks
+    `open_predictor`; context: the MindSpore context, started once the inputs have been checked."""
     img = read_image(image)
     out_path = Path(out) if out else Path(f"{Path(image).stem}_result.jpg")
     check_not_an_input([out_path], {"image": image, "CONFIG": config, "CHECKPOINT": checkpoint, "--model": model})
@@ -47,11 +46,12 @@ def predict_image(config: Optional[str], checkpoint: Optional[str], image: str, 
     if not cv2.haveImageWriter(str(out_path)):   # found now, not after the model has run
         raise SolovError(f"{out_path}: --out must end in an image extension OpenCV writes (.jpg, .png, ...)")
     cfg = load_config(config, overrides) if config else None
-    pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime)
+    pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime, context=context)
     try:
         pred.check_size(*img.shape[:2])
     except SolovError as e:   # too thin for the test scale, larger than a static export: name the image
         raise SolovError(f"{image}: {e}") from None
+    from solov2.inference import predict_timed  # imports MindSpore: after the cheap checks, as open_predictor
     res, t = predict_timed(pred, img)
     write_image(out_path, draw_instances(img, res["masks"], res["labels"], res["scores"], pred.class_names,
                                          score_thr=score_thr))
@@ -156,12 +156,13 @@ def video_frames(path: Path) -> Iterator[Tuple[str, np.ndarray]]:
 
 def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, outdir: str, *,
                  model: Optional[str] = None, runtime: str = "onnxruntime", score_thr: float = 0.3, force: bool = False,
-                 skip_bad: bool = False,
-                 overrides=(), static_shapes: bool = False) -> Path:
+                 skip_bad: bool = False, overrides=(), static_shapes: bool = False,
+                 context: RuntimeFlags) -> Path:
     """Folder / image / video -> OUTDIR/<name>.jpg per image or frame and OUTDIR/results.json.
 
     results.json: a list of instances {file_name, label, category_name, score, bbox [x, y, w, h],
-    segmentation (COCO RLE)}, written atomically at the end. model: an exported network (see `open_predictor`).
+    segmentation (COCO RLE)}, written atomically at the end. model: an exported network (see `open_predictor`);
+    context: the MindSpore context, started once the inputs have been checked.
     """
     kind, files = list_inputs(Path(inp))
     out = Path(outdir)
@@ -177,7 +178,7 @@ def predict_many(config: Optional[str], checkpoint: Optional[str], inp: str, out
     check_pictures(out, files, pictures, video=files[0] if kind == "video" else None, force=force)
     check_not_an_input([results_path], {"CONFIG": config, "CHECKPOINT": checkpoint, "--model": model})
     cfg = load_config(config, overrides) if config else None
-    pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime)
+    pred = open_predictor(cfg, checkpoint, model, overrides, static_shapes, runtime, context=context)
     if kind == "images":
         files = keep_usable(inp, files, partial(prepare_problem, pred=pred), skip_bad=skip_bad)
     elif problem := prepare_problem(files[0], pred, first):   # e.g. frames larger than a static export
@@ -308,9 +309,9 @@ def test_main(argv=None) -> None:
         a = p.parse_intermixed_args(argv)   # positionals may stand between flags
         config, checkpoint, runtime = model_sources(p, a)
         check_flag_range("--score_thr", a.score_thr, 0, 1)
-        start_runtime(a)
         predict_image(config, checkpoint, a.dataroot, a.out, model=a.model, runtime=runtime, score_thr=a.score_thr,
-                      force=a.force, overrides=a.cfg_options, static_shapes=a.static_shapes)
+                      force=a.force, overrides=a.cfg_options, static_shapes=a.static_shapes,
+                      context=runtime_flags(a))
     cli_main(body)
 
 
@@ -328,7 +329,7 @@ def run_main(argv=None) -> None:
         a = p.parse_intermixed_args(argv)   # e.g. run.py CONFIG CHECKPOINT --out OUT INPUT
         config, checkpoint, runtime = model_sources(p, a)
         check_flag_range("--score_thr", a.score_thr, 0, 1)
-        start_runtime(a)
         predict_many(config, checkpoint, a.input, a.out, model=a.model, runtime=runtime, score_thr=a.score_thr,
-                     force=a.force, skip_bad=a.skip_bad, overrides=a.cfg_options, static_shapes=a.static_shapes)
+                     force=a.force, skip_bad=a.skip_bad, overrides=a.cfg_options, static_shapes=a.static_shapes,
+                     context=runtime_flags(a))
     cli_main(body)

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from solov2.cli.common import (add_config_flags, add_runtime_flags, check_flag_range, cli_main, config_and_checkpoint,
-                               start_runtime)
+                               runtime_flags)
+from solov2.config import load_config
 from solov2.errors import SolovError
 
 DESCRIPTIONS = {False: "Fine-tune SOLOv2 on a COCO-format dataset on one device.",
@@ -52,15 +53,14 @@ def main(argv: Optional[Sequence[str]] = None, distributed: bool = False) -> Non
         config, _ = config_and_checkpoint(p, a)
         check_flag_range("--keep-last", a.keep_last, 0, 2 ** 31 - 1)
         check_flag_range("--seed", a.seed, 0, 2 ** 31 - 1)
-        start_runtime(a, deterministic=a.deterministic)
-        from solov2.config import load_config  # after the context: training builds cells right away
-        from solov2.engine.train import train
         # --amp is the config's amp_level, so run.json records it and a resume compares it
         cfg = load_config(config, a.cfg_options + ([f"amp_level={a.amp}"] if a.amp else []))
         if cfg.resume_from:   # mmdetection's way; here one flag decides, so a relaunch never re-resumes a fixed file
             raise SolovError(f"{config}: resume_from={cfg.resume_from!r} is not read by this port: resume with "
                              "--resume PATH (or --resume auto, the newest snapshot of the work dir)")
         resume = a.resume if a.resume is not None else ("auto" if distributed and not a.force else None)
+        runtime_flags(a, deterministic=a.deterministic).start()   # a bad config was reported without MindSpore
+        from solov2.engine.train import train   # imports MindSpore: after the context's CPU cap
         train(cfg, work_dir_of(cfg, config, a.work_dir), resume=resume, load_from=a.load_from, seed=a.seed,
               mode=a.mode, distributed=distributed, keep_last=a.keep_last, validate=not a.no_validate,
               force=a.force)

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -183,8 +183,10 @@ def install(file: Path, out: Path, sidecar: dict) -> None:
 
 def export_model(config: str, checkpoint: str, *, fmt: str = "MINDIR", input_size: Optional[Sequence[int]] = None,
                  out: Optional[str] = None, force: bool = False, overrides: Sequence[str] = (),
-                 check: bool = True) -> Path:
-    """Export CONFIG + CHECKPOINT (see the module doc). Returns the model's path (the sidecar is `<path>.json`)."""
+                 check: bool = True, start_context: Callable[[], None]) -> Path:
+    """Export CONFIG + CHECKPOINT (see the module doc). Returns the model's path (the sidecar is `<path>.json`).
+    start_context: sets the MindSpore context (the command's `RuntimeFlags.start`); called once the inputs have
+    been checked, before MindSpore is imported."""
     fmt = fmt.upper()
     if fmt not in FORMATS:
         raise SolovError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
@@ -205,6 +207,7 @@ def export_model(config: str, checkpoint: str, *, fmt: str = "MINDIR", input_siz
     check_writable(path, force)
     check_writable(sidecar_path(path), force)
     check_file(checkpoint, "checkpoint")
+    start_context()
     import mindspore as ms
     from solov2.checkpoint import load_weights
     from solov2.inference import resolve_class_names

@@ -1,20 +1,24 @@
-"""Process-level MindSpore setup: the CPU convolution cap, device and mode, distributed initialisation."""
-import os
-from typing import Optional, Tuple
+"""Process-level MindSpore setup: the CPU convolution cap, device and mode, distributed initialisation.
 
-import mindspore as ms
+MindSpore is imported by the functions that use it, not by this module: the commands import `RuntimeFlags` while
+they parse, and a bad input found before the model is built is reported without MindSpore's import (~2 s).
+"""
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 from solov2.cpu import cap_cpu_isa
 from solov2.errors import SolovError, first_line, not_a_file
 
-MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
+MODES = ("graph", "pynative")
 
 
 def set_mode(mode: str) -> None:
     """'graph' = GRAPH_MODE, 'pynative' = PYNATIVE_MODE (the benchmark switches between them in one process)."""
     if mode not in MODES:
         raise SolovError(f"--mode must be 'graph' or 'pynative', got {mode!r}")
-    ms.set_context(mode=MODES[mode])
+    import mindspore as ms
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
 
 
 PRECISIONS = ("parity", "fast")
@@ -41,6 +45,7 @@ def set_ascend_precision(precision: str) -> None:
     try:
         from mindspore.device_context.ascend import op_precision
     except ImportError:  # MindSpore before 2.5: the ascend_config context key
+        import mindspore as ms
         ms.set_context(ascend_config=settings)
         return
     for name, value in settings.items():
@@ -90,6 +95,7 @@ def set_runtime(device_target: str = "CPU", mode: str = "graph", device_id: Opti
     if device_target == "CPU":
         cap_cpu_isa()
     set_mode(mode)
+    import mindspore as ms
     if deterministic:
         ms.set_context(deterministic="ON")
     if device_id is None:
@@ -115,9 +121,26 @@ def init_distributed(distributed: bool) -> Tuple[int, int]:
     if problem:
         raise SolovError(f"environment variable RANK_TABLE_FILE={table!r}: {problem} (a rank table from "
                          f"hccl_tools.py)")
+    import mindspore as ms
     from mindspore.communication import get_group_size, get_rank, init
     init()
     world = get_group_size()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=world)
     return get_rank(), world
+
+
+@dataclass(frozen=True)
+class RuntimeFlags:
+    """A command's MindSpore context: --device_target, --mode, --precision (and train.py's --deterministic).
+
+    The commands parse these first and `start()` them (`set_runtime`) only once their cheap checks have passed,
+    right before a network is built: a missing image or a typo in an option is one line at once.
+    """
+    device_target: str = "CPU"
+    mode: str = "graph"
+    precision: str = "parity"
+    deterministic: bool = False
+
+    def start(self) -> None:
+        set_runtime(self.device_target, self.mode, deterministic=self.deterministic, precision=self.precision)
