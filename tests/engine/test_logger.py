@@ -2,7 +2,7 @@
 makes up), and the rows around it still count."""
 import json
 
-from solov2.engine.logger import Logger, read_log_rows
+from solov2.engine.logger import Logger, drop_rows_after, read_log_rows
 from solov2.engine.validation import evaluated_epochs, evaluation_due
 
 
@@ -23,3 +23,21 @@ def test_a_cut_line_is_skipped_and_the_rest_counts(tmp_path):
 def test_evaluation_due_every_interval_and_after_the_last():
     assert [e for e in range(1, 8) if evaluation_due(e, 3, 7)] == [3, 6, 7]
     assert [e for e in range(1, 4) if evaluation_due(e, 1, 3)] == [1, 2, 3]
+
+
+def test_rows_no_snapshot_kept_are_dropped_when_a_run_starts(tmp_path):
+    """A run starting from step 2 (a snapshot of epoch 1, 2 steps per epoch) drops the rows of the earlier run's
+    lost epoch 2 (and a cut line); a new run (step 0) drops an aborted run's rows; nothing to drop leaves the
+    file untouched."""
+    kept = [dict(mode="train", epoch=1, iter=i, loss=1.0) for i in (1, 2)] + [dict(mode="val", epoch=1, iter=2)]
+    lost = [dict(mode="train", epoch=2, iter=3, loss=0.5)]
+    text = "".join(json.dumps(r) + "\n" for r in kept + lost) + '{"mode": "train", "ep\n'
+    (tmp_path / "log.json").write_text(text)
+    assert drop_rows_after(tmp_path, 2) == 1
+    assert read_log_rows(tmp_path) == kept
+    assert (tmp_path / "log.json").read_text() == "".join(json.dumps(r) + "\n" for r in kept)   # the cut line too
+    before = (tmp_path / "log.json").stat().st_mtime_ns
+    assert drop_rows_after(tmp_path, 4) == 0 and (tmp_path / "log.json").stat().st_mtime_ns == before
+    assert drop_rows_after(tmp_path, 0) == 3 and read_log_rows(tmp_path) == []
+    assert drop_rows_after(tmp_path / "missing", 0) == 0
+    assert not list(tmp_path.glob(".*tmp*"))

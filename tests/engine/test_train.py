@@ -185,14 +185,14 @@ def test_a_new_run_over_an_earlier_one_needs_force(tmp_path, one_epoch_run):
     (work / "epoch_1.ckpt").unlink()
     run_train(work, "--mode", "pynative", epochs=1, images=2)
     assert (work / "epoch_1.ckpt").is_file()
-    from solov2.engine.train import check_new_run
+    from solov2.engine.workdir import check_new_run
     assert check_new_run(tmp_path / "nowhere", resume=None, force=False) == []
 
 
 def test_which_files_are_an_earlier_runs_checkpoints(tmp_path):
     """epoch_N.ckpt and keep_best's best_<key>_epoch_N.ckpt count (any key; the first 4 named, then how many
     more); a user's copies beside them do not."""
-    from solov2.engine.train import check_new_run
+    from solov2.engine.workdir import check_new_run
     from solov2.engine.validation import best_path
     mine = ["epoch_1.ckpt", "epoch_2.ckpt", "epoch_10.ckpt", "notes.ckpt", "best_segm_mAP.ckpt", "epoch_1.ckpt.bak",
             "best_segm_mAP_epoch_x.ckpt", "my_best_bbox_mAP_epoch_3.ckpt"]
@@ -297,3 +297,13 @@ def test_short_deformable_training_run(tmp_path):
     for k in ("backbone.layer3.0.conv2.conv_offset.weight", "bbox_head.kernel_convs.2.conv.conv_offset.weight"):
         assert np.abs(got[k].asnumpy()).max() > 0, k                   # moved away from its zero init
     assert "bbox_head.kernel_convs.1.conv.conv_offset.weight" not in got  # SOLOv2LightHead: the last conv only
+
+
+def test_resuming_a_finished_run_trains_nothing(tmp_path, one_epoch_run):
+    """--resume auto of a run whose last epoch is saved (a finished msrun job launched again): exit 0, a line saying
+    there is nothing to train, the snapshot untouched (a snapshot past total_epochs is refused: test_validation)."""
+    work = one_epoch_run(tmp_path / "work")
+    before = (work / "epoch_1.ckpt").read_bytes()
+    r = run_train(work, "--mode", "pynative", "--resume", "auto", epochs=1, images=2)
+    assert "nothing to train: epoch_1.ckpt ended epoch 1, the last" in r.stdout + r.stderr, r.stderr[-3000:]
+    assert (work / "epoch_1.ckpt").read_bytes() == before and not (work / "epoch_2.ckpt").exists()

@@ -38,6 +38,12 @@ def val_images_with_a_broken_one(ann, folder, index):
     return broken
 
 
+def lost_row(epoch, step):
+    """A train row of log.json as a run writes it, of training no snapshot kept (loss 9: told from the real)."""
+    return dict(mode="train", epoch=epoch, iter=step, lr=0.01, loss=9.0, loss_ins=8.0, loss_cate=1.0, time=1.0,
+                data_time=0.1)
+
+
 def weights(path):
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items() if "." in k}   # no counters
 
@@ -90,9 +96,20 @@ def test_resume_gives_identical_weights_val_rows_and_best(tmp_path, ckpt, pseudo
     for k in best:
         np.testing.assert_array_equal(best[k], snap[k], err_msg=k)
 
-    # 1 epoch, then --resume auto (with --keep-last 1, which never deletes the best checkpoint)
+    # a snapshot past the run's last epoch: one line, nothing trained
+    r = run_train(straight, "--resume", "auto", epochs=1, check=False, more=more)
+    assert r.returncode == 2 and "epoch_2.ckpt: saved after epoch 2, past this run's last (total_epochs 1)" in \
+        r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+
+    # 1 epoch, then --resume auto (with --keep-last 1, which never deletes the best checkpoint); the work dir
+    # first holds the log of a run stopped before its first snapshot, and the resume follows a run that stopped
+    # during epoch 2 after logging a step: log.json keeps one history (the rows no snapshot kept are dropped)
+    resumed.mkdir()
+    (resumed / "log.json").write_text(json.dumps(lost_row(epoch=1, step=1)) + "\n")
     run_train(resumed, "--seed", "7", "--deterministic", "--load-from", str(ckpt), epochs=1, more=more)
     assert sorted(p.name for p in resumed.glob("epoch_*.ckpt")) == ["epoch_1.ckpt"]
+    with open(resumed / "log.json", "a") as f:
+        f.write(json.dumps(lost_row(epoch=2, step=3)) + "\n")
     r = run_train(resumed, "--deterministic", "--resume", "auto", "--keep-last", "1", epochs=2, more=more)
     log = r.stdout + r.stderr
     assert f"resumed from {resumed / 'epoch_1.ckpt'} at epoch 1" in log, log[-3000:]
@@ -113,6 +130,8 @@ def test_resume_gives_identical_weights_val_rows_and_best(tmp_path, ckpt, pseudo
     # logs, loss curve and snapshot bookkeeping
     rows = [json.loads(s) for s in (resumed / "log.json").read_text().splitlines()]
     assert [row["iter"] for row in rows if row["mode"] == "train"] == [1, 2, 3, 4]
+    assert 9.0 not in [row["loss"] for row in rows if row["mode"] == "train"]
+    assert "log.json: dropped 1 row(s) after step 2" in log, log[-3000:]
     assert (resumed / "loss_curve.png").stat().st_size > 1000
     assert not list(resumed.glob(".*tmp*"))
     # the work dir records the resolved config and the command line; a resume lists what changed since

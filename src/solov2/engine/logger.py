@@ -24,6 +24,25 @@ def read_log_rows(work_dir: Path) -> list:
     return [r for r in rows if isinstance(r, dict)]
 
 
+def drop_rows_after(work_dir: Path, global_step: int) -> int:
+    """Rewrite work_dir/log.json (atomically) without its rows past `global_step`, the step a run starts from (a
+    resumed snapshot's; 0 for a new run), and without lines cut by a kill. Those rows are training that no snapshot
+    kept (a run stopped mid-epoch, or before its first snapshot): the run starting now repeats or replaces it, and
+    log.json (the loss curve, the evaluations a resume makes up) holds one history. Returns how many rows were
+    dropped; train.log keeps their lines."""
+    try:
+        lines = [s for s in (work_dir / "log.json").read_text().splitlines() if s.strip()]
+    except OSError:
+        return 0
+    rows = read_log_rows(work_dir)
+    keep = [r for r in rows if r.get("iter", 0) <= global_step]
+    if len(keep) == len(lines):
+        return 0
+    with atomic_write(work_dir / "log.json") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    return len(rows) - len(keep)
+
+
 class Logger:
     """Rank-0 log: human lines on the console (through tqdm) and train.log, one JSON object per line in log.json."""
 

@@ -20,86 +20,20 @@ from solov2.data.coco_file import check_class_count
 from solov2.data.loader import TrainLoader
 from solov2.engine.amp import make_loss_scaler, mixed_precision, scale_of
 from solov2.engine.collective import failed_ranks, per_rank, ranks_text, see_logs
-from solov2.engine.logger import Logger
+from solov2.engine.logger import Logger, drop_rows_after
 from solov2.engine.optim import check_schedule, lr_schedule, make_optimizer
 from solov2.engine.run_record import changes_since_last_run, record_run
 from solov2.engine.runtime import init_distributed
-from solov2.engine.snapshot import (SNAPSHOT_RE, checkpoint_epoch, latest_valid_snapshot, load_snapshot,
-                                    params_digest, prune_snapshots, read_counters, save_snapshot)
+from solov2.engine.snapshot import load_snapshot, params_digest, prune_snapshots, read_counters, save_snapshot
 from solov2.engine.train_step import make_train_step, to_tensors
-from solov2.engine.validation import (Validator, best_entries, best_from_counters, best_name_re, best_with_made_up,
-                                     evaluated_epochs, evaluation_due, run_validation, validation_set)
-from solov2.engine.workdir import lock_work_dir, remove_stale_temporaries, unlock_work_dir
-from solov2.errors import SolovError, check_file, failure_line, listing
-from solov2.files import same_file
+from solov2.engine.validation import (Validator, best_entries, best_from_counters, best_with_made_up, evaluated_epochs,
+                                     evaluation_due, run_validation, validation_set)
+from solov2.engine.workdir import (check_load_from, check_new_run, check_resume_target, find_snapshot, lock_work_dir,
+                                   remove_stale_temporaries, unlock_work_dir)
+from solov2.errors import SolovError, failure_line
 from solov2.models import build_model
 
 T = TypeVar("T")
-
-
-def find_snapshot(work: Path, resume: Optional[str]) -> Optional[Path]:
-    """resume 'auto' -> the newest readable epoch_N.ckpt of `work` (None if there is none); a path -> that file."""
-    if resume == "auto":
-        return latest_valid_snapshot(work)
-    if resume:
-        snapshot = Path(resume)
-        check_file(snapshot, "snapshot to resume from")
-        return snapshot
-    return None
-
-
-RUN_FILES = ("log.json", "train.log", "run.json", "loss_curve.png")   # what a run writes beside its checkpoints
-
-
-def earlier_checkpoints(work: Path) -> List[Path]:
-    """The snapshots and best checkpoints an earlier run left in `work`."""
-    if not work.is_dir():
-        return []
-    best = best_name_re()
-    return sorted(p for p in work.iterdir() if SNAPSHOT_RE.match(p.name) or best.match(p.name))
-
-
-def check_new_run(work: Path, *, resume: Optional[str], force: bool) -> List[Path]:
-    """A new run (no snapshot to resume) in a work dir whose checkpoints an earlier run left: SolovError without
-    --force (its snapshots would be pruned as newer than the new run's, its best checkpoint replaced). Logs alone
-    (a run stopped before its first snapshot: relaunched, it starts again) are no reason. With --force: the
-    checkpoints and logs to delete before the new run writes any."""
-    found = earlier_checkpoints(work)
-    if found and not force:
-        names = listing([p.name for p in found], limit=4)
-        how = ("none is a readable snapshot to resume" if resume == "auto" else "--resume auto continues it")
-        raise SolovError(f"{work}: --work-dir holds an earlier run's checkpoints ({names}): {how}; --force starts a "
-                         f"new run there (deleting them and its logs), or choose another --work-dir")
-    return (found + [work / name for name in RUN_FILES if (work / name).is_file()]) if force else []
-
-
-def check_resume_target(work: Path, snapshot: Path, epoch: int) -> None:
-    """--resume PATH (a snapshot of `epoch`): SolovError when `work` holds checkpoints the resumed run does not own,
-    which it would prune or replace and which a later `--resume auto` would continue instead of it: a later
-    epoch's (for a snapshot of this work dir), or any (for a snapshot from elsewhere)."""
-    inside = same_file(snapshot.parent, work)   # through symlinks: a linked snapshot is still this dir's
-    found = [p for p in earlier_checkpoints(work)
-             if not same_file(p, snapshot) and (not inside or checkpoint_epoch(p.name) > epoch)]
-    if found:
-        whose = f"later epochs than {epoch}" if inside else "another run"
-        how = "--resume auto continues the newest" if inside else "choose another --work-dir"
-        raise SolovError(f"{snapshot}: --work-dir {work} holds checkpoints of {whose} "
-                         f"({listing([p.name for p in found], limit=4)}), which resuming this snapshot there would "
-                         f"prune or replace: move them away, or {how}")
-
-
-def check_load_from(load_from: Optional[str], work: Path) -> None:
-    """--load-from must be a file, and not one this run writes or prunes: an epoch_N.ckpt or best_*.ckpt of its
-    work dir."""
-    if not load_from:
-        return
-    check_file(load_from, "--load-from checkpoint")   # here, where a file one node lacks stops every rank
-    if not work.is_dir():
-        return
-    path = Path(load_from)
-    if same_file(path.parent, work) and (SNAPSHOT_RE.match(path.name) or path.name.startswith("best_")):
-        raise SolovError(f"{load_from}: --load-from is a snapshot of the work dir {work}, which this run writes and "
-                         f"prunes: an output never replaces an input; copy it elsewhere (or continue it with --resume)")
 
 
 def agree_to_start(work: Path, counters: Optional[dict], *, pending: bool, failure: Optional[BaseException],
@@ -200,6 +134,9 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
             raise SolovError(f"--force starts a new run, but --resume {resume} found {snapshot}: drop --force to "
                              f"continue that run, or choose another --work-dir")
         counters = read_counters(snapshot) if snapshot is not None else None
+        if counters is not None and counters["epoch"] > o.total_epochs:
+            raise SolovError(f"{snapshot}: saved after epoch {counters['epoch']}, past this run's last (total_epochs "
+                             f"{o.total_epochs}): raise total_epochs (--cfg-options total_epochs=N) to train on")
         if counters is not None and resume != "auto" and rank == 0:
             check_resume_target(work, snapshot, counters["epoch"])
         dataset = training_set(cfg)
@@ -263,6 +200,9 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
                  + (f"; best {ev.save_best} so far {best[0]:.4f} (epoch {best[1]})" if best else ""))
     elif resume == "auto":
         log.line(f"no snapshot in {work}; starting a new run")
+    if rank == 0 and (dropped := drop_rows_after(work, global_step)):
+        log.line(f"log.json: dropped {dropped} row(s) after step {global_step}, training of an earlier run that no "
+                 "snapshot kept (train.log keeps their lines)")
     if cfg.pretrained and snapshot is None and reinit is None:   # mmcv would download it; this port reads files
         log.line(f"warning: model.pretrained {cfg.pretrained!r} is not loaded (nothing is downloaded): the model "
                  "starts from random weights; give --load-from a converted checkpoint (weight_convert.py)")
@@ -277,6 +217,8 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
     log.line(f"SOLOv2 fine-tuning: {len(dataset)} images, {len(dataset.class_names)} classes, {world} device(s) x "
              f"{d.imgs_per_gpu} images, {iters} iterations/epoch, epochs {start_epoch + 1}..{total}, seed {seed}, "
              f"mode {mode}, {amp}, work dir {work}")
+    if start_epoch == total:   # e.g. a finished msrun job launched again
+        log.line(f"nothing to train: {snapshot.name} ended epoch {total}, the last (raise total_epochs to train on)")
     if validator is not None:
         log.line(f"validation: every {ev.interval} epoch(s) and after the last, on {validator.num_images} image(s) "
                  f"of {d.val_ann_file}, {' and '.join(ev.metrics)} AP" + (f", best checkpoint by {ev.save_best}"
