@@ -155,6 +155,17 @@ def ckpt(tmp_path_factory):
     return d / "light_r18_trashcan.ckpt"
 
 
+def write_video(path, frames):
+    """An MJPG .avi of the BGR `frames` (uint8, one size) at 5 frames per second, as a camera clip run.py reads."""
+    import cv2
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (w, h))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
 def snapshot(folder) -> dict:
     """{relative path: md5} of every file below folder."""
     import hashlib

@@ -149,9 +149,8 @@ def test_read_only_output_folder_is_refused_before_the_model_runs(tmp_path, ckpt
 
 # Runs a root script as `python script ...` would, and says on stderr, as the process exits, whether MindSpore was
 # imported (its import alone takes ~2 s).
-WITH_IMPORT_PROBE = ("import atexit, runpy, sys; atexit.register(lambda: print('mindspore imported:', 'mindspore' in "
-                     "sys.modules, file=sys.stderr)); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], "
-                     "run_name='__main__')")
+WITH_IMPORT_PROBE = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+                     "finally:\n    print('mindspore imported:', 'mindspore' in sys.modules, file=sys.stderr)")
 
 # (argv from (tmp_path, checkpoint), an error fragment, whether MindSpore is needed to find the problem)
 IMPORT_CASES = [
@@ -159,7 +158,8 @@ IMPORT_CASES = [
      "missing.jpg", False),
     (lambda t, c: ["run.py", TRASHCAN_CFG, c, t / "missing", "--out", t / "out"], "missing", False),
     (lambda t, c: ["valuation.py", "--results", t / "missing.json", "--ann", VAL_ANN], "missing.json", False),
-    (lambda t, c: ["export.py", TRASHCAN_CFG, t / "missing.ckpt"], "missing.ckpt", False),
+    (lambda t, c: ["export.py", TRASHCAN_CFG, t / "missing.ckpt", "--out", t / "m.mindir"], "missing.ckpt", False),
+    (lambda t, c: ["run.py", "--model", t / "missing.onnx", VAL_IMG, "--out", t / "out"], "missing.onnx", False),
     (lambda t, c: ["train.py", TRASHCAN_CFG, "--work-dir", t / "work", "--cfg-options", "total_epoch=3"],
      "total_epoch=3", False),
     (lambda t, c: ["test.py", TRASHCAN_CFG, t / "missing.ckpt", "--dataroot", VAL_IMG, "--out", t / "p.jpg"],
@@ -172,6 +172,7 @@ IMPORT_CASES = [
 
 @pytest.mark.parametrize("args, fragment, imported", IMPORT_CASES,
                          ids=["test.py image", "run.py input", "valuation.py --results", "export.py checkpoint",
+                              "run.py --model",
                               "train.py override", "test.py checkpoint", "control: test.py unreadable checkpoint"])
 def test_a_bad_input_is_found_before_mindspore_is_imported(tmp_path, ckpt, args, fragment, imported):
     """The commands check their inputs before they import MindSpore (2 s, then the model): the error is at once."""

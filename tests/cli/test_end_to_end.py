@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import mindspore as ms
-from conftest import REF, REPO, SHARED, TRASHCAN_CFG, cli, match_instances, official_near_decided
+from conftest import REF, REPO, SHARED, TRASHCAN_CFG, cli, match_instances, official_near_decided, write_video
 
 from solov2.data.transforms import preprocess_test
 
@@ -99,11 +99,7 @@ def test_positional_config_needs_a_checkpoint(tmp_path):
 
 def test_run_py_on_a_video(ckpt, tmp_path):
     frame = cv2.imread(str(VAL_IMG))
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (frame.shape[1], frame.shape[0]))
-    for k in range(3):
-        writer.write(np.roll(frame, 8 * k, axis=1))
-    writer.release()
+    video = write_video(tmp_path / "clip.avi", [np.roll(frame, 8 * k, axis=1) for k in range(3)])
     r = cli("run.py", CFG, ckpt, video, "--out", tmp_path / "out", "--mode", "pynative")
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.jpg")) == [f"clip_{k:06d}.jpg" for k in range(3)]

@@ -41,3 +41,16 @@ def assert_valuation_gives_native_ap(model, native, folder, num_images=12):
         np.testing.assert_allclose(b[t]["stats"], a[t]["stats"], rtol=0, atol=1e-4, err_msg=t)
         per_class = [[(c["AP"], c["AP50"]) for c in m[t]["per_class"]] for m in (a, b)]
         np.testing.assert_allclose(per_class[1], per_class[0], rtol=0, atol=1e-4, err_msg=t)
+
+
+def edit_sidecar(model, **changes):
+    """The sidecar of `model` with top-level keys replaced, or preprocess keys (`preprocess_<key>=value`)."""
+    side = model.parent / (model.name + ".json")
+    d = json.loads(side.read_text())
+    for key, value in changes.items():
+        if key.startswith("preprocess_"):
+            d["preprocess"][key[len("preprocess_"):]] = value
+        else:
+            d[key] = value
+    side.write_text(json.dumps(d))
+    return model

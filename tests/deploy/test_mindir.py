@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 from conftest import (DCN_CFG, MINI, R50_CFG, TRASHCAN_CFG, VAL_ANN, assert_bad_input, cli, in_mode,
-                      match_instances)
-from deploy_common import IMAGES, R50_SCALE, assert_valuation_gives_native_ap
+                      match_instances, write_video)
+from deploy_common import IMAGES, R50_SCALE, assert_valuation_gives_native_ap, edit_sidecar
 
 from solov2.deploy.exported import ExportedPredictor
 from solov2.deploy.sidecar import file_sha256
@@ -146,24 +146,11 @@ def _copy_model(t, exported, name, with_sidecar=True):
     return t / model.name
 
 
-def _edit_sidecar(model, **changes):
-    """The sidecar of `model` with top-level keys replaced, or preprocess keys (`preprocess_<key>=value`)."""
-    side = model.parent / (model.name + ".json")
-    d = json.loads(side.read_text())
-    for key, value in changes.items():
-        if key.startswith("preprocess_"):
-            d["preprocess"][key[len("preprocess_"):]] = value
-        else:
-            d[key] = value
-    side.write_text(json.dumps(d))
-    return model
-
-
 def _not_a_mindir(t, exported):
     """A foreign file under a sidecar that names its hash: MindSpore's own load error is what must show."""
     path = _copy_model(t / "m", exported, "r18")
     path.write_bytes(b"not a MindIR model\n" * 100)
-    return _edit_sidecar(path, model_sha256=file_sha256(path))
+    return edit_sidecar(path, model_sha256=file_sha256(path))
 
 
 def _replaced_model(t, exported):
@@ -176,13 +163,8 @@ def _replaced_model(t, exported):
 def _portrait_video(t):
     """A 2-frame MJPG video of the portrait photo: frames 852x479 at the DCN model's test scale."""
     frame = cv2.imread(str(_portrait_image(t)))
-    writer = cv2.VideoWriter(str(t / "portrait.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5,
-                             (frame.shape[1], frame.shape[0]))
-    for _ in range(2):
-        writer.write(frame)
-    writer.release()
     (t / "portrait.jpg").unlink()
-    return t / "portrait.avi"
+    return write_video(t / "portrait.avi", [frame, frame])
 
 
 def _upper_case_copy(t, exported):
@@ -246,7 +228,7 @@ BAD = [
      lambda t, e: ["run.py", "--model", _replaced_model(t, e), IMAGES[0], "--out", t / "out"],
      ["r18.mindir", "not the file its sidecar r18.mindir.json was written for"]),
     ("a sidecar edited into a zero size_divisor and a zero std",
-     lambda t, e: ["run.py", "--model", _edit_sidecar(_copy_model(t / "m", e, "r18"), preprocess_size_divisor=0,
+     lambda t, e: ["run.py", "--model", edit_sidecar(_copy_model(t / "m", e, "r18"), preprocess_size_divisor=0,
                                                       preprocess_std=[1.0, 0.0, 1.0]), IMAGES[0], "--out", t / "out"],
      ["r18.mindir.json", "size_divisor 0 is not a positive integer", "std > 0"]),
     ("export.py over an existing model without --force",

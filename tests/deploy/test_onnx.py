@@ -19,7 +19,7 @@ import cv2
 import pytest
 from conftest import (DCN_CFG, R50_CFG, TRASHCAN_CFG, VAL_ANN, assert_bad_input, cli, match_instances,
                       near_decided)
-from deploy_common import IMAGES, R50_SCALE, assert_valuation_gives_native_ap
+from deploy_common import IMAGES, R50_SCALE, assert_valuation_gives_native_ap, edit_sidecar
 
 from solov2.config import load_config
 from solov2.deploy.export import pre_nms_scores, relative_differences
@@ -147,9 +147,9 @@ def test_an_onnx_sidecar_without_one_static_size_is_one_line(onnx_models, tmp_pa
     constants of one size): one line naming the sidecar, not a TypeError from the runner."""
     model = tmp_path / "r18.onnx"
     shutil.copy(onnx_models["r18"][2], model)
-    side = json.loads((onnx_models["r18"][2].parent / "r18.onnx.json").read_text())
-    side["input"]["shape"] = [-1, 3, -1, -1]
-    (tmp_path / "r18.onnx.json").write_text(json.dumps(side))
+    shutil.copy(onnx_models["r18"][2].parent / "r18.onnx.json", tmp_path / "r18.onnx.json")
+    edit_sidecar(model, input=dict(json.loads((tmp_path / "r18.onnx.json").read_text())["input"],
+                                   shape=[-1, 3, -1, -1]))
     assert_bad_input(["run.py", "--model", model, IMAGES[0], "--out", tmp_path / "out"], tmp_path,
                      ["r18.onnx.json", "an ONNX export has one static input size"])
 
@@ -209,6 +209,21 @@ def test_openvino_compiles_without_the_onednn_cap_and_infers_once(onnx_models, m
     assert seen == [None] and os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     outputs = pred.network(pred.prepare(cv2.imread(str(IMAGES[0])))[0])
     assert len(infers) == 1 and len(outputs) == 3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
+def test_an_openvino_failure_is_one_error_naming_the_model(onnx_models):
+    """OpenVINO raises RuntimeError subclasses of its own: a failed inference (here an input of another size than
+    the static model's; out of memory in practice) is a SolovError naming the model, and the runner still works."""
+    import numpy as np
+
+    from solov2.deploy.runtimes import openvino_runner
+    from solov2.errors import SolovError
+    model = onnx_models["r18"][2]
+    run = openvino_runner(model, (448, 768))
+    with pytest.raises(SolovError, match=r"r18\.onnx: OpenVINO failed to run it \("):
+        run(np.zeros((1, 3, 64, 64), np.float32))
+    assert [o.shape for o in run(np.zeros((1, 3, 448, 768), np.float32))][2] == (1, 128, 112, 192)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

@@ -300,10 +300,12 @@ def test_short_deformable_training_run(tmp_path):
 
 
 def test_resuming_a_finished_run_trains_nothing(tmp_path, one_epoch_run):
-    """--resume auto of a run whose last epoch is saved (a finished msrun job launched again): exit 0, a line saying
-    there is nothing to train, the snapshot untouched (a snapshot past total_epochs is refused: test_validation)."""
+    """--resume auto of a run whose last epoch is saved (a finished msrun job launched again, here with another lr):
+    exit 0, a line saying there is nothing to train, the snapshot and run.json untouched (a snapshot past
+    total_epochs is refused: test_validation)."""
     work = one_epoch_run(tmp_path / "work")
-    before = (work / "epoch_1.ckpt").read_bytes()
-    r = run_train(work, "--mode", "pynative", "--resume", "auto", epochs=1, images=2)
+    before = {name: (work / name).read_bytes() for name in ("epoch_1.ckpt", "run.json")}
+    r = run_train(work, "--mode", "pynative", "--resume", "auto", epochs=1, images=2, more=["optimizer.lr=0.5"])
     assert "nothing to train: epoch_1.ckpt ended epoch 1, the last" in r.stdout + r.stderr, r.stderr[-3000:]
-    assert (work / "epoch_1.ckpt").read_bytes() == before and not (work / "epoch_2.ckpt").exists()
+    # run.json stays the record of the run that trained (a later resume compares its settings with it)
+    assert {name: (work / name).read_bytes() for name in before} == before and not (work / "epoch_2.ckpt").exists()

@@ -132,8 +132,8 @@ def open_predictor(cfg, checkpoint: Optional[str], model: Optional[str], overrid
     cfg: the loaded config (None only with --model); overrides: --cfg-options (already in cfg when it is given);
     runtime: what runs an .onnx model; context: the MindSpore context, started here (after the command's cheap
     checks, before the first cell is built)."""
-    if checkpoint:   # found before MindSpore's import (read_checkpoint checks it again, for its other callers)
-        check_file(checkpoint, "checkpoint file")
+    if model or checkpoint:   # found before MindSpore's import (the loaders check again, for their other callers)
+        check_file(model or checkpoint, "file" if model else "checkpoint file")
     context.start()
     if model:
         from solov2.deploy.exported import ExportedPredictor

@@ -29,7 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", nargs="+", default=list(IOU_TYPES), choices=list(IOU_TYPES),
                    help="evaluation types (default: %(default)s); bbox uses the box of each mask")
     p.add_argument("--max-images", type=int, default=None, help="only the first N images of the annotation file")
-    p.add_argument("--results", help="score this existing COCO results file instead of running the model")
+    p.add_argument("--results", help="score this existing COCO results file instead of running the model (no "
+                                      "model runs: --device_target, --mode and --precision do not apply)")
     add_runtime_flags(p)
     add_static_shapes_flag(p)
     add_model_flag(p)

@@ -35,7 +35,7 @@ def drop_rows_after(work_dir: Path, global_step: int) -> int:
     except OSError:
         return 0
     rows = read_log_rows(work_dir)
-    keep = [r for r in rows if r.get("iter", 0) <= global_step]
+    keep = [r for r in rows if not isinstance(r.get("iter"), (int, float)) or r["iter"] <= global_step]   # edited
     if len(keep) == len(lines):
         return 0
     with atomic_write(work_dir / "log.json") as tmp:

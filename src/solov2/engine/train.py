@@ -209,6 +209,9 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
     if reinit is not None:
         log.line(f"loaded weights from {load_from}" + (f"; re-initialised {len(reinit)} parameter(s) whose shape "
                                                        f"differs: {', '.join(reinit)}" if reinit else ""))
+    if start_epoch == total and not pending:   # e.g. a finished msrun job launched again; run.json stays its run's
+        log.line(f"nothing to train: {snapshot.name} ended epoch {total}, the last (raise total_epochs to train on)")
+        return work
     if rank == 0:
         record_run(work, cfg)
     step = make_train_step(mixed_precision(net, cfg.amp.level), optimizer, head=cfg.head, grad_clip=o.grad_clip,
@@ -217,8 +220,6 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
     log.line(f"SOLOv2 fine-tuning: {len(dataset)} images, {len(dataset.class_names)} classes, {world} device(s) x "
              f"{d.imgs_per_gpu} images, {iters} iterations/epoch, epochs {start_epoch + 1}..{total}, seed {seed}, "
              f"mode {mode}, {amp}, work dir {work}")
-    if start_epoch == total:   # e.g. a finished msrun job launched again
-        log.line(f"nothing to train: {snapshot.name} ended epoch {total}, the last (raise total_epochs to train on)")
     if validator is not None:
         log.line(f"validation: every {ev.interval} epoch(s) and after the last, on {validator.num_images} image(s) "
                  f"of {d.val_ann_file}, {' and '.join(ev.metrics)} AP" + (f", best checkpoint by {ev.save_best}"
