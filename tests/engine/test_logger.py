@@ -41,3 +41,16 @@ def test_rows_no_snapshot_kept_are_dropped_when_a_run_starts(tmp_path):
     assert drop_rows_after(tmp_path, 0) == 3 and read_log_rows(tmp_path) == []
     assert drop_rows_after(tmp_path / "missing", 0) == 0
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_an_unwritable_log_is_a_warning_once_per_file(tmp_path, capsys):
+    """Rank 0's log writes never raise (under msrun the other ranks would wait in the next all-reduce): a log file
+    that cannot be written is one warning per file, and the lines still reach the console."""
+    log = Logger(tmp_path / "gone", enabled=True)   # a work dir removed under the run: every write fails
+    for k in range(3):
+        log.line(f"epoch [1][{k + 1}/3]")
+        log.record(dict(mode="train", epoch=1, iter=k + 1, loss=1.0))
+    out, err = capsys.readouterr()
+    warnings = [s for s in err.splitlines() if s.startswith("warning:")]
+    assert len(warnings) == 2 and "train.log not written" in warnings[0] and "log.json not written" in warnings[1]
+    assert "epoch [1][3/3]" in out

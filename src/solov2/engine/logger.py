@@ -1,5 +1,6 @@
 """The rank-0 training log: console lines, train.log, log.json (one JSON object per line), the loss curve."""
 import json
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -44,21 +45,36 @@ def drop_rows_after(work_dir: Path, global_step: int) -> int:
 
 
 class Logger:
-    """Rank-0 log: human lines on the console (through tqdm) and train.log, one JSON object per line in log.json."""
+    """Rank-0 log: human lines on the console (through tqdm) and train.log, one JSON object per line in log.json.
+
+    A log file that cannot be written (a full disk) is a warning, once per file, never an error: raised on rank 0
+    alone in the middle of an epoch, it would leave the other ranks waiting in the next all-reduce (under a rank
+    table, until the collective's timeout). The snapshot save at the end of the epoch, whose failure every rank
+    learns of (`end_epoch`), then stops the run.
+    """
 
     def __init__(self, work_dir: Path, enabled: bool):
         self.enabled, self.work_dir = enabled, work_dir
+        self._unwritable = set()   # the files a write failed on: warned about once
 
     def line(self, text: str) -> None:
         if self.enabled:
             tqdm.write(text)
-            with open(self.work_dir / "train.log", "a") as f:
-                f.write(text + "\n")
+            self._append("train.log", text + "\n")
 
     def record(self, row: dict) -> None:
         if self.enabled:
-            with open(self.work_dir / "log.json", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            self._append("log.json", json.dumps(row) + "\n")
+
+    def _append(self, name: str, text: str) -> None:
+        try:
+            with open(self.work_dir / name, "a") as f:
+                f.write(text)
+        except OSError as e:
+            if name not in self._unwritable:
+                self._unwritable.add(name)
+                tqdm.write(f"warning: {self.work_dir / name} not written ({failure_line(e)}); training goes on, "
+                           "and a full disk stops it at the next snapshot", file=sys.stderr)
 
     def plot(self) -> None:
         """Curves of the whole run (log.json, resumed runs included) -> loss_curve.png: the losses by iteration,
