@@ -93,7 +93,7 @@ def load_reference_weights(net) -> None:
 
 @pytest.fixture(scope="session")
 def reference_net():
-    from solov2.models import build_model
+    from solov2.models.solov2 import build_model
     net = build_model(reference_config())
     load_reference_weights(net)
     net.set_train(False)
@@ -111,6 +111,17 @@ def cli(*args, timeout=600, env=None):
     """Run a root script of the repo (`cli("run.py", ...)`) as the user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           cwd=REPO, env=env)
+
+
+# Runs a root script as `python script ...` would, then says on stderr whether MindSpore was imported.
+IMPORT_PROBE = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+                "finally:\n    print('mindspore imported:', 'mindspore' in sys.modules, file=sys.stderr)")
+
+
+def cli_probing_imports(*args, timeout=600):
+    """`cli(*args)` whose stderr ends with `mindspore imported: True|False` (MindSpore's import alone takes ~2 s; a
+    bad input, and an .onnx model, need none)."""
+    return cli("-c", IMPORT_PROBE, *args, timeout=timeout)
 
 
 def run_train(work, *extra, epochs=2, images=4, scale="(256,160)", check=True, more=(), config=TRASHCAN_CFG):
@@ -200,7 +211,7 @@ def random_checkpoint(config, path):
     the head), so that an exported model's offset layout or sampling is checked. Seeded (ms.set_seed, which seeds
     the initializers too): the same model in every session."""
     from solov2.config import load_config
-    from solov2.models import build_model
+    from solov2.models.solov2 import build_model
     ms.set_seed(0)
     net = build_model(load_config(config))
     rng = np.random.default_rng(0)

@@ -20,7 +20,7 @@ from solov2.config import BackboneConfig, HeadConfig, MaskFeatConfig, NeckConfig
 from solov2.convert import (ConvertError, config_from_arch, convert_checkpoint, detect_layout,  # noqa: E402
                             infer_arch, model_parameter_shapes, official_to_mindspore_name, to_official,
                             verify_names_and_shapes)
-from solov2.models import build_model  # noqa: E402
+from solov2.models.solov2 import build_model  # noqa: E402
 from conftest import REPO, SHARED, official_name_of
 
 REF = SHARED / "fixtures" / "reference"

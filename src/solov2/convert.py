@@ -117,8 +117,8 @@ def official_to_mindspore_name(key: str) -> str:
 
 
 def model_parameter_shapes(cfg: SOLOv2Config) -> Dict[str, Tuple[int, ...]]:
-    """MindSpore parameter name -> shape of `solov2.models.build_model(cfg)`, in model order."""
-    from solov2.models import build_model  # imports MindSpore: only when a conversion gets this far
+    """MindSpore parameter name -> shape of `solov2.models.solov2.build_model(cfg)`, in model order."""
+    from solov2.models.solov2 import build_model  # imports MindSpore: only when a conversion gets this far
     net = build_model(cfg)
     return {name: tuple(p.shape) for name, p in net.parameters_and_names()}
 

@@ -1,5 +1,4 @@
 """Single-image inference: official test preprocessing -> SOLOv2Eval (in the graph) -> post-processing (NumPy)."""
-import time
 from typing import Dict, List, Optional, Tuple
 
 import mindspore as ms
@@ -7,7 +6,7 @@ import numpy as np
 
 from solov2.config import SOLOv2Config
 from solov2.data.transforms import padded_test_size, preprocess_test
-from solov2.models import SOLOv2Eval, build_model
+from solov2.models.solov2 import SOLOv2Eval, build_model
 from solov2.models.postprocess import get_seg_single
 from solov2.checkpoint import checkpoint_class_names, load_weights
 from solov2.errors import SolovError
@@ -76,15 +75,3 @@ class Predictor:
         """img_bgr uint8 (H, W, 3) -> masks bool (n, H, W), labels int64 (n,) 0-based, scores float32 (n,)."""
         x, meta = self.prepare(img_bgr)
         return self.finish(self.network(x), meta)
-
-
-def predict_timed(predictor: Predictor, img_bgr: np.ndarray) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
-    """`predictor.predict(img_bgr)` and the seconds of its stages: dict(preprocess, network, postprocess)."""
-    t0 = time.perf_counter()
-    x, meta = predictor.prepare(img_bgr)
-    t1 = time.perf_counter()
-    outputs = predictor.network(x)
-    t2 = time.perf_counter()
-    out = predictor.finish(outputs, meta)
-    t3 = time.perf_counter()
-    return out, dict(preprocess=t1 - t0, network=t2 - t1, postprocess=t3 - t2)

@@ -6,9 +6,10 @@ network call of the main thread. Results come back in input order; an exception 
 Ctrl-C during the network call, too) or `finish` reaches the caller at that item's turn, as in a plain loop: every
 item before it has been finished and yielded.
 """
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Deque, Iterable, Iterator, Tuple, TypeVar
+from typing import Callable, Deque, Dict, Iterable, Iterator, Tuple, TypeVar
 
 Item = TypeVar("Item")
 Prepared = TypeVar("Prepared")
@@ -62,3 +63,16 @@ def overlapped(items: Iterable[Item], prepare: Callable[[Item], Prepared], run: 
                 fut.cancel()
             for fut in to_yield:
                 fut.cancel()
+
+
+def predict_timed(predictor, img_bgr) -> Tuple[dict, Dict[str, float]]:
+    """`predictor.predict(img_bgr)` (a Predictor or an ExportedPredictor) and the seconds of its stages:
+    dict(preprocess, network, postprocess). One image, the stages in turn (`overlapped` runs many)."""
+    t0 = time.perf_counter()
+    x, meta = predictor.prepare(img_bgr)
+    t1 = time.perf_counter()
+    outputs = predictor.network(x)
+    t2 = time.perf_counter()
+    out = predictor.finish(outputs, meta)
+    t3 = time.perf_counter()
+    return out, dict(preprocess=t1 - t0, network=t2 - t1, postprocess=t3 - t2)

@@ -4,7 +4,7 @@ import json
 import shutil
 
 import pytest
-from conftest import SHARED, TRASHCAN_CFG, assert_bad_input, cli, small_tmpfs
+from conftest import SHARED, TRASHCAN_CFG, assert_bad_input, cli, cli_probing_imports, small_tmpfs
 
 VAL_IMG = SHARED / "datasets" / "trashcan_mini" / "val" / "vid_000102_frame0000035.jpg"
 MINI = SHARED / "datasets" / "trashcan_mini"
@@ -147,11 +147,6 @@ def test_read_only_output_folder_is_refused_before_the_model_runs(tmp_path, ckpt
     assert "evaluate" not in r.stderr  # no progress bar: the model never ran
 
 
-# Runs a root script as `python script ...` would, and says on stderr, as the process exits, whether MindSpore was
-# imported (its import alone takes ~2 s).
-WITH_IMPORT_PROBE = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-                     "finally:\n    print('mindspore imported:', 'mindspore' in sys.modules, file=sys.stderr)")
-
 # (argv from (tmp_path, checkpoint), an error fragment, whether MindSpore is needed to find the problem)
 IMPORT_CASES = [
     (lambda t, c: ["test.py", TRASHCAN_CFG, c, "--dataroot", t / "missing.jpg", "--out", t / "p.jpg"],
@@ -176,7 +171,7 @@ IMPORT_CASES = [
                               "train.py override", "test.py checkpoint", "control: test.py unreadable checkpoint"])
 def test_a_bad_input_is_found_before_mindspore_is_imported(tmp_path, ckpt, args, fragment, imported):
     """The commands check their inputs before they import MindSpore (2 s, then the model): the error is at once."""
-    r = cli("-c", WITH_IMPORT_PROBE, *args(tmp_path, ckpt), timeout=120)
+    r = cli_probing_imports(*args(tmp_path, ckpt))
     errors = [s for s in r.stderr.splitlines() if s.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1 and fragment in errors[0], r.stderr[-2000:]
     assert f"mindspore imported: {imported}" in r.stderr, r.stderr[-2000:]

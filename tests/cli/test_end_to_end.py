@@ -27,7 +27,7 @@ def test_preprocessing_is_bitwise_official():
 @pytest.fixture(scope="module")
 def official_instances(reference_net):
     """The official instances with the official near-threshold mask pixels decided by our network (conftest.NEAR)."""
-    from solov2.models import SOLOv2Eval
+    from solov2.models.solov2 import SOLOv2Eval
     _, kernels, mask_feat = (t.asnumpy()[0] for t in SOLOv2Eval(reference_net)(
         ms.Tensor(np.load(REF / "inference_trashcan_val.npz")["input"])))
     return official_near_decided(kernels, mask_feat)

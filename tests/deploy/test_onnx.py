@@ -17,8 +17,8 @@ import shutil
 
 import cv2
 import pytest
-from conftest import (DCN_CFG, R50_CFG, TRASHCAN_CFG, VAL_ANN, assert_bad_input, cli, match_instances,
-                      near_decided)
+from conftest import (DCN_CFG, R50_CFG, TRASHCAN_CFG, VAL_ANN, assert_bad_input, cli, cli_probing_imports,
+                      match_instances, near_decided)
 from deploy_common import IMAGES, R50_SCALE, assert_valuation_gives_native_ap, edit_sidecar
 
 from solov2.config import load_config
@@ -96,10 +96,12 @@ def test_onnx_network_equals_native(onnx_models, native_outputs, ms_mode, name, 
 def test_run_py_onnx_gives_the_native_instances(onnx_models, native_predictor, tmp_path, runtime):
     """run.py --model r18.onnx (no config) on the 480x270 image, whose native padded input is the export size:
     the native instances (IoU >= 0.999, scores within 1e-4 after the near-threshold rule of tests/conftest.py: the
-    native post-processing with its near-threshold mask pixels decided by the exported network)."""
+    native post-processing with its near-threshold mask pixels decided by the exported network). MindSpore is
+    not imported: an .onnx runs without it."""
     cfg, weights, model, _ = onnx_models["r18"]
-    r = cli("run.py", "--model", model, IMAGES[0], "--out", tmp_path / "out", "--runtime", runtime)
+    r = cli_probing_imports("run.py", "--model", model, IMAGES[0], "--out", tmp_path / "out", "--runtime", runtime)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "mindspore imported: False" in r.stderr, r.stderr[-3000:]
     got = json.loads((tmp_path / "out" / "results.json").read_text())
     native, exp = native_predictor(TRASHCAN_CFG, weights), ExportedPredictor(model, runtime=runtime)
     img = cv2.imread(str(IMAGES[0]))

@@ -11,7 +11,7 @@ from solov2.data.train_transforms import collate, train_transform
 from solov2.engine.amp import make_loss_scaler, mixed_precision, scale_of
 from solov2.engine.optim import make_optimizer
 from solov2.engine.train_step import make_loss_fn, make_train_step, to_tensors
-from solov2.models import build_model
+from solov2.models.solov2 import build_model
 
 DATA = SHARED / "datasets" / "trashcan_mini"
 

@@ -17,7 +17,7 @@ from conftest import FAILING_JOB_ENV, REPO, SHARED, cli, in_mode
 from solov2.config import load_config
 from solov2.data.coco import CocoDataset
 from solov2.data.loader import TrainLoader
-from solov2.models import build_model
+from solov2.models.solov2 import build_model
 from solov2.checkpoint import load_weights
 from solov2.engine.train_step import make_loss_fn, to_tensors
 from solov2.engine.optim import make_optimizer

@@ -52,7 +52,7 @@ def test_train_step_is_one_sgd_update(ms_mode):
     from solov2.config import load_config
     from solov2.engine.optim import lr_schedule, make_optimizer
     from solov2.engine.train_step import make_train_step
-    from solov2.models import build_model
+    from solov2.models.solov2 import build_model
     cfg = load_config(TRASHCAN_R18, ["lr_config.warmup=None", "optimizer.weight_decay=0.05"])
     ds = CocoDataset(DATA / "annotations" / "instances_train_trashcan.json", DATA / "train", max_images=1)
     sample = train_transform(ds[0], np.random.RandomState(0), scales=[(256, 160)], flip_ratio=0.0, **NORM)
@@ -256,7 +256,7 @@ def test_bad_training_inputs_fail_cleanly(tmp_path):
 def test_weight_decay_reaches_every_trainable_parameter():
     """Official: SGD weight decay on all parameters; MindSpore's default skips names with gamma/beta."""
     from conftest import reference_config
-    from solov2.models import build_model
+    from solov2.models.solov2 import build_model
     from solov2.engine.optim import make_optimizer
     cfg = reference_config()
     net = build_model(cfg)
@@ -268,7 +268,7 @@ def test_weight_decay_reaches_every_trainable_parameter():
 def test_load_from_coco_checkpoint_reinitialises_the_class_layer(tmp_path):
     """Fine-tuning an 80-class checkpoint to 22 classes: solo_cate is re-initialised (and logged), the rest loads."""
     from solov2.config import load_config
-    from solov2.models import build_model
+    from solov2.models.solov2 import build_model
     ms.set_seed(123)
     coco = build_model(load_config(REPO / "configs" / "solov2" / "solov2_light_448_r18_fpn_8gpu_3x.py"))
     ms.save_checkpoint(coco, str(tmp_path / "coco.ckpt"))

@@ -154,7 +154,7 @@ def test_native_dcn_model_infers_at_static_shapes(monkeypatch):
     """SOLOv2Eval(dynamic_shape=True) declares unknown H, W only for nets without native deformable convs."""
     from conftest import REPO
     from solov2.config import load_config
-    from solov2.models import SOLOv2Eval, build_model
+    from solov2.models.solov2 import SOLOv2Eval, build_model
     monkeypatch.delenv("SOLOV2_DCN_IMPL", raising=False)
     cfg = load_config(REPO / "configs" / "solov2" / "solov2_light_512_dcn_r50_fpn_8gpu_3x.py")
     native, gather = build_model(cfg), build_model(cfg, dcn_impl="gather")

@@ -11,7 +11,7 @@ import pytest
 from conftest import REF, SHARED, official_to_ms_name
 
 from solov2.config import BackboneConfig, HeadConfig, MaskFeatConfig, NeckConfig, SOLOv2Config
-from solov2.models import SOLOv2Eval, build_model
+from solov2.models.solov2 import SOLOv2Eval, build_model
 from solov2.models.heads import coord_features, points_nms
 
 GRIDS = [40, 36, 24, 16, 12]

@@ -12,7 +12,7 @@ from conftest import REPO, load_reference_weights, reference_config
 
 from solov2.config import load_config
 from solov2.deploy.export import pre_nms_scores, relative_differences
-from solov2.models import SOLOv2Eval, build_model
+from solov2.models.solov2 import SOLOv2Eval, build_model
 from solov2.models.dcn import DeformConv2d
 from solov2.models.heads import coord_features, points_nms
 from solov2.models.portable import (GroupNormPortable, bilinear_matrix, coord_features_portable, points_nms_portable,

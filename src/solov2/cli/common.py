@@ -131,10 +131,11 @@ def open_predictor(cfg, checkpoint: Optional[str], model: Optional[str], overrid
     """The predictor of a command: `ExportedPredictor(model, cfg)` for --model, else `Predictor(cfg, checkpoint)`.
     cfg: the loaded config (None only with --model); overrides: --cfg-options (already in cfg when it is given);
     runtime: what runs an .onnx model; context: the MindSpore context, started here (after the command's cheap
-    checks, before the first cell is built)."""
+    checks, before the first cell is built) unless the model is an .onnx, which needs no MindSpore."""
     if model or checkpoint:   # found before MindSpore's import (the loaders check again, for their other callers)
         check_file(model or checkpoint, "file" if model else "checkpoint file")
-    context.start()
+    if not (model and model.lower().endswith(".onnx")):   # onnxruntime and OpenVINO run without MindSpore
+        context.start()
     if model:
         from solov2.deploy.exported import ExportedPredictor
         return ExportedPredictor(model, cfg=cfg, overrides=() if cfg is not None else overrides, runtime=runtime)

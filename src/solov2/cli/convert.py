@@ -1,5 +1,5 @@
 """`weight_convert.py`: a PyTorch SOLOv2 checkpoint (official WXinlong/SOLO, mmdetection 2.x/3.x or pytorch_solov2
-layout) -> a MindSpore .ckpt for `solov2.models.build_model`.
+layout) -> a MindSpore .ckpt for `solov2.models.solov2.build_model`.
 
     python weight_convert.py SRC.pth DST.ckpt [--config CFG] [--force]
 

@@ -26,7 +26,7 @@ from solov2.engine.runtime import RuntimeFlags
 from solov2.errors import SolovError
 from solov2.evaluation.results import instances_to_records
 from solov2.files import already_exists, check_not_an_input, check_writable, write_image, write_json_atomic
-from solov2.overlap import overlapped
+from solov2.overlap import overlapped, predict_timed
 from solov2.visualize import draw_instances
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -51,7 +51,6 @@ def predict_image(config: Optional[str], checkpoint: Optional[str], image: str, 
         pred.check_size(*img.shape[:2])
     except SolovError as e:   # too thin for the test scale, larger than a static export: name the image
         raise SolovError(f"{image}: {e}") from None
-    from solov2.inference import predict_timed  # imports MindSpore: after the cheap checks, as open_predictor
     res, t = predict_timed(pred, img)
     write_image(out_path, draw_instances(img, res["masks"], res["labels"], res["scores"], pred.class_names,
                                          score_thr=score_thr))

@@ -211,7 +211,7 @@ def export_model(config: str, checkpoint: str, *, fmt: str = "MINDIR", input_siz
     import mindspore as ms
     from solov2.checkpoint import load_weights
     from solov2.inference import resolve_class_names
-    from solov2.models import SOLOv2Eval, build_model
+    from solov2.models.solov2 import SOLOv2Eval, build_model
     native = build_model(cfg)
     load_weights(native, checkpoint)
     native.set_train(False)

@@ -31,7 +31,7 @@ from solov2.engine.validation import (Validator, best_entries, best_from_counter
 from solov2.engine.workdir import (check_load_from, check_new_run, check_resume_target, find_snapshot, lock_work_dir,
                                    remove_stale_temporaries, unlock_work_dir)
 from solov2.errors import SolovError, failure_line
-from solov2.models import build_model
+from solov2.models.solov2 import build_model
 
 T = TypeVar("T")
 

@@ -29,7 +29,7 @@ from solov2.evaluation.coco_eval import (check_class_count, check_ground_truth, 
                                          load_coco, summary_line)
 from solov2.evaluation.results import predict_and_evaluate
 from solov2.inference import Predictor
-from solov2.models import build_model
+from solov2.models.solov2 import build_model
 
 Best = Optional[Tuple[float, int]]   # (value of evaluation.save_best, epoch), None before the first evaluation
 

@@ -1,4 +1,3 @@
-"""MindSpore cells of SOLOv2."""
-from solov2.models.solov2 import SOLOv2, SOLOv2Eval, build_model, flatten_levels
-
-__all__ = ["SOLOv2", "SOLOv2Eval", "build_model", "flatten_levels"]
+"""SOLOv2's MindSpore cells (`solov2.models.solov2`: build_model, SOLOv2Eval, ...) and its NumPy post-processing
+(`solov2.models.postprocess`). Nothing is imported here: the post-processing, which an exported ONNX model's
+predictor uses, needs no MindSpore."""

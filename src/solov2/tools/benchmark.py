@@ -21,7 +21,7 @@ import numpy as np
 
 from solov2.config import load_config
 from solov2.data.transforms import rescale_size
-from solov2.models import SOLOv2Eval, build_model
+from solov2.models.solov2 import SOLOv2Eval, build_model
 from solov2.models.postprocess import get_seg_single
 from solov2.engine.runtime import set_mode, set_runtime
 

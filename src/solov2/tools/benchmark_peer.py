@@ -34,7 +34,8 @@ def predict_once(arch: str, image: str, runs: int, model: Optional[str] = None, 
     import numpy as np
     from solov2.config import load_config
     from solov2.deploy.exported import ExportedPredictor
-    from solov2.inference import Predictor, predict_timed
+    from solov2.inference import Predictor
+    from solov2.overlap import predict_timed
     from solov2.engine.runtime import set_runtime
     set_runtime("CPU", "graph")
     pred = (ExportedPredictor(model, runtime=runtime) if model
@@ -72,7 +73,8 @@ def export_models(arch: str, sizes: Dict[str, tuple], folder: str) -> Dict[str, 
     """Random weights of `arch` (MindSpore's init, as `predict_once`'s native rows) saved and exported with
     export.py: one dynamic MindIR for every size, one static ONNX per size. Returns {label: {variant: file}}."""
     ckpt = os.path.join(folder, f"{arch}.ckpt")
-    code = ("import sys, mindspore as ms; from solov2.config import load_config; from solov2.models import build_model;"
+    code = ("import sys, mindspore as ms; from solov2.config import load_config; "
+            "from solov2.models.solov2 import build_model;"
             "ms.save_checkpoint(build_model(load_config(sys.argv[1])), sys.argv[2])")
     subprocess.run([sys.executable, "-c", code, str(REPO / CONFIGS[arch]), ckpt], check=True, cwd=REPO,
                    capture_output=True)

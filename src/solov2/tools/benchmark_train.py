@@ -35,7 +35,7 @@ def one_mode(a) -> dict:
     from solov2.config import load_config
     from solov2.data.coco import CocoDataset
     from solov2.data.loader import TrainLoader
-    from solov2.models import build_model
+    from solov2.models.solov2 import build_model
     from solov2.engine.runtime import set_runtime
     from solov2.engine.optim import make_optimizer
     from solov2.engine.train_step import make_train_step, to_tensors
