@@ -24,6 +24,7 @@ from solov2.data.transforms import rescale_size
 from solov2.models.solov2 import SOLOv2Eval, build_model
 from solov2.models.postprocess import get_seg_single
 from solov2.engine.runtime import set_mode, set_runtime
+from solov2.tools.profile_exported import gemm_rate, main as profile_main, square_matrices
 
 
 def conv_flops(net, x) -> Dict[str, float]:
@@ -46,16 +47,10 @@ def conv_flops(net, x) -> Dict[str, float]:
 
 def matmul_peak(n: int = 2048, repeat: int = 5) -> Dict[str, float]:
     """Best float32 GEMM rate (GFLOP/s) of NumPy/BLAS and of MindSpore on n x n matrices."""
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
-    out = {}
-    for name, fn in [("numpy", lambda: a @ b), ("mindspore", lambda: ms.ops.matmul(ta, tb).asnumpy())]:
-        if name == "mindspore":
-            ta, tb = ms.Tensor(a), ms.Tensor(b)
-        fn()
-        best = min(_timed(fn) for _ in range(repeat))
-        out[name] = 2.0 * n ** 3 / best / 1e9
-    return out
+    a, b = square_matrices(n)
+    ta, tb = ms.Tensor(a), ms.Tensor(b)
+    return {"numpy": gemm_rate(lambda: a @ b, n, repeat),
+            "mindspore": gemm_rate(lambda: ms.ops.matmul(ta, tb).asnumpy(), n, repeat)}
 
 
 def _timed(fn) -> float:
@@ -123,7 +118,6 @@ def main(argv: List[str] = None) -> None:
         from solov2.tools.benchmark_peer import main as peer_main
         return peer_main(argv)
     if argv[:1] == ["profile"]:
-        from solov2.tools.profile_exported import main as profile_main
         return profile_main(argv[1:])
     if argv[:1] == ["stages"]:
         argv = argv[1:]

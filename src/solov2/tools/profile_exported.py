@@ -19,6 +19,23 @@ import numpy as np
 from solov2.deploy.sidecar import read_sidecar
 
 
+
+def square_matrices(n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Two seeded n x n float32 matrices (a GEMM rate's operands)."""
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+
+
+def gemm_rate(matmul, n: int, repeat: int = 5) -> float:
+    """GFLOP/s of `matmul()`, an n x n x n float32 product: the best of `repeat` timed calls after a warm-up."""
+    matmul()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        matmul()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n ** 3 / best / 1e9
+
 def onnxruntime_profile(path: Path, x: np.ndarray, runs: int) -> Tuple[float, Dict[str, float], float]:
     """(median seconds per run, {op type: seconds per run}, conv + matmul GFLOP per run) from onnxruntime's own
     profiler, which records each node's kernel time and its input/output shapes."""
@@ -93,8 +110,7 @@ def main(argv: List[str]) -> None:
     h, w = spec.input_hw
     x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
     from solov2.cpu import cpu_kind
-    from solov2.tools.benchmark import matmul_peak
-    peak = matmul_peak()["numpy"]
+    peak = gemm_rate(lambda m=square_matrices(2048): m[0] @ m[1], 2048)
     run = onnxruntime_profile if a.runtime == "onnxruntime" else openvino_profile
     median, by_op, gflop = run(a.model, x, a.runs)
     total = sum(by_op.values())
