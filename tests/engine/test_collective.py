@@ -287,3 +287,26 @@ def test_end_of_epoch_evaluates_then_saves_when_due():
     with pytest.raises(KeyboardInterrupt):
         end_epoch((0.5, 4), evaluate=interrupted, save=save, save_due=False, epoch=8, rank=0, world=1)
     assert saved[-1] == ((0.5, 4), True)
+
+
+def test_rank_0s_start_up_writes_end_every_rank_when_they_fail(tmp_path, monkeypatch):
+    """run.json (and log.json's trim, the files --force deletes) are written by rank 0 alone before the first step:
+    a failure there (here a work dir removed under the run) is rank 0's error and, on the other ranks, one naming
+    rank 0, in one collective call, instead of a wait in the first all-reduce; written, every rank goes on."""
+    from conftest import TRASHCAN_CFG
+
+    from solov2.config import load_config
+    from solov2.engine.run_record import record_run
+    from solov2.engine.train import on_rank0
+    from solov2.errors import SolovError
+    cfg = load_config(TRASHCAN_CFG)
+
+    def start(work, r):
+        on_rank0(lambda: record_run(work, cfg), what=f"write run.json in {work}", rank=r, world=2)
+        return "started"
+    got, calls = simulated_ranks(2, lambda r: start(tmp_path / "gone", r), monkeypatch)
+    assert isinstance(got[0], OSError) and calls == 1
+    assert isinstance(got[1], SolovError) and str(got[1]) == (f"rank 0 could not write run.json in {tmp_path / 'gone'} "
+                                                              "(see its log); every rank stops")
+    got, calls = simulated_ranks(2, lambda r: start(tmp_path, r), monkeypatch)
+    assert got == ["started", "started"] and calls == 1 and (tmp_path / "run.json").is_file()

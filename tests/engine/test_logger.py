@@ -2,6 +2,8 @@
 makes up), and the rows around it still count."""
 import json
 
+import pytest
+
 from solov2.engine.logger import Logger, drop_rows_after, read_log_rows
 from solov2.engine.validation import evaluated_epochs, evaluation_due
 
@@ -43,10 +45,14 @@ def test_rows_no_snapshot_kept_are_dropped_when_a_run_starts(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
-def test_an_unwritable_log_is_a_warning_once_per_file(tmp_path, capsys):
-    """Rank 0's log writes never raise (under msrun the other ranks would wait in the next all-reduce): a log file
-    that cannot be written is one warning per file, and the lines still reach the console."""
-    log = Logger(tmp_path / "gone", enabled=True)   # a work dir removed under the run: every write fails
+def test_an_unwritable_log_is_a_warning_once_per_file_on_rank_0_of_several(tmp_path, capsys):
+    """Rank 0's log writes under msrun never raise (the other ranks would wait in the next all-reduce): a log file
+    that cannot be written is one warning per file, the lines still reach the console, and a row written once the
+    file can be written again starts on a line of its own. A run of one process stops at the first failure."""
+    gone = tmp_path / "gone"   # a work dir removed under the run: every write fails
+    with pytest.raises(OSError):
+        Logger(gone, enabled=True, strict=True).line("epoch [1][1/3]")
+    log = Logger(gone, enabled=True, strict=False)
     for k in range(3):
         log.line(f"epoch [1][{k + 1}/3]")
         log.record(dict(mode="train", epoch=1, iter=k + 1, loss=1.0))
@@ -54,3 +60,7 @@ def test_an_unwritable_log_is_a_warning_once_per_file(tmp_path, capsys):
     warnings = [s for s in err.splitlines() if s.startswith("warning:")]
     assert len(warnings) == 2 and "train.log not written" in warnings[0] and "log.json not written" in warnings[1]
     assert "epoch [1][3/3]" in out
+    gone.mkdir()
+    (gone / "log.json").write_text('{"mode": "train", "ep')   # what a write cut by the full disk may leave
+    log.record(dict(mode="train", epoch=1, iter=4, loss=1.0))
+    assert read_log_rows(gone) == [dict(mode="train", epoch=1, iter=4, loss=1.0)]

@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from solov2.engine.runtime import RuntimeFlags
@@ -134,7 +135,7 @@ def open_predictor(cfg, checkpoint: Optional[str], model: Optional[str], overrid
     checks, before the first cell is built) unless the model is an .onnx, which needs no MindSpore."""
     if model or checkpoint:   # found before MindSpore's import (the loaders check again, for their other callers)
         check_file(model or checkpoint, "file" if model else "checkpoint file")
-    if not (model and model.lower().endswith(".onnx")):   # onnxruntime and OpenVINO run without MindSpore
+    if not (model and Path(model).suffix.lower() == ".onnx"):   # onnxruntime and OpenVINO run without MindSpore
         context.start()
     if model:
         from solov2.deploy.exported import ExportedPredictor

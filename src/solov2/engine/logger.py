@@ -36,7 +36,7 @@ def drop_rows_after(work_dir: Path, global_step: int) -> int:
     except OSError:
         return 0
     rows = read_log_rows(work_dir)
-    keep = [r for r in rows if not isinstance(r.get("iter"), (int, float)) or r["iter"] <= global_step]   # edited
+    keep = [r for r in rows if not isinstance(r.get("iter"), (int, float)) or r["iter"] <= global_step]
     if len(keep) == len(lines):
         return 0
     with atomic_write(work_dir / "log.json") as tmp:
@@ -47,14 +47,14 @@ def drop_rows_after(work_dir: Path, global_step: int) -> int:
 class Logger:
     """Rank-0 log: human lines on the console (through tqdm) and train.log, one JSON object per line in log.json.
 
-    A log file that cannot be written (a full disk) is a warning, once per file, never an error: raised on rank 0
-    alone in the middle of an epoch, it would leave the other ranks waiting in the next all-reduce (under a rank
-    table, until the collective's timeout). The snapshot save at the end of the epoch, whose failure every rank
-    learns of (`end_epoch`), then stops the run.
+    strict: a log file that cannot be written (a full disk) is an error, as in a run of one process. Otherwise (rank
+    0 of several) it is a warning, once per file: raised on rank 0 alone in the middle of an epoch, it would leave
+    the other ranks waiting in the next all-reduce (under a rank table, until the collective's timeout); the next
+    snapshot save, whose failure every rank learns of (`end_epoch`), then stops the run.
     """
 
-    def __init__(self, work_dir: Path, enabled: bool):
-        self.enabled, self.work_dir = enabled, work_dir
+    def __init__(self, work_dir: Path, enabled: bool, strict: bool = True):
+        self.enabled, self.work_dir, self.strict = enabled, work_dir, strict
         self._unwritable = set()   # the files a write failed on: warned about once
 
     def line(self, text: str) -> None:
@@ -67,14 +67,18 @@ class Logger:
             self._append("log.json", json.dumps(row) + "\n")
 
     def _append(self, name: str, text: str) -> None:
+        if name in self._unwritable:   # a failed write may have left half a line: never glue the next row to it
+            text = "\n" + text
         try:
             with open(self.work_dir / name, "a") as f:
                 f.write(text)
         except OSError as e:
+            if self.strict:
+                raise
             if name not in self._unwritable:
                 self._unwritable.add(name)
-                tqdm.write(f"warning: {self.work_dir / name} not written ({failure_line(e)}); training goes on, "
-                           "and a full disk stops it at the next snapshot", file=sys.stderr)
+                tqdm.write(f"warning: {self.work_dir / name} not written ({failure_line(e)}); training goes on "
+                           "(a full disk stops it at the next snapshot)", file=sys.stderr)
 
     def plot(self) -> None:
         """Curves of the whole run (log.json, resumed runs included) -> loss_curve.png: the losses by iteration,

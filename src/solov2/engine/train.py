@@ -157,8 +157,9 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
     net.set_train(True)
     load_from = load_from or (cfg.load_from if snapshot is None else None)
     reinit = load_weights(net, load_from, skip_mismatched=True) if load_from and snapshot is None else None
-    for path in replaced:   # --force over an earlier run (rank 0): once every rank is ready and rank 0 has loaded
-        path.unlink()
+    # --force over an earlier run: once every rank is ready and rank 0 has its weights, before any log line
+    on_rank0(lambda: [path.unlink() for path in replaced], what=f"delete the earlier run's files in {work}",
+             rank=rank, world=world)
     validator = Validator(cfg, *val_set, rank=rank, world=world) if evaluating else None   # after net: see Validator
     best = best_from_counters(ev.save_best, counters)   # kept through a --no-validate run too
     if counters is not None:
@@ -168,7 +169,7 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
     check_schedule(total, iters)
     optimizer = make_optimizer(net, o, iters, total)
     scaler = make_loss_scaler(cfg.amp)
-    log = Logger(work, rank == 0)
+    log = Logger(work, rank == 0, strict=world == 1)
     if removed:
         log.line(f"removed {len(removed)} temporary file(s) of an interrupted save: {', '.join(removed)}")
     start_epoch, global_step = 0, 0
@@ -200,9 +201,6 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
                  + (f"; best {ev.save_best} so far {best[0]:.4f} (epoch {best[1]})" if best else ""))
     elif resume == "auto":
         log.line(f"no snapshot in {work}; starting a new run")
-    if rank == 0 and (dropped := drop_rows_after(work, global_step)):
-        log.line(f"log.json: dropped {dropped} row(s) after step {global_step}, training of an earlier run that no "
-                 "snapshot kept (train.log keeps their lines)")
     if cfg.pretrained and snapshot is None and reinit is None:   # mmcv would download it; this port reads files
         log.line(f"warning: model.pretrained {cfg.pretrained!r} is not loaded (nothing is downloaded): the model "
                  "starts from random weights; give --load-from a converted checkpoint (weight_convert.py)")
@@ -212,8 +210,8 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
     if start_epoch == total and not pending:   # e.g. a finished msrun job launched again; run.json stays its run's
         log.line(f"nothing to train: {snapshot.name} ended epoch {total}, the last (raise total_epochs to train on)")
         return work
-    if rank == 0:
-        record_run(work, cfg)
+    on_rank0(lambda: _record_start(work, cfg, global_step, log), what=f"write run.json and log.json in {work}",
+             rank=rank, world=world)
     step = make_train_step(mixed_precision(net, cfg.amp.level), optimizer, head=cfg.head, grad_clip=o.grad_clip,
                            world=world, jit=mode == "graph", scaler=scaler)
     amp = f"amp {cfg.amp.level}" + (f", {cfg.amp.loss_scale} loss scale {scale_of(scaler):g}" if scaler else "")
@@ -283,6 +281,31 @@ def _train(cfg: SOLOv2Config, work: Path, *, rank: int, world: int, resume: Opti
             save_due=(epoch + 1) % cfg.checkpoint_interval == 0 or epoch + 1 == total, epoch=epoch + 1, rank=rank,
             world=world)
     return work
+
+
+def on_rank0(write: Callable[[], None], *, what: str, rank: int, world: int) -> None:
+    """`write()` on rank 0 (files only rank 0 writes), one collective call on every rank: its failure (a full disk)
+    is raised on rank 0 and, naming rank 0, on the others, which would otherwise wait in the next all-reduce."""
+    error = None
+    if rank == 0:
+        try:
+            write()
+        except (OSError, SolovError) as e:
+            error = e
+    failed = failed_ranks(error is None, rank=rank, world=world) if world > 1 else []
+    if error is not None:
+        raise error
+    if failed:
+        raise SolovError(f"rank 0 could not {what} ({see_logs(failed)}); every rank stops")
+
+
+def _record_start(work: Path, cfg: SOLOv2Config, global_step: int, log: Logger) -> None:
+    """Rank 0, before the first step: log.json's rows past `global_step` dropped (`drop_rows_after`), run.json."""
+    dropped = drop_rows_after(work, global_step)
+    if dropped:
+        log.line(f"log.json: dropped {dropped} row(s) after step {global_step}, training of an earlier run that no "
+                 "snapshot kept (train.log keeps their lines)")
+    record_run(work, cfg)
 
 
 def end_epoch(best: T, *, evaluate: Optional[Callable[[], T]], save: Callable[[T, bool], None], save_due: bool,

@@ -221,7 +221,8 @@ def run_validation(validator: Optional[Validator], net, *, log: Logger, work: Pa
     """One evaluation at the end of `epoch` (1-based), on every rank: each predicts its shard of the images, rank 0
     evaluates them all and logs (train.log: the COCO summary and per-class table; log.json: `val_row`), keeps the
     best checkpoint (evaluation.save_best), and returns the new best. Any failure on any rank (an image, the
-    evaluation, the log, the best checkpoint's write) ends every rank (`failed_ranks`), never a hang."""
+    evaluation, the best checkpoint's write; the log's, which only a one-process run's Logger raises) ends every
+    rank (`failed_ranks`), never a hang."""
     ok, error = True, None
     if validator is not None:
         try:

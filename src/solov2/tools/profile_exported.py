@@ -19,7 +19,6 @@ import numpy as np
 from solov2.deploy.sidecar import read_sidecar
 
 
-
 def square_matrices(n: int) -> Tuple[np.ndarray, np.ndarray]:
     """Two seeded n x n float32 matrices (a GEMM rate's operands)."""
     rng = np.random.default_rng(0)
@@ -35,6 +34,7 @@ def gemm_rate(matmul, n: int, repeat: int = 5) -> float:
         matmul()
         best = min(best, time.perf_counter() - t)
     return 2.0 * n ** 3 / best / 1e9
+
 
 def onnxruntime_profile(path: Path, x: np.ndarray, runs: int) -> Tuple[float, Dict[str, float], float]:
     """(median seconds per run, {op type: seconds per run}, conv + matmul GFLOP per run) from onnxruntime's own
